@@ -1,0 +1,235 @@
+//! The agent: wires the manifest source, the reconciler, the runtime, the image store
+//! and the read-only endpoint together, and runs the reconcile loop.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::api;
+use crate::cli::AgentArgs;
+use crate::images::{self, ImageStore};
+use crate::manifest::{self, Loader, PullPolicy};
+use crate::reconciler::status::StatusSnapshot;
+use crate::reconciler::{ImageInfo, Images, Reconciler};
+use crate::runtime::LinuxRuntime;
+
+/// How often the runtime is relisted to notice exits (kubelet's PLEG relists every
+/// second too); a pass with nothing to do costs a few small file reads.
+pub const RELIST: Duration = Duration::from_secs(1);
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another agent is using the state root {path} (lock {lock} is held)")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error(transparent)]
+    Images(#[from] images::ImageError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+}
+
+/// A short id derived from the state root: it tags this agent's kernel objects (cgroup
+/// paths, later links and nftables tables), so several agents can share one host.
+pub fn instance_id(state_root: &Path) -> String {
+    let canonical = state_root
+        .canonicalize()
+        .unwrap_or_else(|_| state_root.to_owned());
+    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..4])
+}
+
+/// The image store behind the reconciler's narrow `Images` trait.
+pub struct StoreImages(pub ImageStore);
+
+impl Images for StoreImages {
+    async fn ensure(&self, reference: &str, policy: PullPolicy) -> Result<ImageInfo, String> {
+        let policy = match policy {
+            PullPolicy::IfNotPresent => images::PullPolicy::IfNotPresent,
+            PullPolicy::Always => images::PullPolicy::Always,
+            PullPolicy::Never => images::PullPolicy::Never,
+        };
+        let image = self
+            .0
+            .ensure(reference, policy)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ImageInfo {
+            digest: image.digest,
+            defaults: image.config,
+            layers: image.layers,
+        })
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the agent until SIGTERM or SIGINT. Containers keep running after it returns.
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    if args.git_repo.is_some() {
+        return Err(AgentError::Unsupported(
+            "--git-repo: syncing manifests from git is not supported yet; use --manifests DIR"
+                .into(),
+        ));
+    }
+    for dir in [&args.state, &args.run_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let _lock = lock_state(&args.state)?;
+    let instance = instance_id(&args.state);
+    let shim_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let runtime = Arc::new(LinuxRuntime::new(
+        &args.state,
+        &args.run_dir,
+        &instance,
+        shim_exe,
+    ));
+    let store = ImageStore::open(&args.state.join("images"), args.insecure_registries.clone())?;
+    let mut reconciler = Reconciler::new(runtime.clone(), Arc::new(StoreImages(store)));
+    let mut loader = Loader::new(Some(args.state.join("manifests-last-good.json")));
+    let (_watch, mut files) = manifest::watch_dir(args.manifests.clone(), args.resync)?;
+    tracing::info!(
+        manifests = %args.manifests.display(),
+        state = %args.state.display(),
+        instance = %instance,
+        listen = %args.listen,
+        "agent starting"
+    );
+
+    let (status_tx, status_rx) = watch::channel(Arc::new(StatusSnapshot::default()));
+    let heartbeat = Arc::new(AtomicI64::new(now_millis()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_state = api::ApiState {
+        status: status_rx,
+        heartbeat: heartbeat.clone(),
+        max_silence: RELIST * 10 + Duration::from_secs(20),
+    };
+    let mut api_stop = stop_rx.clone();
+    let listen = args.listen.clone();
+    let api_task = tokio::spawn(async move {
+        api::serve(&listen, api_state, async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        })
+        .await
+    });
+
+    // Fail fast when the endpoint cannot listen (address in use, bad socket path).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if api_task.is_finished() {
+        if let Ok(Err(e)) = api_task.await {
+            return Err(e.into());
+        }
+        return Err(AgentError::Unsupported(
+            "the HTTP endpoint stopped at start".into(),
+        ));
+    }
+
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut desired = loader.load(&files.borrow_and_update());
+    let mut first_pass = true;
+    loop {
+        match reconciler.pass(&desired).await {
+            Ok((status, wake)) => {
+                if first_pass {
+                    // Cgroups left by a crash between creating a cgroup and its record.
+                    let known: Vec<String> =
+                        status.containers.iter().map(|c| c.name.clone()).collect();
+                    let rt = runtime.clone();
+                    let removed =
+                        tokio::task::spawn_blocking(move || rt.remove_orphan_cgroups(&known))
+                            .await
+                            .unwrap_or_default();
+                    if !removed.is_empty() {
+                        tracing::info!(?removed, "removed orphan cgroups");
+                    }
+                    first_pass = false;
+                }
+                status_tx.send_replace(Arc::new(status));
+                heartbeat.store(now_millis(), Ordering::Relaxed);
+                let sleep = wake
+                    .map(|w| w.saturating_duration_since(Instant::now()))
+                    .unwrap_or(RELIST)
+                    .min(RELIST);
+                tokio::select! {
+                    changed = files.changed() => {
+                        if changed.is_ok() {
+                            desired = loader.load(&files.borrow_and_update());
+                        }
+                    }
+                    Some(_) = reconciler.step_done() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = &mut shutdown => break,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "observe containers");
+                tokio::select! {
+                    _ = tokio::time::sleep(RELIST) => {}
+                    _ = &mut shutdown => break,
+                }
+            }
+        }
+    }
+    tracing::info!("agent stopping; containers keep running");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(5), api_task).await {
+        Ok(Ok(Err(e))) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Takes an exclusive lock on the state root for the agent's lifetime: two agents on
+/// one state root would fight over the same containers.
+fn lock_state(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
+    let path = state.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        AgentError::Locked {
+            path: state.to_owned(),
+            lock: path,
+        }
+    })
+}

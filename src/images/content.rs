@@ -1,0 +1,297 @@
+//! The content store: blobs named by their sha256 under `blobs/sha256/<hex>`.
+//!
+//! Writes follow containerd's local content writer (`Commit`): stream into a temp file
+//! while hashing, check size and digest, fsync, rename into place, fsync the directory.
+//! A blob is therefore either complete and verified under its final name, or absent.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::ImageError;
+
+/// Distinguishes temp names made by concurrent tasks of one process; the pid in the
+/// name distinguishes processes (agent and `wharf pull` share the store).
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique name for a temp file or directory under `tmp/`.
+pub(crate) fn temp_name(kind: &str, hex: &str) -> String {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{kind}-{hex}-{}-{n}", std::process::id())
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The hex part of a `sha256:` digest; the caller has validated the digest.
+pub(crate) fn digest_hex(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// Blobs on disk. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+impl ContentStore {
+    /// A content store under `root` (the image store root); directories are created
+    /// on first write.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// Where the blob with `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest_hex(digest))
+    }
+
+    /// The directory for in-flight writes; on the same filesystem as the final names,
+    /// so `rename` is atomic.
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Whether a verified blob with `digest` is present. Only verified content is ever
+    /// renamed to a blob name, so existence is enough; a size mismatch (corruption by
+    /// something else) counts as absent so the blob is fetched again.
+    pub fn has(&self, digest: &str, size: Option<u64>) -> bool {
+        match std::fs::symlink_metadata(self.blob_path(digest)) {
+            Ok(m) => m.is_file() && size.is_none_or(|s| s == m.len()),
+            Err(_) => false,
+        }
+    }
+
+    /// Reads a whole blob (manifests and configs: small).
+    pub fn read(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let path = self.blob_path(digest);
+        std::fs::read(&path).map_err(|source| ImageError::ReadBlob { path, source })
+    }
+
+    /// Starts writing the blob `digest`; `size` is checked at commit (and bounds the
+    /// write, so a misbehaving registry cannot fill the disk).
+    pub async fn writer(&self, digest: &str, size: Option<u64>) -> Result<BlobWriter, ImageError> {
+        let tmp_dir = self.tmp_dir();
+        let tmp = tmp_dir.join(temp_name("blob", digest_hex(digest)));
+        let final_path = self.blob_path(digest);
+        let io_err = |source| ImageError::WriteBlob {
+            digest: digest.to_string(),
+            path: tmp.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(io_err)?;
+        if let Some(parent) = final_path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io_err)?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await
+            .map_err(io_err)?;
+        Ok(BlobWriter {
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            expected_size: size,
+            digest: digest.to_string(),
+            tmp,
+            final_path,
+            committed: false,
+        })
+    }
+
+    /// Writes an in-memory blob (a manifest we already verified) through the same path.
+    pub async fn write_bytes(&self, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
+        if self.has(digest, Some(bytes.len() as u64)) {
+            return Ok(());
+        }
+        let mut w = self.writer(digest, Some(bytes.len() as u64)).await?;
+        w.write_all(bytes)
+            .await
+            .map_err(|source| ImageError::WriteBlob {
+                digest: digest.to_string(),
+                path: w.tmp.clone(),
+                source,
+            })?;
+        w.commit().await
+    }
+}
+
+/// An in-flight blob: an `AsyncWrite` that hashes what it writes. Dropping it without
+/// `commit` removes the temp file.
+pub struct BlobWriter {
+    file: tokio::fs::File,
+    hasher: Sha256,
+    written: u64,
+    expected_size: Option<u64>,
+    digest: String,
+    tmp: PathBuf,
+    final_path: PathBuf,
+    committed: bool,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes and fsyncs, checks size and digest, and renames the blob into place.
+    /// On any failure the temp file is removed and nothing appears under the blob name.
+    pub async fn commit(mut self) -> Result<(), ImageError> {
+        let io_err = |path: &Path, source| ImageError::WriteBlob {
+            digest: self.digest.clone(),
+            path: path.to_path_buf(),
+            source,
+        };
+        self.file.flush().await.map_err(|e| io_err(&self.tmp, e))?;
+        self.file
+            .sync_all()
+            .await
+            .map_err(|e| io_err(&self.tmp, e))?;
+        let actual = format!(
+            "sha256:{}",
+            hex::encode(std::mem::take(&mut self.hasher).finalize())
+        );
+        let size_ok = self.expected_size.is_none_or(|s| s == self.written);
+        if actual != self.digest || !size_ok {
+            return Err(ImageError::CommitBlob {
+                digest: self.digest.clone(),
+                expected_size: self.expected_size.unwrap_or(self.written),
+                actual,
+                actual_size: self.written,
+            });
+        }
+        // Same content under the same name: if another writer won the race, the rename
+        // replaces identical bytes, which is harmless.
+        tokio::fs::rename(&self.tmp, &self.final_path)
+            .await
+            .map_err(|e| io_err(&self.final_path, e))?;
+        self.committed = true;
+        if let Some(dir) = self.final_path.parent() {
+            // The rename is durable only once the directory entry is on disk.
+            let d = tokio::fs::File::open(dir)
+                .await
+                .map_err(|e| io_err(dir, e))?;
+            d.sync_all().await.map_err(|e| io_err(dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl AsyncWrite for BlobWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(limit) = this.expected_size {
+            if this.written + buf.len() as u64 > limit {
+                return Poll::Ready(Err(io::Error::other(format!(
+                    "blob {} is larger than its descriptor's {limit} bytes",
+                    this.digest
+                ))));
+            }
+        }
+        match Pin::new(&mut this.file).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.hasher.update(&buf[..n]);
+                this.written += n as u64;
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn committed_blob_is_stored_under_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::new(dir.path());
+        let data = b"hello blob";
+        let digest = sha256_digest(data);
+        let mut w = cs.writer(&digest, Some(data.len() as u64)).await.unwrap();
+        w.write_all(data).await.unwrap();
+        w.commit().await.unwrap();
+        assert!(cs.has(&digest, Some(data.len() as u64)));
+        assert_eq!(cs.read(&digest).unwrap(), data);
+        assert!(entries(&cs.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_leaves_no_blob_and_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::new(dir.path());
+        let digest = sha256_digest(b"expected content");
+        let mut w = cs.writer(&digest, Some(16)).await.unwrap();
+        w.write_all(b"tampered content").await.unwrap();
+        let err = w.commit().await.unwrap_err();
+        assert!(matches!(err, ImageError::CommitBlob { .. }), "{err}");
+        assert!(!cs.has(&digest, None));
+        assert!(entries(&dir.path().join("blobs/sha256")).is_empty());
+        assert!(entries(&cs.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn truncated_blob_leaves_no_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::new(dir.path());
+        let data = b"the whole blob";
+        let digest = sha256_digest(data);
+        let mut w = cs.writer(&digest, Some(data.len() as u64)).await.unwrap();
+        w.write_all(&data[..5]).await.unwrap();
+        assert!(w.commit().await.is_err());
+        assert!(!cs.has(&digest, None));
+        assert!(entries(&cs.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn oversized_blob_is_refused_while_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::new(dir.path());
+        let digest = sha256_digest(b"abc");
+        let mut w = cs.writer(&digest, Some(3)).await.unwrap();
+        assert!(w.write_all(b"abcdef").await.is_err());
+        drop(w);
+        assert!(!cs.has(&digest, None));
+        assert!(entries(&cs.tmp_dir()).is_empty());
+    }
+}

@@ -1,0 +1,185 @@
+//! Images: references, the registry client, the content store and layer unpacking.
+//!
+//! # On-disk layout (under `<state>/images`, the store root)
+//!
+//! ```text
+//! blobs/sha256/<hex>            content-addressed blobs: manifests, configs, compressed layers
+//! layers/<chain-id hex>/        one unpacked layer (an overlayfs lowerdir), made once per chain id
+//! records/<digest hex>.json     what `lookup` needs for one image: the resolved manifest, config
+//!                               and layer list (keyed by the digest the reference resolved to)
+//! refs/<sha256(ref) hex>.json   `{"reference": "docker.io/library/busybox:latest", "digest": "sha256:…"}`
+//! tmp/                          in-flight downloads and unpacks; renamed into place when complete
+//! ```
+//!
+//! Write order gives crash safety without a lock: blobs, then layers, then the image
+//! record, then the reference record. A reader only follows a reference to a record that
+//! is complete, and a record only names blobs and layers that are already in place.
+//! Every name in `blobs/` and `layers/` appears by `rename` of a finished temp file or
+//! directory, so a crash never leaves a half blob or half layer under its final name.
+//! Two processes (agent and `wharf pull`) pulling at once each write their own temp files;
+//! the first rename wins and the second finds the content already there.
+//!
+//! References are keyed by a hash of the normalised reference because a reference holds
+//! `/`, `:` and `@`; the record itself carries the readable reference.
+
+mod config;
+mod content;
+mod pull;
+mod reference;
+mod store;
+mod unpack;
+
+use std::path::{Path, PathBuf};
+
+pub use config::ImageConfig;
+pub use content::ContentStore;
+pub use pull::PullStats;
+pub use reference::normalize_reference;
+pub use store::ImageStore;
+pub use unpack::{unpack_layer, UnpackStats};
+
+/// When to contact the registry for an image (Kubernetes' `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PullPolicy {
+    /// Use the local image if present, else pull it.
+    #[default]
+    IfNotPresent,
+    /// Always ask the registry (cheap when nothing changed: blobs already present are
+    /// not downloaded again).
+    Always,
+    /// Never contact the registry; a missing image is an error.
+    Never,
+}
+
+/// A pulled image, ready to run: its layers are unpacked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The normalised reference, e.g. `docker.io/library/busybox:latest`.
+    pub reference: String,
+    /// The digest the reference resolved to (`sha256:…`): the manifest's, or the index's
+    /// for a multi-platform image, as `skopeo inspect --raw` and Docker's RepoDigests
+    /// report it, so `reference@digest` pulls the same image again.
+    pub digest: String,
+    /// The runtime defaults from the image config blob.
+    pub config: ImageConfig,
+    /// Unpacked layer directories, bottom first (reverse them for overlayfs `lowerdir`,
+    /// which lists the top layer first).
+    pub layers: Vec<PathBuf>,
+}
+
+/// Everything that can fail in the image subsystem. Each variant names the failed
+/// operation and carries the reference or path it was working on.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    ParseReference { reference: String, reason: String },
+    #[error("open image store {}: {source}", path.display())]
+    OpenStore {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("image {reference} is not present locally and the pull policy is Never")]
+    NotPresent { reference: String },
+    #[error("read image record {}: {source}", path.display())]
+    ReadRecord {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("write image record {}: {source}", path.display())]
+    WriteRecord {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("fetch manifest of {reference}: {source}")]
+    FetchManifest {
+        reference: String,
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error(
+        "manifest of {reference} does not match its digest: expected {expected}, got {actual}"
+    )]
+    VerifyManifest {
+        reference: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("parse manifest of {reference}: {reason}")]
+    ParseManifest { reference: String, reason: String },
+    #[error("{reference} has no manifest for platform {platform}")]
+    SelectPlatform { reference: String, platform: String },
+    #[error("fetch blob {digest} of {reference}: {source}")]
+    FetchBlob {
+        reference: String,
+        digest: String,
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("write blob {digest} to {}: {source}", path.display())]
+    WriteBlob {
+        digest: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("commit blob {digest}: expected {expected_size} bytes with that digest, got {actual_size} bytes with {actual}")]
+    CommitBlob {
+        digest: String,
+        expected_size: u64,
+        actual: String,
+        actual_size: u64,
+    },
+    #[error("read blob {}: {source}", path.display())]
+    ReadBlob {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse image config {digest} of {reference}: {reason}")]
+    ParseConfig {
+        reference: String,
+        digest: String,
+        reason: String,
+    },
+    #[error("unsupported layer {digest} of {reference}: media type {media_type}")]
+    UnsupportedLayer {
+        reference: String,
+        digest: String,
+        media_type: String,
+    },
+    #[error("unpack layer into {}: entry {entry:?}: {reason}", path.display())]
+    UnpackEntry {
+        path: PathBuf,
+        entry: String,
+        reason: String,
+    },
+    #[error("unpack layer into {}: {source}", path.display())]
+    UnpackLayer {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("layer {digest} unpacked to {actual}, but the image config says diff id {expected}")]
+    VerifyDiffId {
+        digest: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("background task for {reference} failed: {reason}")]
+    Task { reference: String, reason: String },
+}
+
+/// `wharf pull`: pull `reference` into the store under `state` and return the image.
+pub async fn cli_pull(
+    state: &Path,
+    insecure: Vec<String>,
+    reference: &str,
+) -> Result<Image, ImageError> {
+    let store = ImageStore::open(&state.join("images"), insecure)?;
+    let (image, stats) = store.pull_with_stats(reference).await?;
+    tracing::info!(
+        reference = %image.reference,
+        digest = %image.digest,
+        blobs_fetched = stats.blobs_fetched,
+        bytes_fetched = stats.bytes_fetched,
+        layers_unpacked = stats.layers_unpacked,
+        "pulled"
+    );
+    Ok(image)
+}

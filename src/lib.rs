@@ -1,0 +1,16 @@
+//! wharf: a declarative container engine for Linux hosts.
+//!
+//! An agent watches a folder of YAML manifests, diffs that desired state against
+//! what runs, and converges through the built-in runtime. See `README.md` and
+//! `docs/` for the architecture.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod images;
+pub mod manifest;
+pub mod reconciler;
+pub mod runtime;
+pub mod state;
+pub mod units;

@@ -1,0 +1,81 @@
+//! The `wharf` binary: parses arguments, sets up logging, runs the command, and maps
+//! errors to exit codes (0 success, 1 a reported failure, 2 usage, 3 agent unreachable).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wharf::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The shim must stay single-threaded (it forks): no tokio, no logging threads.
+    if let Command::Shim { bundle } = &cli.command {
+        return ExitCode::from(wharf::runtime::shim::main(bundle) as u8);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wharf: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { paths } => {
+            let diagnostics = wharf::manifest::validate_paths(&paths);
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            Ok(ExitCode::from(if diagnostics.is_empty() { 0 } else { 1 }))
+        }
+        Command::Agent(args) => {
+            tokio_runtime()?.block_on(wharf::agent::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(host) => client(wharf::client::status(&host.hosts)),
+        Command::Logs {
+            name,
+            tail,
+            follow,
+            host,
+        } => client(wharf::client::logs(&host.hosts, &name, tail, follow)),
+        Command::Inspect { name, host } => client(wharf::client::inspect(&host.hosts, &name)),
+        Command::Pull { reference, store } => {
+            let image = tokio_runtime()?.block_on(wharf::images::cli_pull(
+                &store.state,
+                store.insecure_registries,
+                &reference,
+            ))?;
+            println!("{}", image.digest);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shim { .. } => unreachable!("handled before logging starts"),
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn client(
+    fut: impl std::future::Future<Output = Result<(), wharf::client::ClientError>>,
+) -> anyhow::Result<ExitCode> {
+    match tokio_runtime()?.block_on(fut) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("wharf: {e}");
+            Ok(ExitCode::from(e.exit_code() as u8))
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The folder source: full snapshots of the manifest files.
+//!
+//! As kubelet's file source (`pkg/kubelet/config/file.go`), every change publishes
+//! the whole folder, not the event that revealed it: events are only a hint to look
+//! again, so a missed or coalesced event costs latency, never correctness. A
+//! periodic rescan catches what inotify cannot see (the root created or replaced
+//! later, network filesystems).
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use tokio::sync::watch;
+
+use super::yaml::MAX_FILE_BYTES;
+use super::ManifestError;
+
+/// One manifest file of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Relative to the root, `/`-separated.
+    pub path: String,
+    /// The text, or why it could not be read. A folder that cannot be listed is
+    /// reported as an entry with its path and an error, so nothing it holds is
+    /// taken as removed.
+    pub text: Result<String, String>,
+}
+
+/// Whether a file name is a manifest: `*.yaml`/`*.yml`, not hidden, not editor or
+/// backup junk (vim's `4913` and `*.swp`, emacs' `#*#` and `*~`, `*.bak`, `*.tmp`).
+fn is_manifest_name(name: &str) -> bool {
+    let junk = name.starts_with('.')
+        || name.ends_with('~')
+        || name == "4913"
+        || (name.starts_with('#') && name.ends_with('#'))
+        || [".swp", ".swx", ".bak", ".tmp"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+    !junk && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Lists the manifest files under `root`, recursively, sorted by path. Hidden
+/// files and folders are skipped. A missing root is an empty folder (it may be
+/// created later). Symbolic links are followed (Kubernetes ConfigMap mounts are
+/// links into a hidden `..data` folder), each folder once, so a loop ends.
+pub fn scan_dir(root: &Path) -> Vec<SourceFile> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    match fs::metadata(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => out.push(SourceFile {
+            path: ".".into(),
+            text: Err(format!("cannot read the manifests folder: {e}")),
+        }),
+        Ok(_) => walk(root, "", &mut seen, &mut out),
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn walk(dir: &Path, prefix: &str, seen: &mut HashSet<(u64, u64)>, out: &mut Vec<SourceFile>) {
+    let listed = fs::metadata(dir).and_then(|m| {
+        seen.insert((m.dev(), m.ino()));
+        fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()
+    });
+    let entries = match listed {
+        Ok(entries) => entries,
+        Err(e) => {
+            out.push(SourceFile {
+                path: if prefix.is_empty() {
+                    ".".into()
+                } else {
+                    prefix.into()
+                },
+                text: Err(format!("cannot list folder: {e}")),
+            });
+            return;
+        }
+    };
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = entry.path();
+        // Follow links: the target decides whether it is a file or a folder.
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            // A dangling link or a file removed while listing: not part of the snapshot.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                if is_manifest_name(&name) {
+                    out.push(SourceFile {
+                        path: rel,
+                        text: Err(e.to_string()),
+                    });
+                }
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            if !seen.contains(&(meta.dev(), meta.ino())) {
+                walk(&path, &rel, seen, out);
+            }
+        } else if meta.is_file() && is_manifest_name(&name) {
+            out.push(SourceFile {
+                path: rel,
+                text: read_text(&path, meta.len()),
+            });
+        }
+    }
+}
+
+/// Reads a manifest as UTF-8, refusing files too large to be one.
+pub(crate) fn read_text(path: &Path, len: u64) -> Result<String, String> {
+    if len > MAX_FILE_BYTES as u64 {
+        return Err(format!(
+            "file is {len} bytes, more than the {MAX_FILE_BYTES} a manifest may have"
+        ));
+    }
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| "file is not valid UTF-8".to_string())
+}
+
+/// A full snapshot of the manifest files, as published by [`watch_dir`].
+pub type Snapshot = Arc<Vec<SourceFile>>;
+
+/// Keeps the watcher running; dropping it stops the watcher thread.
+pub struct WatchGuard {
+    stop: mpsc::Sender<Wake>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let _ = self.stop.send(Wake::Stop);
+    }
+}
+
+enum Wake {
+    Changed,
+    Stop,
+}
+
+/// Watches `root` and publishes a full snapshot ([`scan_dir`]) whenever it
+/// changes: on file events (recursive, debounced by [`DEBOUNCE`]) and every `rescan`.
+/// A snapshot is published only when it differs from the last one.
+///
+/// The receiver starts with the current snapshot. `root` may not exist yet: the
+/// snapshot is then empty, and the folder is picked up by a rescan once it appears
+/// (and watched again if it is replaced). Works inside or outside a tokio runtime:
+/// the work runs on a plain thread, since scanning is blocking I/O.
+pub fn watch_dir(
+    root: PathBuf,
+    rescan: Duration,
+) -> Result<(WatchGuard, watch::Receiver<Snapshot>), ManifestError> {
+    if let Ok(meta) = fs::metadata(&root) {
+        if !meta.is_dir() {
+            return Err(ManifestError::RootNotADirectory {
+                path: root.display().to_string(),
+            });
+        }
+    }
+    let (tx, rx) = watch::channel(Arc::new(scan_dir(&root)));
+    let (wake_tx, wake_rx) = mpsc::channel();
+    let events = wake_tx.clone();
+    let rescan = rescan.max(Duration::from_millis(10));
+    let shown = root.display().to_string();
+    std::thread::Builder::new()
+        .name("wharf-manifests".into())
+        .spawn(move || run_watcher(root, rescan, tx, events, wake_rx))
+        .map_err(|source| ManifestError::SpawnWatcher {
+            path: shown,
+            source,
+        })?;
+    Ok((WatchGuard { stop: wake_tx }, rx))
+}
+
+/// Quiet time after a file event before the folder is scanned. Short, because it adds
+/// straight to the time from a saved file to a running container; a burst that outlasts
+/// it (a large git checkout) only costs an extra snapshot, since the latest one wins and
+/// reconciling is level-triggered.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+fn run_watcher(
+    root: PathBuf,
+    rescan: Duration,
+    tx: watch::Sender<Snapshot>,
+    events: mpsc::Sender<Wake>,
+    wake: mpsc::Receiver<Wake>,
+) {
+    // The watch is tied to the root's inode: if the folder is created later, or
+    // replaced (deleted and re-created, or a symlink swapped), watch it again.
+    let mut watched: Option<((u64, u64), Debouncer)> = None;
+    loop {
+        let current = fs::metadata(&root).ok().map(|m| (m.dev(), m.ino()));
+        if current.is_none() || watched.as_ref().map(|(id, _)| Some(*id)) != Some(current) {
+            watched = current.and_then(|id| start_watch(&root, events.clone()).map(|d| (id, d)));
+        }
+
+        let snapshot = scan_dir(&root);
+        tx.send_if_modified(|old| {
+            if **old == snapshot {
+                return false;
+            }
+            *old = Arc::new(snapshot);
+            true
+        });
+        if tx.is_closed() {
+            return;
+        }
+
+        match wake.recv_timeout(rescan) {
+            Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(Wake::Changed) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // Coalesce a burst: one scan covers every event queued so far.
+        loop {
+            match wake.try_recv() {
+                Ok(Wake::Changed) => continue,
+                Ok(Wake::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+    }
+}
+
+fn start_watch(root: &Path, events: mpsc::Sender<Wake>) -> Option<Debouncer> {
+    let handler = move |result: notify_debouncer_full::DebounceEventResult| {
+        if let Err(errors) = &result {
+            for e in errors {
+                tracing::warn!(error = %e, "manifest watcher error; the periodic rescan still runs");
+            }
+        }
+        let _ = events.send(Wake::Changed);
+    };
+    let started = notify_debouncer_full::new_debouncer(DEBOUNCE, None, handler)
+        .and_then(|mut d| d.watch(root, RecursiveMode::Recursive).map(|()| d));
+    match started {
+        Ok(d) => Some(d),
+        Err(e) => {
+            // For example the inotify watch limit: degrade to the periodic rescan.
+            tracing::warn!(root = %root.display(), error = %e, "cannot watch the manifests folder; relying on the periodic rescan");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    fn paths(files: &[SourceFile]) -> Vec<&str> {
+        files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn editor_junk_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        for junk in [
+            ".web.yaml.swp",
+            "web.yaml~",
+            "web.yaml.swp",
+            "web.yaml.swx",
+            "web.yaml.bak",
+            "web.yaml.tmp",
+            "4913",
+            "#web.yaml#",
+            ".#web.yaml",
+            ".hidden.yaml",
+            "notes.txt",
+            ".git/config.yaml",
+            "..data/web.yaml",
+        ] {
+            write(dir.path(), junk, "x");
+        }
+        write(dir.path(), "web.yaml", "a");
+        assert_eq!(paths(&scan_dir(dir.path())), ["web.yaml"]);
+    }
+
+    #[test]
+    fn scan_is_recursive_sorted_and_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "b.yml", "b");
+        write(dir.path(), "a/z.yaml", "z");
+        write(dir.path(), "a/b/c.yaml", "c");
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("a/loop")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("b.yml"), dir.path().join("link.yaml")).unwrap();
+        let files = scan_dir(dir.path());
+        assert_eq!(
+            paths(&files),
+            ["a/b/c.yaml", "a/z.yaml", "b.yml", "link.yaml"]
+        );
+        assert_eq!(files[3].text, Ok("b".into()));
+    }
+
+    #[test]
+    fn missing_root_is_an_empty_snapshot_and_bad_utf8_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(scan_dir(&dir.path().join("nope")).is_empty());
+        fs::write(dir.path().join("bin.yaml"), [0xff, 0xfe]).unwrap();
+        assert_eq!(
+            scan_dir(dir.path())[0].text,
+            Err("file is not valid UTF-8".into())
+        );
+    }
+
+    /// Waits until the published snapshot satisfies `ok`.
+    async fn until(rx: &mut watch::Receiver<Snapshot>, ok: impl Fn(&[SourceFile]) -> bool) {
+        let wait = rx.wait_for(|s| ok(s));
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("no matching snapshot within 10s")
+            .expect("watcher stopped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watcher_publishes_a_snapshot_on_create_edit_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        // A long rescan: changes must be seen through file events.
+        let (_guard, mut rx) = watch_dir(root.clone(), Duration::from_secs(3600)).unwrap();
+        assert!(rx.borrow_and_update().is_empty());
+
+        write(&root, "sub/web.yaml", "one");
+        until(&mut rx, |s| s.len() == 1 && s[0].text == Ok("one".into())).await;
+        write(&root, "sub/web.yaml", "two");
+        until(&mut rx, |s| s.len() == 1 && s[0].text == Ok("two".into())).await;
+        write(&root, "web.yaml.swp", "junk");
+        fs::remove_file(root.join("sub/web.yaml")).unwrap();
+        until(&mut rx, |s| s.is_empty()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watcher_picks_up_a_root_created_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("manifests");
+        let (guard, mut rx) = watch_dir(root.clone(), Duration::from_millis(50)).unwrap();
+        assert!(rx.borrow().is_empty());
+        write(&root, "web.yaml", "one");
+        until(&mut rx, |s| s.len() == 1).await;
+        // Once the root exists it is watched: later edits arrive too.
+        write(&root, "db.yaml", "two");
+        until(&mut rx, |s| s.len() == 2).await;
+        drop(guard);
+    }
+
+    #[test]
+    fn a_file_as_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f.yaml");
+        fs::write(&f, "x").unwrap();
+        assert!(matches!(
+            watch_dir(f, Duration::from_secs(1)),
+            Err(ManifestError::RootNotADirectory { .. })
+        ));
+    }
+}

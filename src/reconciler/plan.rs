@@ -1,0 +1,333 @@
+//! The planner: a pure function from desired and observed state to the steps that
+//! converge them. No I/O, no clock: time comes in as `now`, backoff as `not_before`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::manifest::RestartPolicy;
+
+/// A container as the manifests want it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Want {
+    pub hash: String,
+    pub restart_policy: RestartPolicy,
+    /// Fields this release cannot apply yet; non-empty means the container is rejected.
+    pub unsupported: Vec<&'static str>,
+}
+
+/// What a container is doing, as far as the planner cares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Running,
+    /// Its process exited on its own or was stopped.
+    Exited {
+        code: i32,
+    },
+    /// It never started: setup or exec failed.
+    StartFailed,
+    /// Neither running nor with an exit record (e.g. after a reboot).
+    Lost,
+}
+
+/// A container as observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Have {
+    /// The spec hash it was created from (`None` for a half-created record).
+    pub hash: Option<String>,
+    pub phase: Phase,
+}
+
+/// Everything the planner looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub desired: BTreeMap<String, Want>,
+    pub observed: BTreeMap<String, Have>,
+    /// Names whose manifests are in conflict (duplicates): left exactly as they are.
+    pub frozen: BTreeSet<String>,
+    /// False while some manifest file is invalid and has no last good version: nothing
+    /// may be removed, since it might be declared there.
+    pub complete: bool,
+    /// Per name: no action before this time (backoff after a failure or a crash).
+    pub not_before: BTreeMap<String, Instant>,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Pull the image if needed and start a new container.
+    Create { name: String },
+    /// Stop the old container, then create it from the new spec; `changed` names the
+    /// fields that differ (filled in by the caller, who has both specs).
+    Replace { name: String, changed: Vec<String> },
+    /// Start the same container again (restart policy, or lost after a reboot).
+    Restart { name: String },
+    /// Stop (stop signal, grace, SIGKILL) and remove.
+    Remove { name: String },
+}
+
+impl Step {
+    pub fn name(&self) -> &str {
+        match self {
+            Step::Create { name }
+            | Step::Replace { name, .. }
+            | Step::Restart { name }
+            | Step::Remove { name } => name,
+        }
+    }
+}
+
+/// A plan: the steps to take now, and when to look again for steps held by backoff.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub wake_at: Option<Instant>,
+}
+
+/// Whether a container that exited with `code` is restarted under `policy`.
+pub fn should_restart(policy: RestartPolicy, code: i32) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => code != 0,
+        RestartPolicy::Never => false,
+    }
+}
+
+/// Computes the steps that bring `observed` to `desired`. Removals come first (they free
+/// names and resources), then creates, replaces and restarts, each in name order.
+pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
+    let mut out = Plan::default();
+    let held = |name: &str, out: &mut Plan| -> bool {
+        match inputs.not_before.get(name) {
+            Some(t) if *t > now => {
+                out.wake_at = Some(out.wake_at.map_or(*t, |w| w.min(*t)));
+                true
+            }
+            _ => false,
+        }
+    };
+
+    if inputs.complete {
+        for name in inputs.observed.keys() {
+            if !inputs.desired.contains_key(name) && !inputs.frozen.contains(name) {
+                out.steps.push(Step::Remove { name: name.clone() });
+            }
+        }
+    }
+
+    for (name, want) in &inputs.desired {
+        if inputs.frozen.contains(name) || !want.unsupported.is_empty() {
+            continue;
+        }
+        let step = match inputs.observed.get(name) {
+            None => Step::Create { name: name.clone() },
+            Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => Step::Replace {
+                name: name.clone(),
+                changed: Vec::new(),
+            },
+            Some(have) => match have.phase {
+                Phase::Running => continue,
+                Phase::Exited { code } if !should_restart(want.restart_policy, code) => continue,
+                Phase::Exited { .. } | Phase::StartFailed | Phase::Lost => {
+                    if want.restart_policy == RestartPolicy::Never && have.phase != Phase::Lost {
+                        continue;
+                    }
+                    Step::Restart { name: name.clone() }
+                }
+            },
+        };
+        if held(name, &mut out) {
+            continue;
+        }
+        out.steps.push(step);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Builder-style fixture for planner scenarios.
+    #[derive(Default)]
+    struct World(Inputs);
+
+    impl World {
+        fn new() -> Self {
+            World(Inputs {
+                complete: true,
+                ..Default::default()
+            })
+        }
+        fn want(mut self, name: &str, hash: &str, policy: RestartPolicy) -> Self {
+            self.0.desired.insert(
+                name.into(),
+                Want {
+                    hash: hash.into(),
+                    restart_policy: policy,
+                    unsupported: vec![],
+                },
+            );
+            self
+        }
+        fn have(mut self, name: &str, hash: &str, phase: Phase) -> Self {
+            self.0.observed.insert(
+                name.into(),
+                Have {
+                    hash: Some(hash.into()),
+                    phase,
+                },
+            );
+            self
+        }
+        fn plan(&self, now: Instant) -> Plan {
+            plan(&self.0, now)
+        }
+    }
+
+    fn steps(p: Plan) -> Vec<Step> {
+        p.steps
+    }
+
+    #[test]
+    fn a_new_manifest_creates_its_container() {
+        let w = World::new().want("web", "h1", RestartPolicy::Always);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Create { name: "web".into() }]
+        );
+    }
+
+    #[test]
+    fn a_running_container_with_the_same_hash_is_left_alone() {
+        let w =
+            World::new()
+                .want("web", "h1", RestartPolicy::Always)
+                .have("web", "h1", Phase::Running);
+        assert!(steps(w.plan(Instant::now())).is_empty());
+    }
+
+    #[test]
+    fn a_changed_hash_replaces_the_container() {
+        let w =
+            World::new()
+                .want("web", "h2", RestartPolicy::Always)
+                .have("web", "h1", Phase::Running);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Replace {
+                name: "web".into(),
+                changed: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_container_without_manifest_is_removed() {
+        let w = World::new().have("old", "h1", Phase::Running);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Remove { name: "old".into() }]
+        );
+    }
+
+    #[test]
+    fn nothing_is_removed_while_an_invalid_file_has_no_last_good_version() {
+        let mut w = World::new().have("old", "h1", Phase::Running);
+        w.0.complete = false;
+        assert!(steps(w.plan(Instant::now())).is_empty());
+    }
+
+    #[test]
+    fn a_duplicated_name_is_left_exactly_as_it_runs() {
+        let mut w =
+            World::new()
+                .want("web", "h2", RestartPolicy::Always)
+                .have("web", "h1", Phase::Running);
+        w.0.frozen.insert("web".into());
+        w.0.desired.remove("web");
+        assert!(steps(w.plan(Instant::now())).is_empty());
+    }
+
+    #[test]
+    fn exited_container_with_always_policy_is_restarted_after_backoff() {
+        let now = Instant::now();
+        let mut w = World::new().want("web", "h1", RestartPolicy::Always).have(
+            "web",
+            "h1",
+            Phase::Exited { code: 0 },
+        );
+        w.0.not_before
+            .insert("web".into(), now + Duration::from_secs(2));
+        let p = w.plan(now);
+        assert!(p.steps.is_empty());
+        assert_eq!(p.wake_at, Some(now + Duration::from_secs(2)));
+        assert_eq!(
+            steps(w.plan(now + Duration::from_secs(3))),
+            [Step::Restart { name: "web".into() }]
+        );
+    }
+
+    #[test]
+    fn on_failure_policy_restarts_only_non_zero_exits() {
+        let w = World::new()
+            .want("ok", "h", RestartPolicy::OnFailure)
+            .have("ok", "h", Phase::Exited { code: 0 })
+            .want("bad", "h", RestartPolicy::OnFailure)
+            .have("bad", "h", Phase::Exited { code: 2 });
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Restart { name: "bad".into() }]
+        );
+    }
+
+    #[test]
+    fn never_policy_leaves_an_exited_container_exited() {
+        let w = World::new().want("job", "h", RestartPolicy::Never).have(
+            "job",
+            "h",
+            Phase::Exited { code: 1 },
+        );
+        assert!(steps(w.plan(Instant::now())).is_empty());
+    }
+
+    #[test]
+    fn a_lost_container_is_started_again_even_with_never_policy() {
+        let w = World::new()
+            .want("job", "h", RestartPolicy::Never)
+            .have("job", "h", Phase::Lost);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Restart { name: "job".into() }]
+        );
+    }
+
+    #[test]
+    fn unsupported_fields_block_only_their_own_container() {
+        let mut w = World::new().want("a", "h", RestartPolicy::Always).want(
+            "b",
+            "h",
+            RestartPolicy::Always,
+        );
+        w.0.desired.get_mut("a").unwrap().unsupported = vec!["ports"];
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Create { name: "b".into() }]
+        );
+    }
+
+    #[test]
+    fn removals_come_before_creates() {
+        let w =
+            World::new()
+                .want("new", "h", RestartPolicy::Always)
+                .have("old", "h", Phase::Running);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [
+                Step::Remove { name: "old".into() },
+                Step::Create { name: "new".into() }
+            ]
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The status snapshot: what the agent publishes and the HTTP handlers only read.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A container's phase, as in `interfaces.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Waiting: image pull, dependencies, backoff.
+    Pending,
+    Running,
+    /// Stopped and not to be restarted by its policy.
+    Exited,
+    /// Cannot be created or started; `message` says why.
+    Failed,
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContainerState::Pending => "pending",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+            ContainerState::Failed => "failed",
+        })
+    }
+}
+
+/// One container object of `/v1/containers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    pub state: ContainerState,
+    /// The container's init as seen from the host.
+    pub pid: Option<i32>,
+    pub image: String,
+    pub image_digest: Option<String>,
+    pub restart_count: u32,
+    pub exit_code: Option<i32>,
+    /// RFC 3339, UTC.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The manifest file, relative to the manifests folder.
+    pub source: Option<String>,
+    pub spec_hash: Option<String>,
+    /// The last error, human-readable.
+    pub message: Option<String>,
+    /// Where the shim writes the container's stdout and stderr (not serialised).
+    #[serde(skip)]
+    pub log_path: Option<PathBuf>,
+}
+
+/// One error in a manifest file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestError {
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+/// One entry of `/v1/manifests`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestReport {
+    /// Relative to the manifests folder.
+    pub file: String,
+    /// `Kind/name` of every object the file declares (its last good version if invalid).
+    pub objects: Vec<String>,
+    pub errors: Vec<ManifestError>,
+}
+
+/// Everything the endpoint shows, published atomically as one value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub containers: Vec<ContainerStatus>,
+    pub manifests: Vec<ManifestReport>,
+}
+
+impl StatusSnapshot {
+    pub fn container(&self, name: &str) -> Option<&ContainerStatus> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+}

@@ -1,0 +1,267 @@
+//! Scenario tests of the reconciler with small recording fakes of the runtime and the
+//! image store (style.md item 1): what a user would see in the status, and which
+//! runtime calls were made.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::Signal;
+
+use super::status::{ContainerState, StatusSnapshot};
+use super::{ImageInfo, Images, Reconciler};
+use crate::manifest::{DesiredState, Loader, PullPolicy, SourceFile};
+use crate::runtime::{
+    ExitRecord, ImageConfig, Observed, ObservedState, Running, Runtime, RuntimeError, StartRequest,
+};
+
+#[derive(Default)]
+struct FakeRuntime {
+    containers: Mutex<BTreeMap<String, Observed>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeRuntime {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn exit(&self, name: &str, code: i32) {
+        let mut c = self.containers.lock().unwrap();
+        let o = c.get_mut(name).unwrap();
+        o.state = ObservedState::Exited(ExitRecord {
+            run: 1,
+            exit_code: code,
+            signal: None,
+            finished_at: 0,
+            error: None,
+        });
+    }
+}
+
+impl Runtime for FakeRuntime {
+    async fn list(&self) -> Result<Vec<Observed>, RuntimeError> {
+        Ok(self.containers.lock().unwrap().values().cloned().collect())
+    }
+    async fn start(&self, req: StartRequest) -> Result<Running, RuntimeError> {
+        self.calls.lock().unwrap().push(format!(
+            "start {} {}",
+            req.name,
+            req.process.args.join(" ")
+        ));
+        if req.process.args[0] == "missing" {
+            return Err(RuntimeError::StartFailed(
+                "exec: \"missing\": executable file not found in $PATH".into(),
+            ));
+        }
+        let running = Running {
+            run: 1,
+            pid: 100,
+            start_time: 1,
+            started_at: 0,
+        };
+        let mut c = self.containers.lock().unwrap();
+        let restarts = c
+            .get(&req.name)
+            .map(|o| o.restart_count + u32::from(!req.fresh))
+            .unwrap_or(0);
+        c.insert(
+            req.name.clone(),
+            Observed {
+                name: req.name.clone(),
+                annotations: req.annotations.clone(),
+                state: ObservedState::Running(running),
+                restart_count: restarts,
+                started_at: Some(0),
+                log_path: "/dev/null".into(),
+            },
+        );
+        Ok(running)
+    }
+    async fn stop(
+        &self,
+        name: &str,
+        signal: Signal,
+        _grace: std::time::Duration,
+    ) -> Result<(), RuntimeError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("stop {name} {signal}"));
+        Ok(())
+    }
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        self.calls.lock().unwrap().push(format!("remove {name}"));
+        self.containers.lock().unwrap().remove(name);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeImages {
+    broken: HashMap<String, String>,
+}
+
+impl Images for FakeImages {
+    async fn ensure(&self, reference: &str, _policy: PullPolicy) -> Result<ImageInfo, String> {
+        if let Some(e) = self.broken.get(reference) {
+            return Err(e.clone());
+        }
+        Ok(ImageInfo {
+            digest: "sha256:abc".into(),
+            defaults: ImageConfig {
+                cmd: Some(vec!["sh".into()]),
+                ..Default::default()
+            },
+            layers: vec![],
+        })
+    }
+}
+
+fn desired(files: &[(&str, &str)]) -> DesiredState {
+    let files: Vec<SourceFile> = files
+        .iter()
+        .map(|(p, t)| SourceFile {
+            path: p.to_string(),
+            text: Ok(t.to_string()),
+        })
+        .collect();
+    Loader::new(None).load(&files)
+}
+
+fn container(name: &str, image: &str, extra: &str) -> String {
+    format!("apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra}")
+}
+
+/// Runs passes until no step is in flight, returning the last status.
+async fn converge<R: Runtime, I: Images>(
+    r: &mut Reconciler<R, I>,
+    d: &DesiredState,
+) -> StatusSnapshot {
+    loop {
+        let (status, _) = r.pass(d).await.unwrap();
+        if !r.busy() {
+            return status;
+        }
+        r.step_done().await;
+    }
+}
+
+fn state_of(s: &StatusSnapshot, name: &str) -> (ContainerState, Option<String>) {
+    let c = s
+        .container(name)
+        .unwrap_or_else(|| panic!("{name} missing from {s:?}"));
+    (c.state, c.message.clone())
+}
+
+#[tokio::test]
+async fn a_declared_container_is_started_and_reported_running_with_its_source() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let d = desired(&[("web.yaml", &container("web", "busybox", ""))]);
+    let s = converge(&mut r, &d).await;
+    let web = s.container("web").unwrap();
+    assert_eq!(web.state, ContainerState::Running);
+    assert_eq!(web.pid, Some(100));
+    assert_eq!(web.source.as_deref(), Some("web.yaml"));
+    assert_eq!(web.image_digest.as_deref(), Some("sha256:abc"));
+    assert_eq!(rt.calls(), ["start web sh"]);
+}
+
+#[tokio::test]
+async fn a_registry_error_leaves_the_container_pending_with_the_reason_and_others_run() {
+    let rt = Arc::new(FakeRuntime::default());
+    let images = FakeImages {
+        broken: HashMap::from([("down:1".into(), "connection refused".into())]),
+    };
+    let mut r = Reconciler::new(rt.clone(), Arc::new(images));
+    let d = desired(&[
+        ("a.yaml", &container("a", "down:1", "")),
+        ("b.yaml", &container("b", "busybox", "")),
+    ]);
+    let s = converge(&mut r, &d).await;
+    let (state, message) = state_of(&s, "a");
+    assert_eq!(state, ContainerState::Pending);
+    assert!(message.unwrap().contains("connection refused"));
+    assert_eq!(state_of(&s, "b").0, ContainerState::Running);
+}
+
+#[tokio::test]
+async fn a_missing_command_fails_the_container_with_the_reason() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt, Arc::new(FakeImages::default()));
+    let d = desired(&[(
+        "a.yaml",
+        &container("a", "busybox", "  command: [missing]\n"),
+    )]);
+    let (state, message) = state_of(&converge(&mut r, &d).await, "a");
+    assert_eq!(state, ContainerState::Failed);
+    assert!(message.unwrap().contains("executable file not found"));
+}
+
+#[tokio::test]
+async fn an_unsupported_field_fails_only_its_container_and_says_so() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let d = desired(&[
+        (
+            "a.yaml",
+            &container("a", "busybox", "  mounts: [\"/srv:/srv\"]\n"),
+        ),
+        ("b.yaml", &container("b", "busybox", "")),
+    ]);
+    let s = converge(&mut r, &d).await;
+    let (state, message) = state_of(&s, "a");
+    assert_eq!(state, ContainerState::Failed);
+    assert!(message.unwrap().contains("not supported yet: spec.mounts"));
+    assert_eq!(rt.calls(), ["start b sh"]);
+}
+
+#[tokio::test]
+async fn an_edit_stops_the_old_container_with_its_stop_signal_before_starting_the_new_one() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let d1 = desired(&[(
+        "a.yaml",
+        &container("a", "busybox", "  stopSignal: SIGQUIT\n"),
+    )]);
+    converge(&mut r, &d1).await;
+    let d2 = desired(&[(
+        "a.yaml",
+        &container("a", "busybox", "  stopSignal: SIGQUIT\n  args: [x]\n"),
+    )]);
+    let s = converge(&mut r, &d2).await;
+    assert_eq!(
+        rt.calls(),
+        ["start a sh", "stop a SIGQUIT", "remove a", "start a x"]
+    );
+    assert_eq!(state_of(&s, "a").0, ContainerState::Running);
+}
+
+#[tokio::test]
+async fn a_container_whose_manifest_is_gone_is_stopped_and_removed() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    converge(
+        &mut r,
+        &desired(&[("a.yaml", &container("a", "busybox", ""))]),
+    )
+    .await;
+    let s = converge(&mut r, &desired(&[])).await;
+    assert!(s.containers.is_empty(), "{s:?}");
+    assert_eq!(rt.calls(), ["start a sh", "stop a SIGTERM", "remove a"]);
+}
+
+#[tokio::test]
+async fn an_exited_container_with_never_policy_stays_exited_with_its_code() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let d = desired(&[(
+        "a.yaml",
+        &container("a", "busybox", "  restartPolicy: Never\n"),
+    )]);
+    converge(&mut r, &d).await;
+    rt.exit("a", 3);
+    let s = converge(&mut r, &d).await;
+    let a = s.container("a").unwrap();
+    assert_eq!((a.state, a.exit_code), (ContainerState::Exited, Some(3)));
+    assert_eq!(rt.calls(), ["start a sh"]);
+}

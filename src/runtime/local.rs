@@ -1,0 +1,362 @@
+//! The built-in runtime: starts one `wharf shim` per container, reads their records,
+//! signals and removes them. Roots are injected so tests run on temp dirs.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Spec;
+
+use super::linux::{cgroups, proc};
+use super::process::resolve_user;
+use super::records::{ExitRecord, Paths, Record, Running, ShimConfig, StartReport};
+use super::rootfs_files::read_from_layers;
+use super::spec::{self, ConfigInputs};
+use super::{Observed, ObservedState, Runtime, RuntimeError, StartRequest};
+use crate::state;
+
+/// The Linux runtime of one agent instance.
+#[derive(Debug, Clone)]
+pub struct LinuxRuntime {
+    state_root: PathBuf,
+    run_root: PathBuf,
+    instance: String,
+    shim_exe: PathBuf,
+}
+
+impl LinuxRuntime {
+    /// `state_root` and `run_root` are the agent's `--state` and `--run-dir`; `instance`
+    /// tags kernel objects; `shim_exe` is the wharf binary to run as `wharf shim`.
+    pub fn new(state_root: &Path, run_root: &Path, instance: &str, shim_exe: PathBuf) -> Self {
+        LinuxRuntime {
+            state_root: state_root.to_owned(),
+            run_root: run_root.to_owned(),
+            instance: instance.to_owned(),
+            shim_exe,
+        }
+    }
+
+    fn paths(&self, name: &str) -> Paths {
+        Paths::new(&self.state_root, &self.run_root, name)
+    }
+
+    fn prepare(&self, req: &StartRequest) -> Result<(Paths, ShimConfig), RuntimeError> {
+        let name = req.name.clone();
+        let fail = |message: String| RuntimeError::Prepare {
+            name: name.clone(),
+            message,
+        };
+        let paths = self.paths(&req.name);
+        let mut record: Record = if req.fresh {
+            Record::default()
+        } else {
+            state::read_json(&paths.record())
+                .map_err(|e| fail(e.to_string()))?
+                .unwrap_or_default()
+        };
+        if req.fresh {
+            // A new container starts from a clean writable layer and an empty log.
+            for p in [paths.upper(), paths.work()] {
+                match fs::remove_dir_all(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(fail(format!("remove {}: {e}", p.display()))),
+                }
+            }
+            let _ = fs::remove_file(paths.log());
+        } else {
+            record.restart_count += 1;
+        }
+        record.run += 1;
+        for p in [paths.upper(), paths.work(), paths.rootfs()] {
+            fs::create_dir_all(&p).map_err(|e| fail(format!("create {}: {e}", p.display())))?;
+        }
+        let _ = fs::remove_file(paths.exit());
+        let _ = fs::remove_file(paths.state());
+
+        let passwd = read_from_layers(&req.layers, "/etc/passwd").unwrap_or_default();
+        let group = read_from_layers(&req.layers, "/etc/group").unwrap_or_default();
+        let user =
+            resolve_user(&req.process.user, &passwd, &group).map_err(RuntimeError::StartFailed)?;
+        let cgroup = cgroups::container_path(&self.instance, &req.name);
+        let config = spec::build(&ConfigInputs {
+            hostname: req.hostname.clone(),
+            process: req.process.clone(),
+            user: user.clone(),
+            rootfs: paths.rootfs(),
+            read_only_rootfs: req.read_only_rootfs,
+            host_network: req.host_network,
+            cgroup: cgroup.clone(),
+            annotations: req.annotations.clone(),
+        })
+        .map_err(|e| fail(format!("build OCI config: {e}")))?;
+        state::write_json(&paths.config(), &config).map_err(|e| fail(e.to_string()))?;
+        let shim = ShimConfig {
+            name: req.name.clone(),
+            run: record.run,
+            lower: req.layers.clone(),
+            upper: paths.upper(),
+            work: paths.work(),
+            log_path: paths.log(),
+            exit_path: paths.exit(),
+            state_path: paths.state(),
+            cgroup,
+            home: Some(user.home),
+        };
+        state::write_json(&paths.shim_config(), &shim).map_err(|e| fail(e.to_string()))?;
+        state::write_json(&paths.record(), &record).map_err(|e| fail(e.to_string()))?;
+        Ok((paths, shim))
+    }
+
+    /// Spawns the shim and waits for its one-line report. Blocking.
+    fn spawn_shim(&self, name: &str, paths: &Paths) -> Result<Running, RuntimeError> {
+        let spawn_err = |source| RuntimeError::SpawnShim {
+            name: name.to_owned(),
+            source,
+        };
+        let shim_log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.shim_log())
+            .map_err(spawn_err)?;
+        // std's Command forks and immediately execs (no Rust code runs in the child),
+        // which is safe from a multi-threaded process, unlike a bare fork.
+        let mut child = Command::new(&self.shim_exe)
+            .arg("shim")
+            .arg("--bundle")
+            .arg(&paths.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_log)
+            .env_remove("RUST_LOG")
+            .spawn()
+            .map_err(spawn_err)?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line);
+        // The shim outlives this call; reap it whenever it ends so it never lingers as a
+        // zombie while the agent runs. (After an agent restart, init reaps it.)
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        read.map_err(spawn_err)?;
+        match serde_json::from_str::<StartReport>(line.trim()) {
+            Ok(StartReport::Started(running)) => {
+                let mut record: Record = state::read_json(&paths.record())
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                record.started_at = Some(running.started_at);
+                let _ = state::write_json(&paths.record(), &record);
+                Ok(running)
+            }
+            Ok(StartReport::Failed { message }) => Err(RuntimeError::StartFailed(message)),
+            Err(_) => {
+                let log = fs::read_to_string(paths.shim_log()).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("no output").to_owned();
+                Err(RuntimeError::StartFailed(format!(
+                    "shim ended without a report: {last}"
+                )))
+            }
+        }
+    }
+
+    /// Reads one container's observed state. Blocking.
+    fn observe(&self, name: &str) -> Option<Observed> {
+        let paths = self.paths(name);
+        let spec = Spec::load(paths.config()).ok()?;
+        let record: Record = state::read_json(&paths.record())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let running: Option<Running> = state::read_json(&paths.state()).ok().flatten();
+        let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
+        let state = match (running, exit) {
+            (_, Some(exit)) if exit.run == record.run => ObservedState::Exited(exit),
+            (Some(r), _) if r.run == record.run && proc::is_alive(r.pid, r.start_time) => {
+                ObservedState::Running(r)
+            }
+            _ => ObservedState::Lost,
+        };
+        Some(Observed {
+            name: name.to_owned(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            state,
+            restart_count: record.restart_count,
+            started_at: record.started_at,
+            log_path: paths.log(),
+        })
+    }
+
+    fn running(&self, name: &str) -> Option<Running> {
+        let paths = self.paths(name);
+        let r: Running = state::read_json(&paths.state()).ok().flatten()?;
+        proc::is_alive(r.pid, r.start_time).then_some(r)
+    }
+
+    /// Blocking stop: signal, grace, SIGKILL, then wait for the shim's exit record.
+    fn stop_blocking(
+        &self,
+        name: &str,
+        signal: Signal,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let Some(r) = self.running(name) else {
+            return Ok(());
+        };
+        let fail = |message: String| RuntimeError::Stop {
+            name: name.to_owned(),
+            message,
+        };
+        proc::signal_if_same(r.pid, r.start_time, signal)
+            .map_err(|e| fail(format!("{signal}: {e}")))?;
+        let deadline = Instant::now() + grace;
+        while proc::is_alive(r.pid, r.start_time) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if proc::is_alive(r.pid, r.start_time) {
+            proc::signal_if_same(r.pid, r.start_time, Signal::SIGKILL)
+                .map_err(|e| fail(format!("SIGKILL: {e}")))?;
+        }
+        // The shim writes the exit record once it has reaped the init and drained the
+        // log; wait for it so the caller sees the final state.
+        let paths = self.paths(name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
+            if exit.is_some_and(|e| e.run == r.run) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if proc::is_alive(r.pid, r.start_time) {
+            return Err(fail("still running after SIGKILL".into()));
+        }
+        Ok(())
+    }
+
+    fn remove_blocking(&self, name: &str) -> Result<(), RuntimeError> {
+        self.stop_blocking(name, Signal::SIGKILL, Duration::ZERO)?;
+        let paths = self.paths(name);
+        let mut errors = Vec::new();
+        if let Err(e) = cgroups::remove(&cgroups::container_path(&self.instance, name)) {
+            errors.push(e.to_string());
+        }
+        cgroups::remove_if_empty(&cgroups::instance_path(&self.instance));
+        for dir in [&paths.run_dir, &paths.dir] {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("remove {}: {e}", dir.display())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Remove {
+                name: name.to_owned(),
+                message: errors.join("; "),
+            })
+        }
+    }
+
+    fn list_blocking(&self) -> Result<Vec<Observed>, RuntimeError> {
+        let dir = self.state_root.join("containers");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(RuntimeError::List { path: dir, source }),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            match self.observe(&name) {
+                Some(o) => out.push(o),
+                // A directory without a readable config is a create that died half way:
+                // list it as lost so the reconciler removes or recreates it.
+                None => out.push(Observed {
+                    name: name.clone(),
+                    annotations: HashMap::new(),
+                    state: ObservedState::Lost,
+                    restart_count: 0,
+                    started_at: None,
+                    log_path: self.paths(&name).log(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Kills and removes cgroups under this instance that belong to no known container
+    /// (left by a crash between creating a cgroup and writing its record).
+    pub fn remove_orphan_cgroups(&self, known: &[String]) -> Vec<String> {
+        let mut removed = Vec::new();
+        for name in cgroups::list_containers(&self.instance) {
+            if known.contains(&name) {
+                continue;
+            }
+            let path = cgroups::container_path(&self.instance, &name);
+            for pid in cgroups::procs(&path) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if cgroups::remove(&path).is_ok() {
+                removed.push(name);
+            }
+        }
+        cgroups::remove_if_empty(&cgroups::instance_path(&self.instance));
+        removed
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+    name: &str,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(RuntimeError::Prepare {
+            name: name.to_owned(),
+            message: format!("runtime task failed: {e}"),
+        })
+    })
+}
+
+impl Runtime for LinuxRuntime {
+    async fn list(&self) -> Result<Vec<Observed>, RuntimeError> {
+        let me = self.clone();
+        blocking(move || me.list_blocking(), "*").await
+    }
+
+    async fn start(&self, req: StartRequest) -> Result<Running, RuntimeError> {
+        let me = self.clone();
+        let name = req.name.clone();
+        blocking(
+            move || {
+                let (paths, _shim) = me.prepare(&req)?;
+                me.spawn_shim(&req.name, &paths)
+            },
+            &name,
+        )
+        .await
+    }
+
+    async fn stop(&self, name: &str, signal: Signal, grace: Duration) -> Result<(), RuntimeError> {
+        let me = self.clone();
+        let n = name.to_owned();
+        blocking(move || me.stop_blocking(&n, signal, grace), name).await
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let me = self.clone();
+        let n = name.to_owned();
+        blocking(move || me.remove_blocking(&n), name).await
+    }
+}

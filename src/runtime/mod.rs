@@ -1,0 +1,104 @@
+//! The container runtime: the `Runtime` trait the reconciler drives, the built-in Linux
+//! implementation (one shim process per container), and OCI config generation.
+
+pub mod linux;
+pub mod local;
+pub mod process;
+pub mod records;
+pub mod rootfs_files;
+pub mod shim;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use local::LinuxRuntime;
+pub use process::{ImageConfig, ProcessPlan, ProcessRequest};
+pub use records::{ExitRecord, Running};
+
+/// What it takes to start a container.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub name: String,
+    pub hostname: String,
+    pub process: ProcessPlan,
+    /// Unpacked image layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    pub read_only_rootfs: bool,
+    pub host_network: bool,
+    /// Stored in the OCI config; the reconciler keeps its spec hash and source here.
+    pub annotations: HashMap<String, String>,
+    /// true: a new container (fresh writable layer, log and restart count); false: a
+    /// restart of the same container (keeps them, counts the restart).
+    pub fresh: bool,
+}
+
+/// A container's state as observed from disk and the kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObservedState {
+    Running(Running),
+    Exited(ExitRecord),
+    /// Neither running nor with an exit record (e.g. after a reboot).
+    Lost,
+}
+
+/// One container the runtime knows about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub name: String,
+    pub annotations: HashMap<String, String>,
+    pub state: ObservedState,
+    pub restart_count: u32,
+    /// Seconds since the epoch of the latest start.
+    pub started_at: Option<i64>,
+    pub log_path: PathBuf,
+}
+
+/// Errors of the runtime, named for the failed operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The container could not be started: a problem of the container (bad command,
+    /// missing user...), reported on its status as `failed`.
+    #[error("{0}")]
+    StartFailed(String),
+    #[error("prepare container {name}: {message}")]
+    Prepare { name: String, message: String },
+    #[error("spawn shim for {name}: {source}")]
+    SpawnShim {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("stop container {name}: {message}")]
+    Stop { name: String, message: String },
+    #[error("remove container {name}: {message}")]
+    Remove { name: String, message: String },
+    #[error("list containers in {path}: {source}")]
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The reconciler's view of a container runtime. Implementations: [`LinuxRuntime`],
+/// and small recording fakes in tests.
+pub trait Runtime: Send + Sync + 'static {
+    /// Every container this runtime instance created and has not removed.
+    fn list(&self) -> impl Future<Output = Result<Vec<Observed>, RuntimeError>> + Send;
+    /// Creates and starts a container; returns once its process runs (or failed).
+    fn start(
+        &self,
+        req: StartRequest,
+    ) -> impl Future<Output = Result<Running, RuntimeError>> + Send;
+    /// Sends `signal`, waits up to `grace`, then SIGKILL; returns once it has exited.
+    /// A container that is not running is success.
+    fn stop(
+        &self,
+        name: &str,
+        signal: nix::sys::signal::Signal,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a container (killing it if it still runs); not found is success.
+    fn remove(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}

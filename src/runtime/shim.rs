@@ -1,0 +1,355 @@
+//! The per-container shim (`wharf shim --bundle DIR`): a small synchronous program, no
+//! tokio, one per container, like conmon or containerd-shim.
+//!
+//! It creates the container (namespaces, cgroup, rootfs, user, exec), is the parent of
+//! its init, copies its stdout and stderr into the log file, reaps it and records the
+//! exit status atomically. Because the shim (not the agent) is the parent, the agent
+//! can stop, crash or restart without touching any container, log line or exit code.
+//!
+//! Protocol with the agent: one JSON [`StartReport`] line on stdout, then stdout is
+//! closed. Protocol with the child: a "go" byte once the child is in its cgroup, and a
+//! close-on-exec pipe that carries an error message if setup or exec fails, or reaches
+//! EOF when `execve` succeeded (the classic self-pipe trick runc and crun use).
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{
+    chdir, dup2_stderr, dup2_stdin, dup2_stdout, execve, pipe2, setgid, setgroups, sethostname,
+    setsid, setuid, ForkResult, Gid, Pid, Uid,
+};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::linux::{cgroups, fork_single_threaded, proc, rootfs};
+use super::records::{now, ExitRecord, Running, ShimConfig, StartReport};
+use crate::state;
+
+/// Runs the shim for the bundle in `bundle`; returns the shim's exit code.
+pub fn main(bundle: &Path) -> i32 {
+    // A new session: signals to the agent's process group or terminal never reach us.
+    let _ = setsid();
+    let _ = nix::sys::prctl::set_name(c"wharf-shim");
+    match run(bundle) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("wharf shim {}: {message}", bundle.display());
+            report(&StartReport::Failed { message });
+            1
+        }
+    }
+}
+
+fn report(r: &StartReport) {
+    let mut out = io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, r);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn run(bundle: &Path) -> Result<(), String> {
+    let spec =
+        Spec::load(bundle.join("config.json")).map_err(|e| format!("load config.json: {e}"))?;
+    let shim: ShimConfig = state::read_json(&bundle.join("shim.json"))
+        .map_err(|e| format!("load shim.json: {e}"))?
+        .ok_or("shim.json is missing")?;
+
+    let cg = cgroups::ensure(&shim.cgroup).map_err(|e| e.to_string())?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&shim.log_path)
+        .map_err(|e| format!("open log {}: {e}", shim.log_path.display()))?;
+
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+
+    // The next child is pid 1 of a new pid namespace; the shim itself stays outside.
+    if has_namespace(&spec, LinuxNamespaceType::Pid) {
+        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid namespace: {e}"))?;
+    }
+
+    match fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            drop((out_r, status_r, go_w, log));
+            let err = child(&spec, &shim, go_r, &out_w);
+            let mut status = File::from(status_w);
+            let _ = status.write_all(err.as_bytes());
+            drop(status);
+            super::linux::exit_now(127)
+        }
+        ForkResult::Parent { child } => {
+            drop((out_w, status_w, go_r));
+            parent(&shim, &cg, child, log, out_r, status_r, go_w)
+        }
+    }
+}
+
+fn parent(
+    shim: &ShimConfig,
+    cg: &cgroups_rs::Cgroup,
+    child: Pid,
+    mut log: File,
+    out_r: OwnedFd,
+    status_r: OwnedFd,
+    go_w: OwnedFd,
+) -> Result<(), String> {
+    let pid = child.as_raw();
+    if let Err(e) = cgroups::add_process(cg, &shim.cgroup, pid) {
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        let _ = cgroups::remove(&shim.cgroup);
+        return Err(e.to_string());
+    }
+    let _ = File::from(go_w).write_all(b"g");
+
+    let mut setup_error = String::new();
+    let _ = File::from(status_r).read_to_string(&mut setup_error);
+    let start_time = proc::start_time(pid).unwrap_or(0);
+    if !setup_error.is_empty() {
+        let _ = waitpid(child, None);
+        let _ = cgroups::remove(&shim.cgroup);
+        write_exit(shim, 127, None, Some(setup_error.clone()));
+        return Err(setup_error);
+    }
+
+    let running = Running {
+        run: shim.run,
+        pid,
+        start_time,
+        started_at: now(),
+    };
+    if let Err(e) = state::write_json(&shim.state_path, &running) {
+        eprintln!("record state: {e}");
+    }
+    report(&StartReport::Started(running));
+    // The agent may go away at any time; nothing more is written to it.
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = dup2_stdout(&null);
+    }
+
+    copy_output(File::from(out_r), &mut log);
+
+    let (code, signal) = loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => break (code, None),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break (128 + sig as i32, Some(sig as i32)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("waitpid {pid}: {e}");
+                break (255, None);
+            }
+        }
+    };
+    let _ = log.sync_all();
+    write_exit(shim, code, signal, None);
+    let _ = fs::remove_file(&shim.state_path);
+    if let Err(e) = cgroups::remove(&shim.cgroup) {
+        eprintln!("{e}");
+    }
+    Ok(())
+}
+
+/// Copies the container's output into the log until every writer has closed the pipe
+/// (the init and all its descendants: they die with the pid namespace).
+fn copy_output(mut out: File, log: &mut File) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(e) = log.write_all(&buf[..n]) {
+                    eprintln!("write log: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("read container output: {e}");
+                break;
+            }
+        }
+    }
+}
+
+fn write_exit(shim: &ShimConfig, exit_code: i32, signal: Option<i32>, error: Option<String>) {
+    let record = ExitRecord {
+        run: shim.run,
+        exit_code,
+        signal,
+        finished_at: now(),
+        error,
+    };
+    if let Err(e) = state::write_json(&shim.exit_path, &record) {
+        eprintln!("record exit: {e}");
+    }
+}
+
+fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ))
+}
+
+/// The child: waits to be placed in the cgroup, builds the container and execs. Returns
+/// only on failure, with the message for the agent.
+fn child(spec: &Spec, shim: &ShimConfig, go: OwnedFd, out_w: &OwnedFd) -> String {
+    let mut byte = [0u8; 1];
+    if !matches!(File::from(go).read(&mut byte), Ok(1)) {
+        return "shim went away before the container started".into();
+    }
+    match setup(spec, shim, out_w) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, String> {
+    let process = spec.process().as_ref().ok_or("config has no process")?;
+    let root = spec.root().as_ref().ok_or("config has no root")?;
+    let rootfs = root.path().clone();
+
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let mut flags = CloneFlags::empty();
+    for (typ, flag) in [
+        (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS),
+        (LinuxNamespaceType::Uts, CloneFlags::CLONE_NEWUTS),
+        (LinuxNamespaceType::Ipc, CloneFlags::CLONE_NEWIPC),
+        (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET),
+        (LinuxNamespaceType::Cgroup, CloneFlags::CLONE_NEWCGROUP),
+    ] {
+        if has_namespace(spec, typ) {
+            flags |= flag;
+        }
+    }
+    unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
+
+    let e = |e: rootfs::RootfsError| e.to_string();
+    rootfs::make_root_slave().map_err(e)?;
+    fs::create_dir_all(&rootfs).map_err(|err| format!("create {}: {err}", rootfs.display()))?;
+    rootfs::mount_overlay(&shim.lower, &shim.upper, &shim.work, &rootfs).map_err(e)?;
+    for m in spec.mounts().iter().flatten() {
+        rootfs::mount_one(&rootfs, m).map_err(e)?;
+        if m.destination() == Path::new("/dev") {
+            rootfs::populate_dev(&rootfs).map_err(e)?;
+        }
+    }
+    if has_namespace(spec, LinuxNamespaceType::Network) {
+        bring_up_loopback();
+    }
+    rootfs::pivot(&rootfs).map_err(e)?;
+    if let Some(linux) = spec.linux() {
+        rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or_default()).map_err(e)?;
+        rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default()).map_err(e)?;
+    }
+    if root.readonly().unwrap_or(false) {
+        rootfs::remount_readonly(Path::new("/"), false).map_err(e)?;
+    }
+    if let Some(hostname) = spec.hostname() {
+        sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
+    }
+
+    let cwd = process.cwd();
+    // Docker creates a missing working directory (before dropping privileges).
+    fs::create_dir_all(cwd).map_err(|e| format!("create working dir {}: {e}", cwd.display()))?;
+    let user = process.user();
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    setgid(Gid::from_raw(user.gid())).map_err(|e| format!("setgid {}: {e}", user.gid()))?;
+    setuid(Uid::from_raw(user.uid())).map_err(|e| format!("setuid {}: {e}", user.uid()))?;
+    chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
+    if process.no_new_privileges().unwrap_or(false) {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    }
+
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", shim.home.as_deref().unwrap_or("/")));
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let program = args.first().ok_or("config has no process args")?;
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(super::process::DEFAULT_PATH);
+    let exe = find_executable(program, path)?;
+
+    // Standard streams: stdin from /dev/null, stdout and stderr into the log pipe.
+    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    dup2_stdin(&null).map_err(|e| format!("dup2 stdin: {e}"))?;
+    dup2_stdout(out_w).map_err(|e| format!("dup2 stdout: {e}"))?;
+    dup2_stderr(out_w).map_err(|e| format!("dup2 stderr: {e}"))?;
+    // Rust ignores SIGPIPE at startup and ignored signals survive execve: restore the
+    // default, and an empty signal mask, as a fresh process expects.
+    reset_signals();
+
+    let c = |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains a NUL byte"));
+    let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
+    let err = execve(&exe_c, &argv, &envp).unwrap_err();
+    Err(format!("exec {}: {err}", exe.display()))
+}
+
+/// Resolves `program` like execvp(3) but against the container's `PATH`, with Docker's
+/// error message when it is not found.
+fn find_executable(program: &str, path: &str) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return match p.metadata() {
+            Ok(_) => Ok(p),
+            Err(_) => Err(format!(
+                "exec: \"{program}\": stat {program}: no such file or directory"
+            )),
+        };
+    }
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "exec: \"{program}\": executable file not found in $PATH"
+    ))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn reset_signals() {
+    for sig in Signal::iterator() {
+        if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            let _ = super::linux::set_default_handler(sig);
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// `lo` starts down in a new network namespace; containers expect it up (Docker and
+/// runc's netns setup bring it up too).
+fn bring_up_loopback() {
+    if let Err(e) = super::linux::loopback_up() {
+        eprintln!("bring up lo: {e}");
+    }
+}

@@ -1,0 +1,166 @@
+//! Generation of the OCI runtime config (`config.json`) for a container.
+//!
+//! We start from oci-spec's defaults (runc's `spec` template: the standard mounts,
+//! masked and read-only paths) and set what wharf decides. The result is a standard
+//! bundle config: the shim runs it, and so could crun (the benchmark does).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, ProcessBuilder, RootBuilder,
+    Spec, UserBuilder,
+};
+
+use super::process::{ProcessPlan, ResolvedUser};
+
+/// Everything that shapes the OCI config of one container.
+#[derive(Debug, Clone)]
+pub struct ConfigInputs {
+    pub hostname: String,
+    pub process: ProcessPlan,
+    pub user: ResolvedUser,
+    /// Where the rootfs is mounted (the overlay), inside the container's mount namespace.
+    pub rootfs: PathBuf,
+    pub read_only_rootfs: bool,
+    /// Share the host's network namespace (`networks: [host]`).
+    pub host_network: bool,
+    /// Relative cgroup path.
+    pub cgroup: String,
+    pub annotations: HashMap<String, String>,
+}
+
+/// Builds the OCI config.
+pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
+    let mut spec = Spec::default();
+    let user = UserBuilder::default()
+        .uid(inputs.user.uid)
+        .gid(inputs.user.gid)
+        .additional_gids(inputs.user.additional_gids.clone())
+        .build()?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(inputs.process.args.clone())
+        .env(inputs.process.env.clone())
+        .cwd(PathBuf::from(&inputs.process.cwd))
+        // Capabilities and seccomp come with the isolation work (issue 5); until then the
+        // config carries none rather than a set the shim would not apply.
+        .no_new_privileges(false)
+        .build()?;
+    spec.set_process(Some(process));
+    spec.set_hostname(Some(inputs.hostname.clone()));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(inputs.rootfs.clone())
+            .readonly(inputs.read_only_rootfs)
+            .build()?,
+    ));
+
+    // The default template also mounts `/sys/fs/cgroup`; on a cgroup v1 host that needs
+    // one mount per controller, which comes with resource limits. Leave it out for now.
+    let mounts: Vec<Mount> = spec
+        .mounts()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.destination() != &PathBuf::from("/sys/fs/cgroup"))
+        .collect();
+    spec.set_mounts(Some(mounts));
+
+    let mut namespaces = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if !inputs.host_network {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let default_linux = spec.linux().clone().unwrap_or_default();
+    let linux = LinuxBuilder::default()
+        .namespaces(
+            namespaces
+                .into_iter()
+                .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+        .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+        .cgroups_path(PathBuf::from(&inputs.cgroup))
+        .build()?;
+    spec.set_linux(Some(linux));
+    spec.set_annotations(Some(inputs.annotations.clone()));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> ConfigInputs {
+        ConfigInputs {
+            hostname: "web".into(),
+            process: ProcessPlan {
+                args: vec!["sh".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                user: "0:0".into(),
+            },
+            user: ResolvedUser {
+                uid: 1,
+                gid: 2,
+                additional_gids: vec![3],
+                home: "/".into(),
+            },
+            rootfs: "/run/wharf/containers/web/rootfs".into(),
+            read_only_rootfs: true,
+            host_network: false,
+            cgroup: "wharf/abc/web".into(),
+            annotations: HashMap::from([("io.wharf.spec-hash".into(), "h".into())]),
+        }
+    }
+
+    #[test]
+    fn config_has_new_namespaces_and_standard_mounts() {
+        let spec = build(&inputs()).unwrap();
+        let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert_eq!(ns.len(), 6);
+        let dests: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().clone())
+            .collect();
+        for d in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/sys"] {
+            assert!(dests.contains(&PathBuf::from(d)), "{d} missing");
+        }
+        assert!(!dests.contains(&PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+        assert_eq!(spec.process().as_ref().unwrap().user().uid(), 1);
+    }
+
+    #[test]
+    fn host_network_shares_the_host_namespace() {
+        let spec = build(&ConfigInputs {
+            host_network: true,
+            ..inputs()
+        })
+        .unwrap();
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let spec = build(&inputs()).unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: Spec = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.annotations().as_ref().unwrap()["io.wharf.spec-hash"],
+            "h"
+        );
+    }
+}

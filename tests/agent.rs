@@ -1,0 +1,223 @@
+//! End to end: the real agent binary, the real local registry, a temp manifests folder.
+//! Checks what a user would see from the host and from the status endpoint.
+
+mod common;
+
+use common::agent::{alive, container_yaml, pid_of, Agent};
+
+fn ready(test: &str) -> bool {
+    common::privileged(test) && common::agent::registry_up(test)
+}
+
+#[test]
+fn a_yaml_file_becomes_a_container_an_edit_replaces_it_and_removal_removes_it() {
+    if !ready("yaml_lifecycle") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    agent.write(
+        "web.yaml",
+        &container_yaml("web", "echo started; exec sleep 1000", ""),
+    );
+    let c = agent.wait_container("web", 60, "running", |c| c["state"] == "running");
+    let pid = pid_of(&c);
+    assert_eq!(c["source"], "web.yaml");
+    assert!(c["imageDigest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(c["startedAt"].as_str().unwrap().ends_with('Z'));
+
+    // From the host: its own namespaces, the image's rootfs, the command of the manifest.
+    let me = std::process::id() as i32;
+    for kind in ["mnt", "pid", "uts", "ipc", "net"] {
+        assert_ne!(
+            common::ns(pid, kind),
+            common::ns(me, kind),
+            "{kind} namespace"
+        );
+    }
+    assert!(std::path::Path::new(&format!("/proc/{pid}/root/bin/busybox")).exists());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"sleep\x001000\x00");
+    let logs = common::wait_for(10, "log line", || {
+        agent
+            .get("/v1/containers/web/logs")
+            .filter(|(_, b)| b.contains("started"))
+    });
+    assert_eq!(logs.0, 200);
+
+    // An edit replaces it: a new process, the old one gone.
+    agent.write(
+        "web.yaml",
+        &container_yaml("web", "echo second; exec sleep 1001", ""),
+    );
+    let c2 = agent.wait_container("web", 30, "replaced", |c| {
+        c["state"] == "running" && c["pid"].as_i64() != Some(pid as i64)
+    });
+    assert_ne!(c2["specHash"], c["specHash"]);
+    common::wait_for(10, "old process gone", || (!alive(pid)).then_some(()));
+    let pid2 = pid_of(&c2);
+
+    // An invalid edit keeps it running and reports the line.
+    agent.write(
+        "web.yaml",
+        &container_yaml("web", "exec sleep 1002", "  imagePullPolicyy: Always\n"),
+    );
+    let manifests = common::wait_for(10, "error reported", || {
+        let (_, body) = agent.get("/v1/manifests")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let file = v
+            .as_array()?
+            .iter()
+            .find(|f| f["file"] == "web.yaml")?
+            .clone();
+        (!file["errors"].as_array()?.is_empty()).then_some(file)
+    });
+    assert_eq!(manifests["errors"][0]["line"], 9, "{manifests}");
+    assert_eq!(manifests["errors"][0]["column"], 3, "{manifests}");
+    assert!(manifests["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("imagePullPolicyy"));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let c3 = agent.container("web").unwrap();
+    assert_eq!(
+        c3["pid"].as_i64(),
+        Some(pid2 as i64),
+        "invalid edit must not touch it"
+    );
+    assert!(alive(pid2));
+
+    // Removing the file removes the container, its process and its state.
+    std::fs::remove_file(agent.manifests.join("web.yaml")).unwrap();
+    common::wait_for(30, "container removed", || {
+        agent.container("web").is_none().then_some(())
+    });
+    assert!(!alive(pid2));
+    assert!(!agent.state.join("containers/web").exists());
+}
+
+#[test]
+fn a_killed_agent_restarted_adopts_running_containers_and_keeps_exit_codes_and_logs() {
+    if !ready("agent_restart") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    agent.write(
+        "svc.yaml",
+        &container_yaml("svc", "echo up; exec sleep 1000", ""),
+    );
+    agent.write(
+        "job.yaml",
+        &container_yaml("job", "echo job output; exit 7", "  restartPolicy: Never\n"),
+    );
+    agent.write("gone.yaml", &container_yaml("gone", "exec sleep 1000", ""));
+    let pid = pid_of(&agent.wait_container("svc", 60, "running", |c| c["state"] == "running"));
+    let gone = pid_of(&agent.wait_container("gone", 60, "running", |c| c["state"] == "running"));
+    agent.wait_container("job", 60, "exited", |c| c["state"] == "exited");
+
+    agent.kill();
+    assert!(
+        alive(pid),
+        "a killed agent must not take its containers along"
+    );
+    // While the agent is down, a manifest is removed: the restarted agent must notice.
+    std::fs::remove_file(agent.manifests.join("gone.yaml")).unwrap();
+    agent.start();
+
+    let c = agent.wait_container("svc", 30, "adopted", |c| c["state"] == "running");
+    assert_eq!(pid_of(&c), pid, "the same process, not a restart");
+    assert_eq!(c["restartCount"], 0);
+    let job = agent.wait_container("job", 30, "exited", |c| c["state"] == "exited");
+    assert_eq!(job["exitCode"], 7);
+    assert!(job["finishedAt"].is_string());
+    let (_, log) = agent.get("/v1/containers/job/logs").unwrap();
+    assert_eq!(log, "job output\n");
+    common::wait_for(30, "orphan removed", || {
+        agent.container("gone").is_none().then_some(())
+    });
+    assert!(!alive(gone));
+
+    // SIGTERM stops the agent cleanly and leaves containers running.
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(alive(pid));
+}
+
+#[test]
+fn bad_inputs_are_reported_per_container_and_do_not_block_others() {
+    if !ready("bad_inputs") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    let reg = common::agent::registry();
+    agent.write("good.yaml", &container_yaml("good", "exec sleep 1000", ""));
+    agent.write(
+        "noimage.yaml",
+        &format!("apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: noimage\nspec:\n  image: {reg}/test/does-not-exist:1\n"),
+    );
+    agent.write(
+        "down.yaml",
+        "apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: down\nspec:\n  image: 127.0.0.1:1/test/busybox:latest\n",
+    );
+    agent.write(
+        "nocmd.yaml",
+        &format!("apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: nocmd\nspec:\n  image: {reg}/test/busybox:latest\n  command: [no-such-command]\n"),
+    );
+    agent.write(
+        "ports.yaml",
+        &container_yaml("ports", "exec sleep 1000", "  ports: [\"8080:80\"]\n"),
+    );
+
+    agent.wait_container("good", 60, "running", |c| c["state"] == "running");
+    let c = agent.wait_container("noimage", 30, "pending with a reason", |c| {
+        c["state"] == "pending" && c["message"].is_string()
+    });
+    assert!(
+        c["message"].as_str().unwrap().contains("does-not-exist"),
+        "{c}"
+    );
+    let c = agent.wait_container("down", 30, "pending with a reason", |c| {
+        c["state"] == "pending" && c["message"].is_string()
+    });
+    assert!(
+        c["message"].as_str().unwrap().contains("127.0.0.1:1"),
+        "{c}"
+    );
+    let c = agent.wait_container("nocmd", 30, "failed", |c| c["state"] == "failed");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("executable file not found"),
+        "{c}"
+    );
+    let c = agent.wait_container("ports", 30, "failed", |c| c["state"] == "failed");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("not supported yet: spec.ports"),
+        "{c}"
+    );
+}
+
+#[test]
+fn a_crashing_container_is_restarted_with_a_growing_restart_count() {
+    if !ready("crash_restart") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    agent.write(
+        "crash.yaml",
+        &container_yaml("crash", "echo boom; exit 1", ""),
+    );
+    let c = agent.wait_container("crash", 60, "restarted twice", |c| {
+        c["restartCount"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_ne!(c["state"], "failed", "{c}");
+    let (_, log) = agent.get("/v1/containers/crash/logs").unwrap();
+    assert!(log.matches("boom").count() >= 2, "{log}");
+}

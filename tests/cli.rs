@@ -1,0 +1,72 @@
+//! The command line, as a user runs it: `wharf validate` output and exit codes.
+
+use std::process::Command;
+
+fn wharf(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_prints_every_error_as_file_line_column_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: Bad_Name\nspec:\n  imgae: busybox\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        "apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: good\nspec:\n  image: busybox\n",
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    let (code, out, _) = wharf(&["validate", &path]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let bad = format!("{path}/bad.yaml");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("{bad}:4:9: "))),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{bad}:6:3: ")) && l.contains("imgae")),
+        "{out}"
+    );
+    assert!(!out.contains("good.yaml"), "{out}");
+}
+
+#[test]
+fn validate_of_valid_files_prints_nothing_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.yml");
+    std::fs::write(
+        &file,
+        "apiVersion: wharf/v1\nkind: Volume\nmetadata:\n  name: data\nspec: {}\n---\napiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: c\nspec:\n  image: busybox\n",
+    )
+    .unwrap();
+    let (code, out, err) = wharf(&["validate", &file.display().to_string()]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+}
+
+#[test]
+fn the_sample_manifests_are_valid() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests");
+    let (code, out, _) = wharf(&["validate", root]);
+    assert_eq!((code, out.as_str()), (0, ""));
+}
+
+#[test]
+fn a_usage_error_exits_2() {
+    let (code, _, err) = wharf(&["validate"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -1,0 +1,232 @@
+//! Runs the real `wharf agent` binary on temp roots and talks to its endpoint.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The fixture registry (`scripts/test-registry.sh`).
+pub fn registry() -> String {
+    std::env::var("WHARF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5099".into())
+}
+
+/// The busybox test image in the fixture registry.
+pub fn busybox() -> String {
+    format!("{}/test/busybox:latest", registry())
+}
+
+/// Whether the registry answers; under WHARF_REQUIRE_PRIVILEGED=1 its absence fails.
+pub fn registry_up(test: &str) -> bool {
+    let up = http_get(&registry(), "/v2/").is_some();
+    if !up {
+        if super::required() {
+            panic!(
+                "{test}: registry {} is not reachable; run scripts/test-registry.sh start",
+                registry()
+            );
+        }
+        eprintln!(
+            "SKIP {test}: registry {} is not reachable (scripts/test-registry.sh start)",
+            registry()
+        );
+    }
+    up
+}
+
+/// A plain HTTP/1.0 GET; returns (status, body) or None when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// One agent with its own manifests folder, state root, run dir and port.
+pub struct Agent {
+    pub tmp: tempfile::TempDir,
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+    pub run: PathBuf,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn new() -> Agent {
+        let tmp = tempfile::tempdir().unwrap();
+        let manifests = tmp.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Agent {
+            manifests,
+            state: tmp.path().join("state"),
+            run: tmp.path().join("run"),
+            addr: format!("127.0.0.1:{port}"),
+            tmp,
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["agent", "--manifests"])
+            .arg(&self.manifests)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--run-dir")
+            .arg(&self.run)
+            .args([
+                "--listen",
+                &self.addr,
+                "--insecure-registry",
+                &registry(),
+                "--resync",
+                "2s",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        super::wait_for(20, "agent endpoint", || {
+            self.get("/healthz").filter(|(s, _)| *s == 200)
+        });
+    }
+
+    /// SIGKILL the agent (containers must survive).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the agent and wait for it to exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().ok()
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.addr, path)
+    }
+
+    pub fn write(&self, file: &str, text: &str) {
+        let p = self.manifests.join(file);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        // Write then rename, as editors and git do, so the watcher never sees half a file.
+        let tmp = self.manifests.join(format!(".{file}.partial"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+    }
+
+    pub fn container(&self, name: &str) -> Option<serde_json::Value> {
+        let (status, body) = self.get(&format!("/v1/containers/{name}"))?;
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    }
+
+    /// Waits until the container object satisfies `pred`; panics with the last object
+    /// and the agent's log otherwise.
+    pub fn wait_container(
+        &self,
+        name: &str,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            last = self.container(name);
+            if let Some(c) = &last {
+                if pred(c) {
+                    return c.clone();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {name}: {what}; last: {last:?}\nagent log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn instance(&self) -> String {
+        wharf::agent::instance_id(&self.state)
+    }
+}
+
+impl Drop for Agent {
+    /// Stops the agent, then removes every container it made (processes by their PID,
+    /// cgroups, state) through the runtime, so a failed test leaves nothing behind.
+    fn drop(&mut self) {
+        self.kill();
+        if !self.state.exists() {
+            return;
+        }
+        let rt = wharf::runtime::LinuxRuntime::new(
+            &self.state,
+            &self.run,
+            &self.instance(),
+            PathBuf::from(env!("CARGO_BIN_EXE_wharf")),
+        );
+        let _ = std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio.block_on(async {
+                use wharf::runtime::Runtime;
+                for o in rt.list().await.unwrap_or_default() {
+                    let _ = rt.remove(&o.name).await;
+                }
+            });
+            rt.remove_orphan_cgroups(&[]);
+        })
+        .join();
+    }
+}
+
+/// A Container manifest running `script` with busybox sh.
+pub fn container_yaml(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {}\n  command: [\"sh\", \"-c\", {script:?}]\n  stopGracePeriod: 1s\n{extra}",
+        busybox()
+    )
+}
+
+pub fn pid_of(c: &serde_json::Value) -> i32 {
+    c["pid"].as_i64().expect("pid") as i32
+}
+
+pub fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}

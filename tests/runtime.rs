@@ -1,0 +1,225 @@
+//! The built-in runtime against the real kernel: namespaces, rootfs, cgroup, logs,
+//! exit codes, stop and remove. Needs root; uses a busybox layer made from the host's
+//! busybox-static, so no registry is involved.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use wharf::runtime::{
+    LinuxRuntime, ObservedState, ProcessPlan, Runtime, RuntimeError, StartRequest,
+};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    rt: LinuxRuntime,
+    layer: std::path::PathBuf,
+    instance: String,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = common::busybox_layer(tmp.path());
+    let instance = common::unique("rt");
+    let rt = LinuxRuntime::new(
+        &tmp.path().join("state"),
+        &tmp.path().join("run"),
+        &instance,
+        env!("CARGO_BIN_EXE_wharf").into(),
+    );
+    Fixture {
+        _tmp: tmp,
+        rt,
+        layer,
+        instance,
+    }
+}
+
+fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
+    StartRequest {
+        name: name.into(),
+        hostname: format!("{name}-host"),
+        process: ProcessPlan {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
+            cwd: "/work".into(),
+            user: "0:0".into(),
+        },
+        layers: vec![f.layer.clone()],
+        read_only_rootfs: false,
+        host_network: false,
+        annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
+        fresh: true,
+    }
+}
+
+/// Removes the container whatever happens, so a failing test leaves nothing behind.
+struct Cleanup<'a>(&'a LinuxRuntime, &'a str);
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let rt = self.0.clone();
+        let name = self.1.to_owned();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(rt.remove(&name))
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_runs_in_new_namespaces_with_the_image_rootfs_and_logs() {
+    if !common::privileged("container_runs_in_new_namespaces") {
+        return;
+    }
+    let f = fixture();
+    let name = "ns";
+    let _c = Cleanup(&f.rt, name);
+    let req = request(
+        &f,
+        name,
+        &[
+            "sh",
+            "-c",
+            "echo $GREETING from $(hostname) in $(pwd); echo err >&2; exec sleep 60",
+        ],
+    );
+    let running = f.rt.start(req).await.expect("start");
+    let pid = running.pid;
+    let me = std::process::id() as i32;
+    for kind in ["mnt", "pid", "uts", "ipc", "net"] {
+        assert_ne!(
+            common::ns(pid, kind),
+            common::ns(me, kind),
+            "{kind} namespace is the host's"
+        );
+        assert!(!common::ns(pid, kind).is_empty());
+    }
+    // The rootfs is the image's: busybox is there and the host's /usr is not.
+    assert!(std::path::Path::new(&format!("/proc/{pid}/root/bin/busybox")).exists());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}/root/usr")).exists());
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains(&format!("wharf/{}/{name}", f.instance)),
+        "{cgroup}"
+    );
+
+    let observed = f.rt.list().await.unwrap();
+    assert_eq!(observed.len(), 1);
+    assert!(matches!(observed[0].state, ObservedState::Running(r) if r.pid == pid));
+    assert_eq!(observed[0].annotations["io.wharf.test"], "yes");
+    let log = common::wait_for(5, "log lines", || {
+        let log = std::fs::read_to_string(&observed[0].log_path).ok()?;
+        log.contains("err").then_some(log)
+    });
+    assert!(log.contains("hello from ns-host in /work"), "{log}");
+
+    // `sleep` as pid 1 has no SIGTERM handler, so the grace period ends in SIGKILL.
+    f.rt.stop(name, Signal::SIGTERM, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let observed = f.rt.list().await.unwrap();
+    match &observed[0].state {
+        ObservedState::Exited(e) => assert_eq!((e.exit_code, e.signal), (137, Some(9))),
+        other => panic!("expected exited, got {other:?}"),
+    }
+    f.rt.remove(name).await.unwrap();
+    assert!(f.rt.list().await.unwrap().is_empty());
+    assert!(!std::path::Path::new(&format!(
+        "/sys/fs/cgroup/memory/wharf/{}/{name}",
+        f.instance
+    ))
+    .exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_is_recorded_and_a_restart_keeps_the_log() {
+    if !common::privileged("exit_code_is_recorded") {
+        return;
+    }
+    let f = fixture();
+    let name = "exit";
+    let _c = Cleanup(&f.rt, name);
+    f.rt.start(request(&f, name, &["sh", "-c", "echo run; exit 3"]))
+        .await
+        .unwrap();
+    let exited = common::wait_for(10, "exit record", || {
+        let o =
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f.rt.list()))
+                .unwrap();
+        match &o[0].state {
+            ObservedState::Exited(e) => Some(e.clone()),
+            _ => None,
+        }
+    });
+    assert_eq!(exited.exit_code, 3);
+    let mut again = request(&f, name, &["sh", "-c", "echo run; exit 4"]);
+    again.fresh = false;
+    f.rt.start(again).await.unwrap();
+    let o = common::wait_for(10, "second exit", || {
+        let o =
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f.rt.list()))
+                .unwrap();
+        matches!(&o[0].state, ObservedState::Exited(e) if e.exit_code == 4).then_some(o)
+    });
+    assert_eq!(o[0].restart_count, 1);
+    assert_eq!(
+        std::fs::read_to_string(&o[0].log_path).unwrap(),
+        "run\nrun\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_command_fails_with_dockers_message() {
+    if !common::privileged("missing_command_fails") {
+        return;
+    }
+    let f = fixture();
+    let name = "nocmd";
+    let _c = Cleanup(&f.rt, name);
+    let err =
+        f.rt.start(request(&f, name, &["no-such-binary"]))
+            .await
+            .unwrap_err();
+    match err {
+        RuntimeError::StartFailed(m) => {
+            assert!(
+                m.contains("\"no-such-binary\": executable file not found in $PATH"),
+                "{m}"
+            )
+        }
+        other => panic!("expected StartFailed, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_rootfs_and_user_are_applied() {
+    if !common::privileged("read_only_rootfs_and_user") {
+        return;
+    }
+    let f = fixture();
+    let name = "ro";
+    let _c = Cleanup(&f.rt, name);
+    let mut req = request(
+        &f,
+        name,
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; touch /x 2>/dev/null || echo read-only; echo home=$HOME",
+        ],
+    );
+    req.read_only_rootfs = true;
+    req.process.user = "nobody".into();
+    req.process.cwd = "/".into();
+    f.rt.start(req).await.unwrap();
+    let log_path = f._tmp.path().join("state/containers/ro/container.log");
+    let log = common::wait_for(10, "output", || {
+        let l = std::fs::read_to_string(&log_path).ok()?;
+        l.contains("home=").then_some(l)
+    });
+    assert_eq!(log, "65534\n65534\nread-only\nhome=/nonexistent\n", "{log}");
+}
