@@ -45,6 +45,27 @@ fn a_yaml_file_becomes_a_container_an_edit_replaces_it_and_removal_removes_it() 
     });
     assert_eq!(logs.0, 200);
 
+    // The client commands read the same endpoint.
+    let host = format!("http://{}", agent.addr);
+    let (code, out) = common::agent::wharf(&["ps", "--host", &host]);
+    assert_eq!(code, 0, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("running") && row.contains(&pid.to_string()),
+        "{out}"
+    );
+    let (code, out) = common::agent::wharf(&["inspect", "web", "--host", &host]);
+    assert_eq!(code, 0, "{out}");
+    let inspected: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(inspected["pid"].as_i64(), Some(pid as i64));
+    let (code, out) = common::agent::wharf(&["logs", "web", "--tail", "1", "--host", &host]);
+    assert_eq!((code, out.as_str()), (0, "started\n"));
+    let (code, _) = common::agent::wharf(&["inspect", "nope", "--host", &host]);
+    assert_eq!(code, 1, "an unknown container is a reported failure");
+
     // An edit replaces it: a new process, the old one gone.
     agent.write(
         "web.yaml",

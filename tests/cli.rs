@@ -70,3 +70,9 @@ fn a_usage_error_exits_2() {
     let (code, _, err) = wharf(&["validate"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn a_client_command_without_a_reachable_agent_exits_3() {
+    let (code, _, err) = wharf(&["ps", "--host", "http://127.0.0.1:1"]);
+    assert_eq!(code, 3, "{err}");
+}

@@ -101,6 +101,27 @@ async fn container_runs_in_new_namespaces_with_the_image_rootfs_and_logs() {
     // The rootfs is the image's: busybox is there and the host's /usr is not.
     assert!(std::path::Path::new(&format!("/proc/{pid}/root/bin/busybox")).exists());
     assert!(!std::path::Path::new(&format!("/proc/{pid}/root/usr")).exists());
+    // The standard mounts, seen through the container's mountinfo: /sys read-only.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let mount = |point: &str| {
+        mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(point))
+            .unwrap_or_else(|| panic!("{point} not mounted:\n{mountinfo}"))
+            .to_owned()
+    };
+    assert!(mount("/").contains(" - overlay "), "{}", mount("/"));
+    assert!(
+        mount("/sys").split(' ').nth(5).unwrap().starts_with("ro"),
+        "{}",
+        mount("/sys")
+    );
+    for point in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"] {
+        mount(point);
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let null = std::fs::metadata(format!("/proc/{pid}/root/dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(
         cgroup.contains(&format!("wharf/{}/{name}", f.instance)),
