@@ -22,6 +22,16 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Offline: what the agent would create, replace (and which fields), restart and
+    /// remove for these manifests, against its records on disk.
+    Plan {
+        /// A manifests folder (searched recursively) or one file.
+        path: PathBuf,
+        #[arg(long, env = "WHARF_STATE", default_value = "/var/lib/wharf")]
+        state: PathBuf,
+        #[arg(long, env = "WHARF_RUN_DIR", default_value = "/run/wharf")]
+        run_dir: PathBuf,
+    },
     /// Table of containers from one or more agents.
     #[command(alias = "ps")]
     Status(HostArgs),
@@ -43,18 +53,86 @@ pub enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
-    /// Pull an image into the local store and print its digest.
+    /// Pull an image into the local store and print its digest (progress on a terminal).
     Pull {
         reference: String,
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Push a local image to the registry its reference names.
+    Push {
+        reference: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List local images.
+    Images {
+        /// JSON array of {"references", "digest", "size", "layers"}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Manage local images.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Internal: the per-container shim (started by the agent).
     #[command(hide = true)]
     Shim {
         /// The container's directory under the state root (holds `config.json`).
         #[arg(long)]
         bundle: PathBuf,
+    },
+}
+
+/// `wharf image …`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Another reference for the same image.
+    Tag {
+        source: String,
+        target: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove references; the data goes with the next prune. An image a container uses
+    /// is refused.
+    Rm {
+        #[arg(required = true)]
+        references: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove images without references that no container uses, and unreferenced data.
+    Prune {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Import an OCI layout tar or a `docker save` archive; with --rootfs, make a
+    /// one-layer image NAME from a directory (like `docker import`).
+    Import {
+        /// Make an image from this directory instead of an archive.
+        #[arg(long, value_name = "DIR")]
+        rootfs: Option<PathBuf>,
+        /// The archive (FILE), or with --rootfs the image's reference (NAME).
+        #[arg(value_name = "FILE|NAME")]
+        target: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write an image as an OCI layout tar.
+    Export {
+        reference: String,
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List local images (as `wharf images`).
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -80,6 +158,16 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Mirrors for docker.io, tried in order before Docker Hub.
+    #[arg(
+        long = "registry-mirror",
+        env = "WHARF_REGISTRY_MIRROR",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
+    /// How long an image no declared container uses is kept before garbage collection.
+    #[arg(long, env = "WHARF_IMAGE_GC_GRACE", default_value = "24h", value_parser = crate::units::parse_duration)]
+    pub image_gc_grace: std::time::Duration,
     /// Full relist and reconcile period, even without events.
     #[arg(long, env = "WHARF_RESYNC", default_value = "30s", value_parser = crate::units::parse_duration)]
     pub resync: std::time::Duration,
@@ -121,4 +209,11 @@ pub struct StoreArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Mirrors for docker.io, tried in order before Docker Hub.
+    #[arg(
+        long = "registry-mirror",
+        env = "WHARF_REGISTRY_MIRROR",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
 }

@@ -37,6 +37,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(if diagnostics.is_empty() { 0 } else { 1 }))
         }
+        Command::Plan {
+            path,
+            state,
+            run_dir,
+        } => {
+            use wharf::reconciler::preview::{preview, read_manifests, render, Preview};
+            let runtime = wharf::runtime::LinuxRuntime::new(
+                &state,
+                &run_dir,
+                &wharf::agent::instance_id(&state),
+                std::env::current_exe()?,
+            );
+            let files = read_manifests(&path);
+            match tokio_runtime()?.block_on(preview(&files, &runtime))? {
+                Preview::Invalid(errors) => {
+                    for e in errors {
+                        println!("{e}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+                Preview::Steps { steps, unchanged } => {
+                    print!("{}", render(&steps, &unchanged));
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Agent(args) => {
             tokio_runtime()?.block_on(wharf::agent::run(args))?;
             Ok(ExitCode::SUCCESS)
@@ -57,6 +83,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?;
             println!("{}", image.digest);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Push { .. } | Command::Images { .. } | Command::Image(_) => {
+            anyhow::bail!("this image command is being wired in this change")
         }
         Command::Shim { .. } => unreachable!("handled before logging starts"),
     }

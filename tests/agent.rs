@@ -159,6 +159,29 @@ fn a_killed_agent_restarted_adopts_running_containers_and_keeps_exit_codes_and_l
     });
     assert!(!alive(gone));
 
+    // `wharf plan` previews, offline and with the same planner, what a change would do.
+    let state = agent.state.display().to_string();
+    let run = agent.run.display().to_string();
+    let folder = agent.manifests.display().to_string();
+    let (code, out) =
+        common::agent::wharf(&["plan", &folder, "--state", &state, "--run-dir", &run]);
+    assert_eq!((code, out.as_str()), (0, "nothing to do\nunchanged: job, svc\n"));
+    let other = agent.tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("svc.yaml"),
+        container_yaml("svc", "echo changed; exec sleep 1000", ""),
+    )
+    .unwrap();
+    std::fs::write(other.join("new.yaml"), container_yaml("new", "true", "")).unwrap();
+    let other = other.display().to_string();
+    let (code, out) =
+        common::agent::wharf(&["plan", &other, "--state", &state, "--run-dir", &run]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "remove   job\ncreate   new\nreplace  svc (spec.command changed)\n")
+    );
+
     // SIGTERM stops the agent cleanly and leaves containers running.
     let status = agent.terminate().unwrap();
     assert!(status.success(), "{status:?}");

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use wharf::api::{self, ApiError, ApiState};
 use wharf::client::{self, ClientError};
 use wharf::reconciler::status::{
-    ContainerState, ContainerStatus, ManifestError, ManifestReport, StatusSnapshot,
+    ContainerState, ContainerStatus, ImageStatus, ManifestError, ManifestReport, StatusSnapshot,
 };
 
 fn now_millis() -> i64 {
@@ -76,6 +76,14 @@ impl Server {
                     line: Some(3),
                     column: Some(5),
                 }],
+            }],
+            images: vec![ImageStatus {
+                references: vec!["127.0.0.1:5099/test/busybox:latest".to_owned()],
+                digest: "sha256:abc".to_owned(),
+                size: 1234,
+                layers: 1,
+                last_used: Some("2026-11-27T21:00:00Z".to_owned()),
+                used_by: vec!["web".to_owned()],
             }],
         };
         let (status, rx) = watch::channel(Arc::new(snapshot));
@@ -253,6 +261,50 @@ async fn manifests_list_objects_and_errors() {
 }
 
 #[tokio::test]
+async fn metrics_are_prometheus_text_from_the_snapshot() {
+    let server = Server::start().await;
+    let (status, content_type, body) = get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(
+        body.contains("wharf_containers{state=\"running\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("wharf_containers{state=\"failed\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("wharf_manifest_errors{file=\"web.yaml\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("wharf_image_bytes 1234"), "{body}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn images_list_references_size_and_users() {
+    let server = Server::start().await;
+    let (status, _, body) = get(&server, "/v1/images").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!([{
+            "references": ["127.0.0.1:5099/test/busybox:latest"],
+            "digest": "sha256:abc",
+            "size": 1234,
+            "layers": 1,
+            "lastUsed": "2026-11-27T21:00:00Z",
+            "usedBy": ["web"],
+        }])
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn logs_are_plain_text_with_an_optional_tail() {
     let server = Server::start().await;
     let (status, content_type, body) = get(&server, "/v1/containers/web/logs").await;
@@ -379,8 +431,6 @@ async fn only_get_and_head_are_allowed_and_unknown_paths_are_404() {
         "/v1",
         "/v1/networks",
         "/v1/volumes",
-        "/v1/images",
-        "/metrics",
         "/v1/containers/web/logs/extra",
     ] {
         let (status, content_type, body) = get(&server, path).await;

@@ -244,3 +244,14 @@ async fn read_only_rootfs_and_user_are_applied() {
     });
     assert_eq!(log, "65534\n65534\nread-only\nhome=/nonexistent\n", "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_linux_runtime_passes_the_conformance_suite() {
+    if !common::privileged("conformance") {
+        return;
+    }
+    let f = fixture();
+    let _a = Cleanup(&f.rt, "cconf");
+    let _b = Cleanup(&f.rt, "cmissing");
+    wharf::runtime::testing::conformance(&f.rt, "c", vec![f.layer.clone()]).await;
+}

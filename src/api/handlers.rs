@@ -108,6 +108,26 @@ pub(crate) async fn list_manifests(State(state): State<AppState>) -> Response {
     Json(&snapshot.manifests).into_response()
 }
 
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let snapshot = state.api.status.borrow().clone();
+    match super::metrics::render(&snapshot) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics"),
+    }
+}
+
+pub(crate) async fn list_images(State(state): State<AppState>) -> Response {
+    let snapshot = state.api.status.borrow().clone();
+    Json(&snapshot.images).into_response()
+}
+
 /// Query of the logs endpoint. Kept as strings so a bad value gets our JSON error.
 #[derive(Debug, Deserialize)]
 pub(crate) struct LogsQuery {

@@ -18,6 +18,7 @@
 
 mod handlers;
 mod logs;
+pub mod metrics;
 
 use std::future::Future;
 use std::io;
@@ -113,6 +114,8 @@ fn build_router(api: ApiState, stopping: watch::Receiver<bool>) -> Router {
         .route("/v1/containers/{name}", get(handlers::get_container))
         .route("/v1/containers/{name}/logs", get(handlers::container_logs))
         .route("/v1/manifests", get(handlers::list_manifests))
+        .route("/v1/images", get(handlers::list_images))
+        .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         // Applied to every route and the fallback, so the method check covers unknown
         // paths too.

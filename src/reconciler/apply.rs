@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
-use super::plan::{self, Have, Inputs, Phase, Step, Want};
+use super::plan::{self, Inputs, Step};
 use super::status::{
     ContainerState, ContainerStatus, ManifestError, ManifestReport, StatusSnapshot,
 };
@@ -95,16 +95,7 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
         let plan = plan::plan(&inputs, now);
         for mut step in plan.steps {
             let name = step.name().to_owned();
-            if let (Step::Replace { changed, .. }, Some(new), Some(old)) = (
-                &mut step,
-                desired.containers.get(&name),
-                observed
-                    .get(&name)
-                    .and_then(|o| o.annotations.get(keys::CONTAINER))
-                    .and_then(|j| serde_json::from_str::<Container>(j).ok()),
-            ) {
-                *changed = crate::manifest::changed_fields(&old, &new.object);
-            }
+            super::inputs::explain(&mut step, desired, &observed);
             if self.inflight.contains_key(&name) {
                 continue;
             }
@@ -132,25 +123,11 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
         observed: &BTreeMap<String, Observed>,
         now: Instant,
     ) -> Inputs {
+        let mut inputs = super::inputs::inputs(desired, observed);
         let mut memos = self.memos.lock().expect("memo lock");
         memos
             .retain(|name, _| desired.containers.contains_key(name) || observed.contains_key(name));
-        let mut inputs = Inputs {
-            complete: desired.complete,
-            frozen: desired
-                .frozen
-                .iter()
-                .filter_map(|k| k.strip_prefix("Container/"))
-                .map(str::to_owned)
-                .collect(),
-            ..Default::default()
-        };
-        for (name, c) in &desired.containers {
-            let want = Want {
-                hash: c.object.spec_hash(),
-                restart_policy: c.object.spec.restart_policy,
-                unsupported: c.object.unsupported_fields(),
-            };
+        for (name, want) in &inputs.desired {
             let memo = memos.entry(name.clone()).or_default();
             if memo.hash != want.hash {
                 *memo = Memo {
@@ -180,22 +157,6 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
             if let Some(t) = memo.not_before {
                 inputs.not_before.insert(name.clone(), t);
             }
-            inputs.desired.insert(name.clone(), want);
-        }
-        for (name, o) in observed {
-            let phase = match &o.state {
-                ObservedState::Running(_) => Phase::Running,
-                ObservedState::Exited(e) if e.error.is_some() => Phase::StartFailed,
-                ObservedState::Exited(e) => Phase::Exited { code: e.exit_code },
-                ObservedState::Lost => Phase::Lost,
-            };
-            inputs.observed.insert(
-                name.clone(),
-                Have {
-                    hash: o.annotations.get(keys::SPEC_HASH).cloned(),
-                    phase,
-                },
-            );
         }
         inputs
     }
@@ -252,6 +213,7 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
         StatusSnapshot {
             containers,
             manifests,
+            images: Vec::new(),
         }
     }
 }

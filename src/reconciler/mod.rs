@@ -8,7 +8,9 @@
 
 pub mod apply;
 pub mod backoff;
+pub mod inputs;
 pub mod plan;
+pub mod preview;
 pub mod status;
 
 use std::future::Future;

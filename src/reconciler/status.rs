@@ -73,11 +73,30 @@ pub struct ManifestReport {
     pub errors: Vec<ManifestError>,
 }
 
+/// One entry of `/v1/images`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageStatus {
+    /// Normalised references naming it (empty for an image kept only because it is used).
+    pub references: Vec<String>,
+    /// The digest its reference resolved to (`sha256:…`).
+    pub digest: String,
+    /// Bytes on disk: its blobs and unpacked layers (layers shared with other images are
+    /// counted for each).
+    pub size: u64,
+    pub layers: usize,
+    /// RFC 3339, UTC: when a container last started from it.
+    pub last_used: Option<String>,
+    /// Containers (by name) created from it.
+    pub used_by: Vec<String>,
+}
+
 /// Everything the endpoint shows, published atomically as one value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusSnapshot {
     pub containers: Vec<ContainerStatus>,
     pub manifests: Vec<ManifestReport>,
+    pub images: Vec<ImageStatus>,
 }
 
 impl StatusSnapshot {

@@ -360,3 +360,29 @@ impl Runtime for LinuxRuntime {
         blocking(move || me.remove_blocking(&n), name).await
     }
 }
+
+/// Which containers (by name) under `state_root` were created from which image digest,
+/// read from their records: what an offline `wharf image rm` or `prune` must not delete.
+pub fn image_users(state_root: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let Ok(entries) = fs::read_dir(state_root.join("containers")) else {
+        return users;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(spec) = Spec::load(entry.path().join("config.json")) else {
+            continue;
+        };
+        let digest = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::reconciler::keys::IMAGE_DIGEST).cloned());
+        if let Some(digest) = digest {
+            users.entry(digest).or_default().push(name);
+        }
+    }
+    for names in users.values_mut() {
+        names.sort();
+    }
+    users
+}

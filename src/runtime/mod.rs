@@ -8,13 +8,14 @@ pub mod records;
 pub mod rootfs_files;
 pub mod shim;
 pub mod spec;
+pub mod testing;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use local::LinuxRuntime;
+pub use local::{image_users, LinuxRuntime};
 pub use process::{ImageConfig, ProcessPlan, ProcessRequest};
 pub use records::{ExitRecord, Running};
 

@@ -1,0 +1,130 @@
+//! `GET /metrics`: the status snapshot in Prometheus text format (prometheus-client).
+//!
+//! Built from the snapshot on each scrape, so a metric can never disagree with
+//! `/v1/containers`; a scrape costs one small registry per request.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::reconciler::status::StatusSnapshot;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Renders `snapshot` as Prometheus text.
+pub fn render(snapshot: &StatusSnapshot) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+
+    let by_state = Family::<Labels, Gauge>::default();
+    for state in ["pending", "running", "exited", "failed"] {
+        let n = snapshot
+            .containers
+            .iter()
+            .filter(|c| c.state.to_string() == state)
+            .count();
+        by_state
+            .get_or_create(&vec![("state", state.to_owned())])
+            .set(n as i64);
+    }
+    registry.register("wharf_containers", "Containers by state", by_state);
+
+    let restarts = Family::<Labels, Gauge>::default();
+    let running = Family::<Labels, Gauge>::default();
+    for c in &snapshot.containers {
+        let labels = vec![("container", c.name.clone())];
+        restarts
+            .get_or_create(&labels)
+            .set(i64::from(c.restart_count));
+        running.get_or_create(&labels).set(i64::from(
+            c.state == crate::reconciler::status::ContainerState::Running,
+        ));
+    }
+    registry.register(
+        "wharf_container_restarts",
+        "Restarts of a container since it was created",
+        restarts,
+    );
+    registry.register(
+        "wharf_container_running",
+        "1 while the container's process runs",
+        running,
+    );
+
+    let manifest_errors = Family::<Labels, Gauge>::default();
+    for m in &snapshot.manifests {
+        manifest_errors
+            .get_or_create(&vec![("file", m.file.clone())])
+            .set(m.errors.len() as i64);
+    }
+    registry.register(
+        "wharf_manifest_errors",
+        "Errors in a manifest file (0 when valid)",
+        manifest_errors,
+    );
+
+    let images: Gauge = Gauge::default();
+    images.set(snapshot.images.len() as i64);
+    registry.register("wharf_images", "Images in the local store", images);
+    let image_bytes: Gauge = Gauge::default();
+    image_bytes.set(snapshot.images.iter().map(|i| i.size as i64).sum());
+    registry.register(
+        "wharf_image_bytes",
+        "Bytes on disk of local images (shared layers counted per image)",
+        image_bytes,
+    );
+
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconciler::status::{ContainerState, ContainerStatus};
+
+    #[test]
+    fn containers_are_counted_by_state_with_their_restarts() {
+        let c = |name: &str, state| ContainerStatus {
+            name: name.into(),
+            state,
+            pid: None,
+            image: "busybox".into(),
+            image_digest: None,
+            restart_count: 2,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            source: None,
+            spec_hash: None,
+            message: None,
+            log_path: None,
+        };
+        let snapshot = StatusSnapshot {
+            containers: vec![
+                c("a", ContainerState::Running),
+                c("b", ContainerState::Failed),
+            ],
+            ..Default::default()
+        };
+        let text = render(&snapshot).unwrap();
+        assert!(
+            text.contains("wharf_containers{state=\"running\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wharf_containers{state=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wharf_container_restarts{container=\"a\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wharf_container_running{container=\"b\"} 0"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

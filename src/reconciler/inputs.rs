@@ -1,0 +1,65 @@
+//! From the manifests' desired state and the runtime's observed containers to the pure
+//! planner's inputs, and back to explanations of its steps. Shared by the agent's
+//! reconciler and the offline `wharf plan`.
+
+use std::collections::BTreeMap;
+
+use super::keys;
+use super::plan::{Have, Inputs, Phase, Step, Want};
+use crate::manifest::{changed_fields, Container, DesiredState};
+use crate::runtime::{Observed, ObservedState};
+
+/// The planner's view of `desired` and `observed`, without backoff.
+pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> Inputs {
+    let mut inputs = Inputs {
+        complete: desired.complete,
+        frozen: desired
+            .frozen
+            .iter()
+            .filter_map(|k| k.strip_prefix("Container/"))
+            .map(str::to_owned)
+            .collect(),
+        ..Default::default()
+    };
+    for (name, c) in &desired.containers {
+        inputs.desired.insert(
+            name.clone(),
+            Want {
+                hash: c.object.spec_hash(),
+                restart_policy: c.object.spec.restart_policy,
+                unsupported: c.object.unsupported_fields(),
+            },
+        );
+    }
+    for (name, o) in observed {
+        let phase = match &o.state {
+            ObservedState::Running(_) => Phase::Running,
+            ObservedState::Exited(e) if e.error.is_some() => Phase::StartFailed,
+            ObservedState::Exited(e) => Phase::Exited { code: e.exit_code },
+            ObservedState::Lost => Phase::Lost,
+        };
+        inputs.observed.insert(
+            name.clone(),
+            Have {
+                hash: o.annotations.get(keys::SPEC_HASH).cloned(),
+                phase,
+            },
+        );
+    }
+    inputs
+}
+
+/// Fills in which fields a replace changes, from the manifest object the old container
+/// was created from (kept in its annotations) and the new one.
+pub fn explain(step: &mut Step, desired: &DesiredState, observed: &BTreeMap<String, Observed>) {
+    let Step::Replace { name, changed } = step else {
+        return;
+    };
+    let old = observed
+        .get(name.as_str())
+        .and_then(|o| o.annotations.get(keys::CONTAINER))
+        .and_then(|j| serde_json::from_str::<Container>(j).ok());
+    if let (Some(old), Some(new)) = (old, desired.containers.get(name.as_str())) {
+        *changed = changed_fields(&old, &new.object);
+    }
+}

@@ -1,0 +1,226 @@
+//! A recording fake of [`Runtime`] and the conformance suite that both the fake and the
+//! real [`LinuxRuntime`](super::LinuxRuntime) must pass (style.md item 14, after
+//! containerd's snapshotter test suite), so the fake the reconciler's tests rely on
+//! cannot drift from the real thing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::records::now;
+use super::{
+    ExitRecord, Observed, ObservedState, ProcessPlan, Running, Runtime, RuntimeError, StartRequest,
+};
+
+/// An in-memory runtime that records every call. A command whose name starts with
+/// `missing` fails to start, as a command absent from the image does.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    containers: Mutex<BTreeMap<String, Observed>>,
+    calls: Mutex<Vec<String>>,
+    next_pid: Mutex<i32>,
+}
+
+impl FakeRuntime {
+    /// The calls so far: `start NAME ARGS…`, `stop NAME SIGNAL`, `remove NAME`.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("calls").clone()
+    }
+
+    /// Makes the container's process exit with `code`, as if it ended on its own.
+    pub fn exit(&self, name: &str, code: i32) {
+        let mut c = self.containers.lock().expect("containers");
+        if let Some(o) = c.get_mut(name) {
+            let run = match &o.state {
+                ObservedState::Running(r) => r.run,
+                _ => 0,
+            };
+            o.state = ObservedState::Exited(ExitRecord {
+                run,
+                exit_code: code,
+                signal: None,
+                finished_at: now(),
+                error: None,
+            });
+        }
+    }
+
+    fn record(&self, call: String) {
+        self.calls.lock().expect("calls").push(call);
+    }
+}
+
+impl Runtime for FakeRuntime {
+    async fn list(&self) -> Result<Vec<Observed>, RuntimeError> {
+        Ok(self
+            .containers
+            .lock()
+            .expect("containers")
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    async fn start(&self, req: StartRequest) -> Result<Running, RuntimeError> {
+        self.record(format!("start {} {}", req.name, req.process.args.join(" ")));
+        let program = req.process.args.first().cloned().unwrap_or_default();
+        if program.starts_with("missing") {
+            return Err(RuntimeError::StartFailed(format!(
+                "exec: \"{program}\": executable file not found in $PATH"
+            )));
+        }
+        let mut containers = self.containers.lock().expect("containers");
+        let previous = containers.get(&req.name);
+        let restart_count = match previous {
+            Some(o) if !req.fresh => o.restart_count + 1,
+            _ => 0,
+        };
+        let run = match previous.map(|o| &o.state) {
+            Some(ObservedState::Running(r)) => r.run + 1,
+            Some(ObservedState::Exited(e)) => e.run + 1,
+            _ => 1,
+        };
+        let mut next = self.next_pid.lock().expect("pid");
+        *next += 1;
+        let running = Running {
+            run,
+            pid: 1000 + *next,
+            start_time: 1,
+            started_at: now(),
+        };
+        containers.insert(
+            req.name.clone(),
+            Observed {
+                name: req.name.clone(),
+                annotations: req.annotations,
+                state: ObservedState::Running(running),
+                restart_count,
+                started_at: Some(running.started_at),
+                log_path: "/dev/null".into(),
+            },
+        );
+        Ok(running)
+    }
+
+    async fn stop(&self, name: &str, signal: Signal, _grace: Duration) -> Result<(), RuntimeError> {
+        self.record(format!("stop {name} {signal}"));
+        let mut c = self.containers.lock().expect("containers");
+        if let Some(o) = c.get_mut(name) {
+            if let ObservedState::Running(r) = o.state {
+                // Like a pid 1 without a handler: the grace period ends in SIGKILL.
+                o.state = ObservedState::Exited(ExitRecord {
+                    run: r.run,
+                    exit_code: 137,
+                    signal: Some(9),
+                    finished_at: now(),
+                    error: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        self.record(format!("remove {name}"));
+        self.containers.lock().expect("containers").remove(name);
+        Ok(())
+    }
+}
+
+/// A start request for the conformance suite; `layers` is the busybox rootfs the real
+/// runtime needs (the fake ignores it).
+pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> StartRequest {
+    StartRequest {
+        name: name.to_owned(),
+        hostname: name.to_owned(),
+        process: ProcessPlan {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: "0:0".into(),
+        },
+        layers,
+        read_only_rootfs: false,
+        host_network: false,
+        annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
+        fresh: true,
+    }
+}
+
+/// The behaviour every [`Runtime`] must have. Panics with the broken rule. Uses
+/// container names prefixed with `prefix`; removes them all at the end.
+pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path::PathBuf>) {
+    let name = format!("{prefix}conf");
+    let find = |list: Vec<Observed>, name: &str| list.into_iter().find(|o| o.name == name);
+
+    // Starting reports the process, which list() then shows running, annotations kept.
+    let running = rt
+        .start(request(&name, &["sleep", "100"], layers.clone()))
+        .await
+        .expect("start");
+    let o = find(rt.list().await.expect("list"), &name).expect("listed after start");
+    assert_eq!(
+        o.state,
+        ObservedState::Running(running),
+        "running after start"
+    );
+    assert_eq!(
+        o.annotations["io.wharf.conformance"], name,
+        "annotations kept"
+    );
+    assert_eq!(o.restart_count, 0);
+
+    // Stopping waits until it has exited; the exit is recorded.
+    rt.stop(&name, Signal::SIGTERM, Duration::from_millis(200))
+        .await
+        .expect("stop");
+    let o = find(rt.list().await.expect("list"), &name).expect("listed after stop");
+    assert!(
+        matches!(o.state, ObservedState::Exited(_)),
+        "exited after stop: {o:?}"
+    );
+    rt.stop(&name, Signal::SIGTERM, Duration::ZERO)
+        .await
+        .expect("stopping a stopped container is success");
+
+    // A restart (not fresh) counts; a new pid runs.
+    let mut again = request(&name, &["sleep", "100"], layers.clone());
+    again.fresh = false;
+    let second = rt.start(again).await.expect("restart");
+    let o = find(rt.list().await.expect("list"), &name).expect("listed after restart");
+    assert_eq!(o.restart_count, 1, "restart counted");
+    assert_eq!(o.state, ObservedState::Running(second));
+
+    // Remove kills and forgets; removing again, or an unknown name, is success.
+    rt.remove(&name).await.expect("remove");
+    assert!(
+        find(rt.list().await.expect("list"), &name).is_none(),
+        "gone after remove"
+    );
+    rt.remove(&name).await.expect("remove twice");
+    rt.stop(&format!("{prefix}never"), Signal::SIGTERM, Duration::ZERO)
+        .await
+        .expect("stop of an unknown container");
+
+    // A command that does not exist fails the start with Docker's message.
+    let missing = format!("{prefix}missing");
+    let err = rt
+        .start(request(&missing, &["missing-command"], layers))
+        .await
+        .expect_err("a missing command must fail");
+    assert!(
+        matches!(&err, RuntimeError::StartFailed(m) if m.contains("executable file not found")),
+        "{err}"
+    );
+    rt.remove(&missing).await.expect("remove failed container");
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn the_fake_runtime_passes_the_conformance_suite() {
+        super::conformance(&super::FakeRuntime::default(), "f", Vec::new()).await;
+    }
+}
