@@ -11,9 +11,9 @@ use tokio::sync::watch;
 
 use crate::api;
 use crate::cli::AgentArgs;
-use crate::images::{self, ImageStore};
+use crate::images::{self, ImageStore, RegistryConfig};
 use crate::manifest::{self, Loader, PullPolicy};
-use crate::reconciler::status::StatusSnapshot;
+use crate::reconciler::status::{ImageStatus, StatusSnapshot};
 use crate::reconciler::{ImageInfo, Images, Reconciler};
 use crate::runtime::LinuxRuntime;
 
@@ -66,6 +66,8 @@ impl Images for StoreImages {
             .ensure(reference, policy)
             .await
             .map_err(|e| e.to_string())?;
+        // Counts as a use for garbage collection: the container is created next.
+        self.0.mark_used(&image.digest);
         Ok(ImageInfo {
             digest: image.digest,
             defaults: image.config,
@@ -104,8 +106,15 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         &instance,
         shim_exe,
     ));
-    let store = ImageStore::open(&args.state.join("images"), args.insecure_registries.clone())?;
-    let mut reconciler = Reconciler::new(runtime.clone(), Arc::new(StoreImages(store)));
+    let store = ImageStore::open_with(
+        &args.state.join("images"),
+        RegistryConfig {
+            insecure: args.insecure_registries.clone(),
+            mirrors: args.registry_mirrors.clone(),
+            ..Default::default()
+        },
+    )?;
+    let mut reconciler = Reconciler::new(runtime.clone(), Arc::new(StoreImages(store.clone())));
     let mut loader = Loader::new(Some(args.state.join("manifests-last-good.json")));
     let (_watch, mut files) = manifest::watch_dir(args.manifests.clone(), args.resync)?;
     tracing::info!(
@@ -117,6 +126,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     );
 
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusSnapshot::default()));
+    let (images_tx, images_rx) = watch::channel(Vec::new());
+    let housekeeping = tokio::spawn(image_housekeeping(
+        store,
+        status_rx.clone(),
+        images_tx,
+        args.image_gc_grace,
+    ));
     let heartbeat = Arc::new(AtomicI64::new(now_millis()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_state = api::ApiState {
@@ -164,6 +180,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     }
                     first_pass = false;
                 }
+                let mut status = status;
+                status.images = images_rx.borrow().clone();
                 status_tx.send_replace(Arc::new(status));
                 heartbeat.store(now_millis(), Ordering::Relaxed);
                 let sleep = wake
@@ -191,6 +209,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         }
     }
     tracing::info!("agent stopping; containers keep running");
+    housekeeping.abort();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), api_task).await {
         Ok(Ok(Err(e))) => Err(e.into()),
@@ -232,4 +251,109 @@ fn lock_state(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AgentErr
             lock: path,
         }
     })
+}
+
+/// How often `/v1/images` is refreshed from the store.
+const IMAGES_REFRESH: Duration = Duration::from_secs(5);
+
+/// Keeps `/v1/images` current and collects garbage: an image no container uses (declared
+/// or still present) whose last use is older than `grace` goes, then every blob and layer
+/// no remaining image names. Runs beside the reconcile loop; the store lock (exclusive
+/// for the prune, shared for pulls) keeps the two from deleting what a pull reuses.
+async fn image_housekeeping(
+    store: ImageStore,
+    status: watch::Receiver<Arc<StatusSnapshot>>,
+    images: watch::Sender<Vec<ImageStatus>>,
+    grace: Duration,
+) {
+    // Nothing is collected before the first reconcile pass has published which
+    // containers exist: an empty snapshot would make every image look unused.
+    let mut first = status.clone();
+    if first.changed().await.is_err() {
+        return;
+    }
+    let gc_every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let mut last_gc = Instant::now();
+    loop {
+        let snapshot = status.borrow().clone();
+        let gc_due = last_gc.elapsed() >= gc_every;
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if gc_due {
+                collect_garbage(&store, &snapshot, grace);
+            }
+            image_statuses(&store, &snapshot)
+        })
+        .await;
+        if gc_due {
+            last_gc = Instant::now();
+        }
+        match result {
+            Ok(Ok(list)) => {
+                images.send_replace(list);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "list images"),
+            Err(e) => tracing::warn!(error = %e, "image housekeeping task"),
+        }
+        tokio::time::sleep(IMAGES_REFRESH.min(gc_every)).await;
+    }
+}
+
+/// Digests of the images every container of `snapshot` runs or will run.
+fn images_in_use(
+    store: &ImageStore,
+    snapshot: &StatusSnapshot,
+) -> std::collections::HashSet<String> {
+    let mut keep = std::collections::HashSet::new();
+    for c in &snapshot.containers {
+        if let Some(d) = &c.image_digest {
+            keep.insert(d.clone());
+        }
+        // A declared container not created yet (or about to be replaced) needs its image.
+        if let Ok(Some(image)) = store.lookup(&c.image) {
+            keep.insert(image.digest);
+        }
+    }
+    keep
+}
+
+fn collect_garbage(store: &ImageStore, snapshot: &StatusSnapshot, grace: Duration) {
+    let keep = images_in_use(store, snapshot);
+    match store.prune(&keep, Some(grace)) {
+        Ok(r) if !r.images.is_empty() || r.blobs > 0 || r.layers > 0 => tracing::info!(
+            images = r.images.len(),
+            blobs = r.blobs,
+            layers = r.layers,
+            bytes = r.bytes,
+            "image garbage collected"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "image garbage collection"),
+    }
+}
+
+fn image_statuses(
+    store: &ImageStore,
+    snapshot: &StatusSnapshot,
+) -> Result<Vec<ImageStatus>, images::ImageError> {
+    Ok(store
+        .list()?
+        .into_iter()
+        .map(|i| {
+            let used_by = snapshot
+                .containers
+                .iter()
+                .filter(|c| c.image_digest.as_deref() == Some(i.digest.as_str()))
+                .map(|c| c.name.clone())
+                .collect();
+            ImageStatus {
+                references: i.references,
+                digest: i.digest,
+                size: i.size,
+                layers: i.layers,
+                last_used: i.last_used.map(crate::runtime::records::rfc3339),
+                used_by,
+            }
+        })
+        .collect())
 }

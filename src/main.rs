@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use wharf::cli::{Cli, Command};
+use wharf::cli::{Cli, Command, ImageCommand};
+use wharf::images::commands as images;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,16 +77,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => client(wharf::client::logs(&host.hosts, &name, tail, follow)),
         Command::Inspect { name, host } => client(wharf::client::inspect(&host.hosts, &name)),
         Command::Pull { reference, store } => {
-            let image = tokio_runtime()?.block_on(wharf::images::cli_pull(
-                &store.state,
-                store.insecure_registries,
-                &reference,
-            ))?;
-            println!("{}", image.digest);
+            let mut out = std::io::stdout();
+            tokio_runtime()?.block_on(images::pull(&store, &reference, &mut out))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Push { .. } | Command::Images { .. } | Command::Image(_) => {
-            anyhow::bail!("this image command is being wired in this change")
+        Command::Push { reference, store } => {
+            let mut out = std::io::stdout();
+            tokio_runtime()?.block_on(images::push(&store, &reference, &mut out))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Images { json, store } | Command::Image(ImageCommand::Ls { json, store }) => {
+            images::list(&store, json, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Tag {
+            source,
+            target,
+            store,
+        }) => {
+            images::tag(&store, &source, &target)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Rm { references, store }) => {
+            let failed = images::rm(
+                &store,
+                &references,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+            Ok(ExitCode::from(u8::from(failed > 0)))
+        }
+        Command::Image(ImageCommand::Prune { store }) => {
+            images::prune(&store, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Import {
+            rootfs,
+            target,
+            store,
+        }) => {
+            images::import(&store, rootfs.as_deref(), &target, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Export {
+            reference,
+            file,
+            store,
+        }) => {
+            images::export(&store, &reference, &file)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Shim { .. } => unreachable!("handled before logging starts"),
     }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wharf::images::{cli_pull, normalize_reference, ImageStore, PullPolicy, PullStats};
+use wharf::images::{normalize_reference, ImageStore, PullPolicy, PullStats};
 
 fn registry() -> String {
     std::env::var("WHARF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5099".to_string())
@@ -88,7 +88,9 @@ async fn pulled_fixture_image_matches_skopeo_and_a_second_pull_downloads_nothing
     };
     let state = tempfile::tempdir().unwrap();
 
-    let image = cli_pull(state.path(), vec![registry.clone()], &reference)
+    let image = ImageStore::open(&state.path().join("images"), vec![registry.clone()])
+        .unwrap()
+        .pull(&reference)
         .await
         .unwrap();
     assert_eq!(image.digest, expected, "digest differs from skopeo's");

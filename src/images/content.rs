@@ -4,11 +4,17 @@
 //! while hashing, check size and digest, fsync, rename into place, fsync the directory.
 //! A blob is therefore either complete and verified under its final name, or absent.
 
+use std::collections::HashMap;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
 
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -71,6 +77,43 @@ impl ContentStore {
         }
     }
 
+    /// Takes the lock named `key` (e.g. `blob-<hex>`, `layer-<hex>`) for this store,
+    /// waiting for whoever holds it: first among the tasks of this process (a map of
+    /// async mutexes, so waiters sleep instead of polling), then among processes (an
+    /// exclusive `flock` on `locks/<key>`), so an agent and a `wharf pull` sharing the
+    /// store never download or unpack the same content twice at once. The caller
+    /// checks again for the content once it holds the lock: the holder before it has
+    /// usually just made it.
+    pub(crate) async fn lock(&self, key: &str) -> Result<ContentLock, ImageError> {
+        let path = self.root.join("locks").join(key);
+        let local = {
+            let mut map = INFLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > 256 {
+                map.retain(|_, w| w.strong_count() > 0);
+            }
+            match map.get(&path).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(path.clone(), Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        let guard = local.lock_owned().await;
+        let flock = lock_file(&path)
+            .await
+            .map_err(|source| ImageError::LockContent {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(ContentLock {
+            path,
+            _flock: Some(flock),
+            _guard: guard,
+        })
+    }
+
     /// Reads a whole blob (manifests and configs: small).
     pub fn read(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let path = self.blob_path(digest);
@@ -124,6 +167,62 @@ impl ContentStore {
                 source,
             })?;
         w.commit().await
+    }
+}
+
+/// One async mutex per lock file path, shared by every store object of this process.
+/// Weak, so finished keys cost nothing but a map entry (pruned as the map grows).
+static INFLIGHT: LazyLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Held while downloading or unpacking one piece of content; see [`ContentStore::lock`].
+pub(crate) struct ContentLock {
+    path: PathBuf,
+    _flock: Option<Flock<std::fs::File>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for ContentLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the flock, so the `locks/` directory does not fill
+        // up with one file per blob ever pulled. A process that opened the old file
+        // notices (inode check in `lock_file`) and starts over on a fresh one.
+        let _ = std::fs::remove_file(&self.path);
+        self._flock.take();
+    }
+}
+
+/// An exclusive `flock` on `path`, created if needed. Polls with a non-blocking flock
+/// rather than blocking a thread, so a cancelled pull stops waiting at once.
+async fn lock_file(path: &Path) -> io::Result<Flock<std::fs::File>> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let mut wait = Duration::from_millis(10);
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                // The holder before us may have unlinked the file after we opened it:
+                // then our lock is on an orphan inode and means nothing.
+                let ours = lock.metadata()?.ino();
+                match std::fs::metadata(path) {
+                    Ok(m) if m.ino() == ours => return Ok(lock),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            Err((_, errno)) => return Err(errno.into()),
+        }
     }
 }
 
@@ -281,6 +380,46 @@ mod tests {
         assert!(w.commit().await.is_err());
         assert!(!cs.has(&digest, None));
         assert!(entries(&cs.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn lock_serialises_tasks_and_leaves_no_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::new(dir.path());
+        let inside = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            // A second store object on the same root shares the lock.
+            let cs = ContentStore::new(dir.path());
+            let inside = inside.clone();
+            tasks.push(tokio::spawn(async move {
+                let _l = cs.lock("blob-abc").await.unwrap();
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(cs.lock("blob-abc").await.unwrap());
+        assert!(entries(&dir.path().join("locks")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn lock_excludes_another_open_file_description() {
+        // What another process holding the flock looks like from here.
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::new(dir.path());
+        let path = dir.path().join("locks/blob-x");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(&path).unwrap();
+        let held = Flock::lock(f, FlockArg::LockExclusive).unwrap();
+        let waiter = tokio::spawn(async move { cs.lock("blob-x").await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        waiter.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -8,7 +8,10 @@
 //! records/<digest hex>.json     what `lookup` needs for one image: the resolved manifest, config
 //!                               and layer list (keyed by the digest the reference resolved to)
 //! refs/<sha256(ref) hex>.json   `{"reference": "docker.io/library/busybox:latest", "digest": "sha256:…"}`
-//! tmp/                          in-flight downloads and unpacks; renamed into place when complete
+//! tmp/                          in-flight downloads and unpacks; renamed into place when complete;
+//!                               also where prune renames a layer before deleting it
+//! used/<digest hex>             empty; its mtime is when a container last used the image
+//! lock                          the store lock (below)
 //! ```
 //!
 //! Write order gives crash safety without a lock: blobs, then layers, then the image
@@ -19,21 +22,47 @@
 //! Two processes (agent and `wharf pull`) pulling at once each write their own temp files;
 //! the first rename wins and the second finds the content already there.
 //!
+//! # Locking
+//!
+//! Every command and the agent take `flock(<root>/lock)` ([`StoreLock`]): *shared* to
+//! add or read content (pull, import, tag, push, export), *exclusive* to remove it
+//! (`image rm`, prune). So nothing is deleted while a pull may be about to reuse it,
+//! and CLI commands are safe beside a running agent. Lookups take no lock: they only
+//! follow complete records. Removal runs in the reverse of the write order (references,
+//! then records, then unreferenced blobs and layers), and a layer directory is renamed
+//! into `tmp/` before it is deleted, so a crash never leaves a half layer under its
+//! final name. GC never removes what a remaining record names, nor any image whose
+//! digest the caller says is in use (a layer is an overlay lowerdir of containers).
+//!
 //! References are keyed by a hash of the normalised reference because a reference holds
 //! `/`, `:` and `@`; the record itself carries the readable reference.
 
+mod archive;
+mod auth;
+mod catalog;
+pub mod commands;
 mod config;
 mod content;
+mod gc;
+mod lock;
+pub mod progress;
 mod pull;
+mod push;
 mod reference;
+mod retry;
 mod store;
 mod unpack;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+pub use auth::{docker_config_path, Credentials, DockerConfig};
+pub use catalog::ImageSummary;
 pub use config::ImageConfig;
 pub use content::ContentStore;
-pub use pull::PullStats;
+pub use gc::PruneReport;
+pub use lock::{LockMode, StoreLock};
+pub use progress::ProgressEvent;
+pub use pull::{PullStats, RegistryConfig};
 pub use reference::normalize_reference;
 pub use store::ImageStore;
 pub use unpack::{unpack_layer, UnpackStats};
@@ -163,23 +192,73 @@ pub enum ImageError {
     },
     #[error("background task for {reference} failed: {reason}")]
     Task { reference: String, reason: String },
-}
-
-/// `wharf pull`: pull `reference` into the store under `state` and return the image.
-pub async fn cli_pull(
-    state: &Path,
-    insecure: Vec<String>,
-    reference: &str,
-) -> Result<Image, ImageError> {
-    let store = ImageStore::open(&state.join("images"), insecure)?;
-    let (image, stats) = store.pull_with_stats(reference).await?;
-    tracing::info!(
-        reference = %image.reference,
-        digest = %image.digest,
-        blobs_fetched = stats.blobs_fetched,
-        bytes_fetched = stats.bytes_fetched,
-        layers_unpacked = stats.layers_unpacked,
-        "pulled"
-    );
-    Ok(image)
+    #[error("no local image {reference}")]
+    NotFound { reference: String },
+    #[error("lock image store {}: {source}", path.display())]
+    LockStore {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("image {reference} ({digest}) is used by {users}; remove those first")]
+    ImageInUse {
+        reference: String,
+        digest: String,
+        users: String,
+    },
+    #[error("remove {} from the image store: {source}", path.display())]
+    RemoveContent {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("import {}: {reason}", path.display())]
+    ImportArchive { path: PathBuf, reason: String },
+    #[error("import {}: {source}", path.display())]
+    ReadArchive {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("export {reference} to {}: {source}", path.display())]
+    ExportImage {
+        reference: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("image {reference} lacks blob {digest} locally (its layer came from another image); pull it again to push or export it")]
+    MissingBlob { reference: String, digest: String },
+    #[error("push {what} {digest} of {reference}: {source}")]
+    Push {
+        reference: String,
+        what: &'static str,
+        digest: String,
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("lock {} in the image store: {source}", path.display())]
+    LockContent {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("read registry credentials from {}: {reason}", path.display())]
+    Credentials { path: PathBuf, reason: String },
+    #[error("invalid registry mirror {mirror:?}: {reason}")]
+    InvalidMirror { mirror: String, reason: String },
+    #[error("pull {reference}: {registry} answered {reason}: {hint}")]
+    RegistryAccess {
+        reference: String,
+        registry: String,
+        reason: String,
+        hint: String,
+    },
+    #[error("pull {reference}: {what} not found on {registry}: check the repository name and tag (a private repository also looks like this without credentials)")]
+    RegistryNotFound {
+        reference: String,
+        registry: String,
+        what: String,
+    },
+    #[error("pull {reference}: {registry} sent nothing for {timeout:?} ({attempts} attempts); it is unreachable or overloaded")]
+    RegistryTimeout {
+        reference: String,
+        registry: String,
+        timeout: std::time::Duration,
+        attempts: u32,
+    },
 }

@@ -1,18 +1,59 @@
 //! The registry client: resolve a reference to a manifest, fetch missing blobs into the
 //! content store, unpack new layers, record the image.
+//!
+//! Order of a pull:
+//!
+//! 1. pick the endpoint: for `docker.io`, each `--registry-mirror` in order, then Docker
+//!    Hub (dockerd's `lookupPullEndpoints`); the first that serves the manifest also
+//!    serves the blobs, so one pull never mixes content from two sources;
+//! 2. credentials for that endpoint from the Docker config (see `auth`), read on every
+//!    pull so a `docker login` takes effect without restarting the agent;
+//! 3. manifest (and the platform's manifest of an index), verified against any pinned
+//!    digest, then the config blob;
+//! 4. layers: up to [`PARALLEL_DOWNLOADS`] downloads at once; each layer is unpacked as
+//!    soon as its own blob is complete (a chain-id directory holds only its own layer's
+//!    diff, so layers unpack in any order);
+//! 5. the image record, last.
+//!
+//! Every registry request is retried on transient failures (`retry`). Each blob and
+//! each layer is fetched or unpacked by one task at a time across tasks and processes
+//! (`ContentStore::lock`); the others wait and then find it present.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Semaphore;
 
+use super::auth::{self, Credentials};
 use super::config::{
     self, chain_ids, host_platform, parse_config, parse_manifest, Descriptor, Manifest,
 };
-use super::content::sha256_digest;
-use super::reference::pinned_digest;
+use super::content::{digest_hex, sha256_digest};
+use super::progress::{Progress, ProgressEvent};
+use super::reference::{normalize_reference, pinned_digest};
+use super::retry::{classify, Backoff, Class};
 use super::store::{ImageRecord, ImageStore, LayerRecord};
 use super::{Image, ImageError};
+
+/// Layer downloads in flight per pull (Docker's `max-concurrent-downloads` default is 3).
+pub const PARALLEL_DOWNLOADS: usize = 3;
+/// Layer unpacks at once per pull: unpacking is CPU and disk bound, the machines have
+/// two cores.
+const PARALLEL_UNPACKS: usize = 2;
+/// How long a connection attempt, or a wait for the next bytes, may take by default.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes between two progress events of one layer.
+const PROGRESS_STEP: u64 = 256 * 1024;
 
 /// What one pull transferred and unpacked; all zero when everything was present.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,26 +66,300 @@ pub struct PullStats {
     pub layers_unpacked: usize,
 }
 
+/// How to reach registries: the agent's and the image commands' registry flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Registries (`HOST[:PORT]`) reached over plain HTTP (`--insecure-registry`).
+    pub insecure: Vec<String>,
+    /// Mirrors of Docker Hub (`--registry-mirror`, e.g. `https://mirror.example` or
+    /// `http://127.0.0.1:5000`), tried in order before Docker Hub itself. A mirror given
+    /// with `http://` is reached over plain HTTP.
+    pub mirrors: Vec<String>,
+    /// The Docker config file with credentials; `None`: `$DOCKER_CONFIG/config.json`,
+    /// else `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// Connect timeout and longest wait for the next bytes of an answer (not a limit on
+    /// a whole download). `None`: 60 s.
+    pub timeout: Option<Duration>,
+}
+
+/// A mirror URL reduced to what the client needs: the host and whether it is plain HTTP.
+/// Like dockerd's `ValidateMirror`, a path, query or credentials in the URL are refused:
+/// the registry API lives at `/v2/` of the host.
+pub(crate) fn parse_mirror(url: &str) -> Result<(String, bool), ImageError> {
+    let fail = |reason: &str| ImageError::InvalidMirror {
+        mirror: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let (plain_http, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (true, r)
+    } else if url.contains("://") {
+        return Err(fail("the scheme must be http or https"));
+    } else {
+        (false, url)
+    };
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    if host.is_empty() {
+        return Err(fail("no host"));
+    }
+    if host.contains(['/', '?', '#', '@']) {
+        return Err(fail(
+            "only scheme://host[:port] is allowed (no path, query or user)",
+        ));
+    }
+    Ok((host.to_ascii_lowercase(), plain_http))
+}
+
+impl RegistryConfig {
+    /// Hosts reached over plain HTTP: the insecure registries and `http://` mirrors.
+    fn plain_http_hosts(&self) -> Result<Vec<String>, ImageError> {
+        let mut hosts = self.insecure.clone();
+        for m in &self.mirrors {
+            let (host, plain) = parse_mirror(m)?;
+            if plain && !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// Where to pull `reference` from, in order of preference.
+    fn endpoints(&self, reference: &Reference) -> Result<Vec<Endpoint>, ImageError> {
+        let mut out = Vec::new();
+        if reference.registry() == "docker.io" {
+            for m in &self.mirrors {
+                let (host, _) = parse_mirror(m)?;
+                let mut r = reference.clone();
+                r.set_mirror_registry(host.clone());
+                out.push(Endpoint {
+                    reference: r,
+                    host,
+                    mirror: true,
+                });
+            }
+        }
+        out.push(Endpoint {
+            reference: reference.clone(),
+            host: reference.registry().to_string(),
+            mirror: false,
+        });
+        Ok(out)
+    }
+}
+
 /// A client that speaks plain HTTP to `insecure` registries and HTTPS (rustls, ring) to
 /// every other one.
 pub(crate) fn new_client(insecure: Vec<String>) -> oci_client::Client {
+    client_with(insecure, None)
+}
+
+fn client_with(plain_http: Vec<String>, timeout: Option<Duration>) -> oci_client::Client {
     // reqwest's rustls needs a process-wide crypto provider; we build without aws-lc
     // (see pitfalls.md). Another part of wharf may have installed it first: fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure),
+        protocol: ClientProtocol::HttpsExcept(plain_http),
         // We resolve indexes ourselves (see `resolve`), so never let the client pick.
         platform_resolver: None,
-        connect_timeout: Some(std::time::Duration::from_secs(30)),
-        read_timeout: Some(std::time::Duration::from_secs(300)),
+        connect_timeout: Some(timeout.unwrap_or(CONNECT_TIMEOUT).min(CONNECT_TIMEOUT)),
+        read_timeout: Some(timeout.unwrap_or(DEFAULT_TIMEOUT)),
+        user_agent: concat!("wharf/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     })
+}
+
+/// One place to pull from: a mirror (the reference carries the mirror host) or the
+/// reference's own registry.
+#[derive(Clone)]
+struct Endpoint {
+    reference: Reference,
+    /// The host credentials are looked up for and errors name.
+    host: String,
+    mirror: bool,
+}
+
+/// What every request of one pull needs; shared by the layer tasks.
+struct Ctx {
+    client: oci_client::Client,
+    endpoint: Endpoint,
+    /// The normalised reference the user asked for, for messages.
+    normalised: String,
+    config_path: Option<PathBuf>,
+    anonymous: bool,
+    timeout: Duration,
+    backoff: Backoff,
+    progress: Progress,
+}
+
+/// A failed try: the registry's doing (maybe transient) or ours (never retried).
+enum TryError {
+    Registry(OciDistributionError),
+    Local(ImageError),
+}
+
+impl From<ImageError> for TryError {
+    fn from(e: ImageError) -> Self {
+        Self::Local(e)
+    }
+}
+
+impl From<OciDistributionError> for TryError {
+    fn from(e: OciDistributionError) -> Self {
+        Self::Registry(e)
+    }
+}
+
+/// What a registry operation was fetching, for error messages.
+enum Op<'a> {
+    Manifest,
+    Blob(&'a str),
+}
+
+impl Ctx {
+    /// Runs `op` until it succeeds, fails for good, or the retry budget is spent. A
+    /// timeout is retried only once: a registry that was slow is likely slow again, and
+    /// each try already cost the whole timeout.
+    async fn retrying<T, F, Fut>(&self, what: &str, op: Op<'_>, mut f: F) -> Result<T, ImageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, TryError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let err = match f().await {
+                Ok(v) => return Ok(v),
+                Err(TryError::Local(e)) => return Err(e),
+                Err(TryError::Registry(e)) => e,
+            };
+            let class = classify(&err);
+            let budget = match class {
+                Class::Timeout => self.backoff.attempts.min(2),
+                _ => self.backoff.attempts,
+            };
+            if !class.is_transient() || attempt >= budget {
+                return Err(self.registry_error(err, class, attempt, op));
+            }
+            let delay = self.backoff.delay_with_jitter(attempt);
+            tracing::warn!(
+                reference = %self.normalised, %what, attempt, error = %err,
+                "registry request failed, retrying in {delay:?}"
+            );
+            self.progress.send(ProgressEvent::Retrying {
+                what: what.to_string(),
+                attempt,
+                delay,
+                error: err.to_string(),
+            });
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Turns a final registry failure into an error that says what to do.
+    fn registry_error(
+        &self,
+        source: OciDistributionError,
+        class: Class,
+        attempts: u32,
+        op: Op<'_>,
+    ) -> ImageError {
+        let reference = self.normalised.clone();
+        let registry = self.endpoint.host.clone();
+        let config = self.config_path.as_ref().map_or_else(
+            || "~/.docker/config.json".to_string(),
+            |p| p.display().to_string(),
+        );
+        match class {
+            Class::Unauthorized | Class::Denied => {
+                let reason = if class == Class::Unauthorized {
+                    "401 unauthorized"
+                } else {
+                    "403 denied"
+                };
+                let hint = if self.anonymous {
+                    format!("no credentials for {registry} in {config}; add them there (e.g. `docker login {registry}`)")
+                } else {
+                    format!("check credentials for {registry} in {config}")
+                };
+                ImageError::RegistryAccess {
+                    reference,
+                    registry,
+                    reason: reason.to_string(),
+                    hint,
+                }
+            }
+            Class::NotFound => ImageError::RegistryNotFound {
+                reference,
+                registry,
+                what: match op {
+                    Op::Manifest => "manifest".to_string(),
+                    Op::Blob(d) => format!("blob {d}"),
+                },
+            },
+            Class::Timeout => ImageError::RegistryTimeout {
+                reference,
+                registry,
+                timeout: self.timeout,
+                attempts,
+            },
+            Class::Transient | Class::Fatal => match op {
+                Op::Manifest => ImageError::FetchManifest { reference, source },
+                Op::Blob(d) => ImageError::FetchBlob {
+                    reference,
+                    digest: d.to_string(),
+                    source,
+                },
+            },
+        }
+    }
+}
+
+impl ImageStore {
+    /// [`ImageStore::pull_with_stats`], sending per-layer [`ProgressEvent`]s to
+    /// `progress` (render them with [`super::progress::render_terminal`]). The channel
+    /// closes when the pull is over and the sender is dropped.
+    pub async fn pull_with_progress(
+        &self,
+        reference: &str,
+        progress: Option<UnboundedSender<ProgressEvent>>,
+    ) -> Result<(Image, PullStats), ImageError> {
+        let normalised = normalize_reference(reference)?;
+        pull_reporting(self, &normalised, Progress::new(progress)).await
+    }
 }
 
 /// Pulls the normalised reference `normalised` into `store`.
 pub(crate) async fn pull(
     store: &ImageStore,
     normalised: &str,
+) -> Result<(Image, PullStats), ImageError> {
+    pull_reporting(store, normalised, Progress::default()).await
+}
+
+async fn pull_reporting(
+    store: &ImageStore,
+    normalised: &str,
+    progress: Progress,
+) -> Result<(Image, PullStats), ImageError> {
+    // The store lock, shared, for the whole pull: from before the first blob is reused
+    // or written until the references are recorded, so a concurrent prune (exclusive)
+    // can never delete what this pull has decided to reuse (see lock.rs).
+    let locker = store.clone();
+    let _lock = tokio::task::spawn_blocking(move || locker.shared_lock())
+        .await
+        .map_err(|e| ImageError::Task {
+            reference: normalised.to_string(),
+            reason: e.to_string(),
+        })??;
+    pull_locked(store, normalised, progress).await
+}
+
+async fn pull_locked(
+    store: &ImageStore,
+    normalised: &str,
+    progress: Progress,
 ) -> Result<(Image, PullStats), ImageError> {
     let reference: Reference =
         normalised
@@ -54,16 +369,57 @@ pub(crate) async fn pull(
                 reason: e.to_string(),
             })?;
     let inner = store.inner();
-    let mut stats = PullStats::default();
+    let registry = &inner.registry;
+    let client = client_with(registry.plain_http_hosts()?, registry.timeout);
+    let config_path = auth::docker_config_path(registry.docker_config.as_deref());
 
-    // 1. Resolve the reference to a platform manifest, verifying every digest we rely on.
-    let (top_digest, top_bytes) = fetch_manifest(
-        &inner.client,
-        &reference,
-        normalised,
-        pinned_digest(normalised),
-    )
-    .await?;
+    // 1. The first endpoint that serves the manifest. Any failure of a mirror falls
+    //    through to the next source, as dockerd does; Docker Hub's own failure is final.
+    let endpoints = registry.endpoints(&reference)?;
+    let mut resolved = None;
+    for endpoint in endpoints {
+        let creds = auth::credentials_for(&endpoint.host, config_path.as_deref()).await?;
+        let ctx = Ctx {
+            client: client.clone(),
+            endpoint: endpoint.clone(),
+            normalised: normalised.to_string(),
+            config_path: config_path.clone(),
+            anonymous: creds == Credentials::Anonymous,
+            timeout: registry.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            // A mirror gets one retry: Docker Hub is the fallback, and a dead mirror
+            // must not delay every pull by the whole backoff.
+            backoff: if endpoint.mirror {
+                Backoff {
+                    attempts: 2,
+                    ..Backoff::default()
+                }
+            } else {
+                Backoff::default()
+            },
+            progress: progress.clone(),
+        };
+        let auth = creds.to_registry_auth();
+        let top_ref = endpoint.reference.clone();
+        match fetch_manifest(&ctx, &auth, &top_ref, pinned_digest(normalised)).await {
+            Ok(top) => {
+                resolved = Some((ctx, auth, top));
+                break;
+            }
+            Err(e) if endpoint.mirror => {
+                tracing::warn!(reference = %normalised, mirror = %endpoint.host, error = %e, "mirror failed, trying the next source");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((ctx, auth, (top_digest, top_bytes))) = resolved else {
+        // Unreachable: the last endpoint is the registry itself, whose error returns.
+        return Err(ImageError::Task {
+            reference: normalised.to_string(),
+            reason: "no registry endpoint".into(),
+        });
+    };
+    let ctx = Arc::new(ctx);
+
     inner.content.write_bytes(&top_digest, &top_bytes).await?;
     let (manifest_digest, config_desc, layers) = match parse_manifest(normalised, &top_bytes)? {
         Manifest::Image { config, layers } => (top_digest.clone(), config, layers),
@@ -72,12 +428,17 @@ pub(crate) async fn pull(
             let entry = config::select_platform(&entries, &want).ok_or_else(|| {
                 ImageError::SelectPlatform {
                     reference: normalised.to_string(),
-                    platform: format!("{}/{}", want.os, want.architecture),
+                    platform: match &want.variant {
+                        Some(v) => format!("{}/{}/{v}", want.os, want.architecture),
+                        None => format!("{}/{}", want.os, want.architecture),
+                    },
                 }
             })?;
-            let child = reference.clone_with_digest(entry.digest.clone());
-            let (digest, bytes) =
-                fetch_manifest(&inner.client, &child, normalised, Some(&entry.digest)).await?;
+            let child = ctx
+                .endpoint
+                .reference
+                .clone_with_digest(entry.digest.clone());
+            let (digest, bytes) = fetch_manifest(&ctx, &auth, &child, Some(&entry.digest)).await?;
             inner.content.write_bytes(&digest, &bytes).await?;
             match parse_manifest(normalised, &bytes)? {
                 Manifest::Image { config, layers } => (digest, config, layers),
@@ -90,9 +451,18 @@ pub(crate) async fn pull(
             }
         }
     };
+    progress.send(ProgressEvent::Resolved {
+        reference: normalised.to_string(),
+        digest: top_digest.clone(),
+        layers: layers.len(),
+    });
 
     // 2. The config names the uncompressed layers (diff ids), hence the unpacked dirs.
-    fetch_blob(store, &reference, normalised, &config_desc, &mut stats).await?;
+    let mut stats = PullStats::default();
+    if let Some(n) = fetch_blob(&ctx, store, &config_desc, false).await? {
+        stats.blobs_fetched += 1;
+        stats.bytes_fetched += n;
+    }
     let config_bytes = inner.content.read(&config_desc.digest)?;
     let parsed = parse_config(normalised, &config_desc.digest, &config_bytes)?;
     if parsed.diff_ids.len() != layers.len() {
@@ -108,8 +478,11 @@ pub(crate) async fn pull(
     }
     let chains = chain_ids(&parsed.diff_ids);
 
-    // 3. Layers bottom first. One already unpacked is neither downloaded nor unpacked:
-    //    the chain id covers its content and everything below it.
+    // 3. Layers. One already unpacked is neither downloaded nor unpacked: the chain id
+    //    covers its content and everything below it.
+    let downloads = Arc::new(Semaphore::new(PARALLEL_DOWNLOADS));
+    let unpacks = Arc::new(Semaphore::new(PARALLEL_UNPACKS));
+    let mut tasks = tokio::task::JoinSet::new();
     let mut layer_records = Vec::with_capacity(layers.len());
     for ((desc, diff_id), chain_id) in layers.iter().zip(&parsed.diff_ids).zip(&chains) {
         if !desc.media_type.is_empty() && !desc.media_type.contains("tar") {
@@ -119,25 +492,6 @@ pub(crate) async fn pull(
                 media_type: desc.media_type.clone(),
             });
         }
-        if !store.layer_path(chain_id).is_dir() {
-            fetch_blob(store, &reference, normalised, desc, &mut stats).await?;
-            let (s, digest, diff, chain) = (
-                store.clone(),
-                desc.digest.clone(),
-                diff_id.clone(),
-                chain_id.clone(),
-            );
-            let unpacked =
-                tokio::task::spawn_blocking(move || s.ensure_layer(&digest, &diff, &chain))
-                    .await
-                    .map_err(|e| ImageError::Task {
-                        reference: normalised.to_string(),
-                        reason: e.to_string(),
-                    })??;
-            if unpacked {
-                stats.layers_unpacked += 1;
-            }
-        }
         layer_records.push(LayerRecord {
             digest: desc.digest.clone(),
             media_type: desc.media_type.clone(),
@@ -145,6 +499,57 @@ pub(crate) async fn pull(
             diff_id: diff_id.clone(),
             chain_id: chain_id.clone(),
         });
+        if store.layer_path(chain_id).is_dir() {
+            progress.send(ProgressEvent::LayerPresent {
+                digest: desc.digest.clone(),
+                size: desc.size,
+            });
+            continue;
+        }
+        let (ctx, store, desc, diff_id, chain_id) = (
+            ctx.clone(),
+            store.clone(),
+            desc.clone(),
+            diff_id.clone(),
+            chain_id.clone(),
+        );
+        let (downloads, unpacks) = (downloads.clone(), unpacks.clone());
+        tasks.spawn(async move {
+            let fetched = {
+                let _slot = downloads.acquire_owned().await;
+                fetch_blob(&ctx, &store, &desc, true).await?
+            };
+            let _slot = unpacks.acquire_owned().await;
+            let unpacked = ensure_layer(&ctx, &store, &desc, &diff_id, &chain_id).await?;
+            ctx.progress.send(ProgressEvent::LayerDone {
+                digest: desc.digest.clone(),
+            });
+            Ok::<_, ImageError>((fetched, unpacked))
+        });
+    }
+    // The first failure wins: the other downloads are aborted, and awaited so that
+    // their temp files are gone when the pull returns.
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined
+            .map_err(|e| ImageError::Task {
+                reference: normalised.to_string(),
+                reason: e.to_string(),
+            })
+            .and_then(|r| r);
+        let (fetched, unpacked) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                tasks.shutdown().await;
+                return Err(e);
+            }
+        };
+        if let Some(n) = fetched {
+            stats.blobs_fetched += 1;
+            stats.bytes_fetched += n;
+        }
+        if unpacked {
+            stats.layers_unpacked += 1;
+        }
     }
 
     // 4. Record last: a reference only ever names a complete image.
@@ -159,31 +564,59 @@ pub(crate) async fn pull(
     Ok((store.image_from_record(normalised, &record), stats))
 }
 
+/// Unpacks one layer unless it is there, one unpacker per layer across tasks and
+/// processes. Returns whether this call unpacked it.
+async fn ensure_layer(
+    ctx: &Ctx,
+    store: &ImageStore,
+    desc: &Descriptor,
+    diff_id: &str,
+    chain_id: &str,
+) -> Result<bool, ImageError> {
+    let _lock = store
+        .content()
+        .lock(&format!("layer-{}", digest_hex(chain_id)))
+        .await?;
+    if store.layer_path(chain_id).is_dir() {
+        return Ok(false);
+    }
+    let (s, digest, diff, chain) = (
+        store.clone(),
+        desc.digest.clone(),
+        diff_id.to_string(),
+        chain_id.to_string(),
+    );
+    tokio::task::spawn_blocking(move || s.ensure_layer(&digest, &diff, &chain))
+        .await
+        .map_err(|e| ImageError::Task {
+            reference: ctx.normalised.clone(),
+            reason: e.to_string(),
+        })?
+}
+
 /// Fetches manifest bytes and returns them with their sha256, which must equal
 /// `expected` when the caller pins one. We hash the bytes ourselves rather than trust
 /// the registry's `Docker-Content-Digest` header.
 async fn fetch_manifest(
-    client: &oci_client::Client,
+    ctx: &Ctx,
+    auth: &RegistryAuth,
     reference: &Reference,
-    normalised: &str,
     expected: Option<&str>,
 ) -> Result<(String, Vec<u8>), ImageError> {
-    let (bytes, _header_digest) = client
-        .pull_manifest_raw(
-            reference,
-            &RegistryAuth::Anonymous,
-            config::ACCEPTED_MANIFESTS,
-        )
-        .await
-        .map_err(|source| ImageError::FetchManifest {
-            reference: reference.whole(),
-            source,
-        })?;
+    let what = format!("manifest of {}", ctx.normalised);
+    let (bytes, _header_digest) = ctx
+        .retrying(&what, Op::Manifest, || async {
+            ctx.client
+                .pull_manifest_raw(reference, auth, config::ACCEPTED_MANIFESTS)
+                .await
+                .map_err(TryError::Registry)
+        })
+        .await?;
     let actual = sha256_digest(&bytes);
     if let Some(expected) = expected {
         if actual != expected {
             return Err(ImageError::VerifyManifest {
-                reference: normalised.to_string(),
+                reference: ctx.normalised.clone(),
                 expected: expected.to_string(),
                 actual,
             });
@@ -193,40 +626,147 @@ async fn fetch_manifest(
 }
 
 /// Downloads the blob `desc` unless the content store has it, streaming it through a
-/// verifying writer.
+/// verifying writer. Returns the bytes downloaded, or `None` when the blob was present
+/// (possibly fetched meanwhile by a concurrent pull we waited for). `layer`: send
+/// per-layer progress events.
 async fn fetch_blob(
+    ctx: &Ctx,
     store: &ImageStore,
-    reference: &Reference,
-    normalised: &str,
     desc: &Descriptor,
-    stats: &mut PullStats,
-) -> Result<(), ImageError> {
-    let content = &store.inner().content;
+    layer: bool,
+) -> Result<Option<u64>, ImageError> {
+    let content = store.content();
+    let present = |ctx: &Ctx| {
+        if layer {
+            ctx.progress.send(ProgressEvent::LayerDownloaded {
+                digest: desc.digest.clone(),
+            });
+        }
+        Ok(None)
+    };
     if content.has(&desc.digest, Some(desc.size)) {
-        return Ok(());
+        return present(ctx);
     }
-    let mut writer = content.writer(&desc.digest, Some(desc.size)).await?;
+    let _lock = content
+        .lock(&format!("blob-{}", digest_hex(&desc.digest)))
+        .await?;
+    if content.has(&desc.digest, Some(desc.size)) {
+        return present(ctx);
+    }
     let oci_desc = OciDescriptor {
         media_type: desc.media_type.clone(),
         digest: desc.digest.clone(),
         size: i64::try_from(desc.size).unwrap_or(i64::MAX),
         ..Default::default()
     };
-    tracing::debug!(reference = %normalised, digest = %desc.digest, size = desc.size, "fetching blob");
-    // Auth for this registry was negotiated and stored by the manifest fetch.
-    store
-        .inner()
-        .client
-        .pull_blob(reference, &oci_desc, &mut writer)
-        .await
-        .map_err(|source| ImageError::FetchBlob {
-            reference: normalised.to_string(),
+    tracing::debug!(reference = %ctx.normalised, digest = %desc.digest, size = desc.size, "fetching blob");
+    let what = format!("blob {}", desc.digest);
+    let written = ctx
+        .retrying(&what, Op::Blob(&desc.digest), || {
+            download_once(ctx, store, desc, &oci_desc, layer)
+        })
+        .await?;
+    if layer {
+        ctx.progress.send(ProgressEvent::LayerDownloaded {
             digest: desc.digest.clone(),
-            source,
-        })?;
+        });
+    }
+    Ok(Some(written))
+}
+
+/// One try at downloading a blob into a fresh temp file; a failed try leaves nothing.
+async fn download_once(
+    ctx: &Ctx,
+    store: &ImageStore,
+    desc: &Descriptor,
+    oci_desc: &OciDescriptor,
+    layer: bool,
+) -> Result<u64, TryError> {
+    // Auth for this endpoint was negotiated and stored by the manifest fetch.
+    let mut stream = ctx
+        .client
+        .pull_blob_stream(&ctx.endpoint.reference, oci_desc)
+        .await?;
+    let mut writer = store
+        .content()
+        .writer(&desc.digest, Some(desc.size))
+        .await?;
+    if layer {
+        ctx.progress.send(ProgressEvent::LayerStarted {
+            digest: desc.digest.clone(),
+            total: desc.size,
+        });
+    }
+    let mut reported = 0;
+    while let Some(chunk) = stream.next().await {
+        // The stream's errors are the network's (or its digest check's): classified by
+        // `retry`. A failed write is ours and final.
+        let chunk = chunk.map_err(OciDistributionError::IoError)?;
+        writer
+            .write_all(&chunk)
+            .await
+            .map_err(|source| ImageError::WriteBlob {
+                digest: desc.digest.clone(),
+                path: store.content().blob_path(&desc.digest),
+                source,
+            })?;
+        let written = writer.written();
+        if layer && (written - reported >= PROGRESS_STEP || written == desc.size) {
+            reported = written;
+            ctx.progress.send(ProgressEvent::LayerBytes {
+                digest: desc.digest.clone(),
+                current: written,
+                total: desc.size,
+            });
+        }
+    }
     let written = writer.written();
     writer.commit().await?;
-    stats.blobs_fetched += 1;
-    stats.bytes_fetched += written;
-    Ok(())
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_urls_are_reduced_to_host_and_scheme() {
+        assert_eq!(
+            parse_mirror("https://mirror.example/").unwrap(),
+            ("mirror.example".to_string(), false)
+        );
+        assert_eq!(
+            parse_mirror("http://127.0.0.1:5000").unwrap(),
+            ("127.0.0.1:5000".to_string(), true)
+        );
+        assert!(parse_mirror("https://mirror.example/v2/").is_err());
+        assert!(parse_mirror("ftp://mirror.example").is_err());
+        assert!(parse_mirror("https://").is_err());
+    }
+
+    #[test]
+    fn docker_hub_references_go_through_mirrors_first_and_others_do_not() {
+        let cfg = RegistryConfig {
+            mirrors: vec!["http://m1:5000".into(), "https://m2".into()],
+            ..Default::default()
+        };
+        let hub: Reference = "docker.io/library/busybox:latest".parse().unwrap();
+        let eps = cfg.endpoints(&hub).unwrap();
+        let hosts: Vec<_> = eps
+            .iter()
+            .map(|e| (e.reference.resolve_registry().to_string(), e.mirror))
+            .collect();
+        assert_eq!(
+            hosts,
+            vec![
+                ("m1:5000".to_string(), true),
+                ("m2".to_string(), true),
+                ("index.docker.io".to_string(), false)
+            ]
+        );
+        assert_eq!(eps[2].host, "docker.io");
+        let other: Reference = "quay.io/a/b:1".parse().unwrap();
+        assert_eq!(cfg.endpoints(&other).unwrap().len(), 1);
+        assert_eq!(cfg.plain_http_hosts().unwrap(), vec!["m1:5000".to_string()]);
+    }
 }

@@ -1,15 +1,17 @@
 //! The image store: records of pulled images and their unpacked layers (layout in the
 //! module docs of `images`).
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::config::ImageConfig;
 use super::content::{digest_hex, sha256_digest, temp_name, ContentStore};
+use super::lock::{LockMode, StoreLock};
 use super::pull::{self, PullStats};
 use super::reference::{normalize_reference, pinned_digest};
 use super::unpack::unpack_layer;
@@ -57,7 +59,11 @@ pub struct ImageStore {
 pub(crate) struct Inner {
     pub root: PathBuf,
     pub content: ContentStore,
-    pub client: oci_client::Client,
+    /// Registry settings for pulls (mirrors, credentials file, timeout).
+    pub registry: pull::RegistryConfig,
+    /// Disk usage of unpacked layers by chain id: a layer never changes once renamed
+    /// into place, so walking it once per process is enough.
+    pub layer_sizes: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -72,7 +78,17 @@ impl ImageStore {
     /// Opens (creating if needed) the store at `root`, normally `<state>/images`.
     /// `insecure_registries` (`HOST[:PORT]`) are reached over plain HTTP.
     pub fn open(root: &Path, insecure_registries: Vec<String>) -> Result<Self, ImageError> {
-        for sub in ["blobs/sha256", "layers", "records", "refs", "tmp"] {
+        let registry = pull::RegistryConfig {
+            insecure: insecure_registries,
+            ..Default::default()
+        };
+        Self::open_with(root, registry)
+    }
+
+    /// [`ImageStore::open`] with every registry setting: insecure registries, Docker Hub
+    /// mirrors, the Docker config file for credentials, the network timeout.
+    pub fn open_with(root: &Path, registry: pull::RegistryConfig) -> Result<Self, ImageError> {
+        for sub in ["blobs/sha256", "layers", "records", "refs", "tmp", "used"] {
             let path = root.join(sub);
             fs::DirBuilder::new()
                 .recursive(true)
@@ -84,7 +100,8 @@ impl ImageStore {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 content: ContentStore::new(root),
-                client: pull::new_client(insecure_registries),
+                registry,
+                layer_sizes: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -94,6 +111,25 @@ impl ImageStore {
         &self.inner.root
     }
 
+    /// Blocks until this process holds the store lock shared: for anything that adds or
+    /// reads content (pull, import, push, export, tag). Hold the guard for the whole
+    /// operation. Blocking: call from `spawn_blocking` in async code.
+    pub fn shared_lock(&self) -> Result<StoreLock, ImageError> {
+        StoreLock::acquire(&self.inner.root, LockMode::Shared)
+    }
+
+    /// Blocks until this process holds the store lock exclusively: for removal (`image
+    /// rm`, prune), which must not run beside a pull that may reuse what it deletes.
+    pub fn exclusive_lock(&self) -> Result<StoreLock, ImageError> {
+        StoreLock::acquire(&self.inner.root, LockMode::Exclusive)
+    }
+
+    /// [`ImageStore::exclusive_lock`] without waiting: `None` while anyone else holds
+    /// the lock (the agent's periodic GC skips a round rather than stall behind a pull).
+    pub fn try_exclusive_lock(&self) -> Result<Option<StoreLock>, ImageError> {
+        StoreLock::try_acquire(&self.inner.root, LockMode::Exclusive)
+    }
+
     /// The blobs of this store.
     pub fn content(&self) -> &ContentStore {
         &self.inner.content
@@ -101,10 +137,17 @@ impl ImageStore {
 
     /// The image `reference` names, if it is present locally with all its layers
     /// unpacked. Never contacts a registry.
+    /// A bare `sha256:…` digest names an image by its digest (how an imported image
+    /// that its archive did not name is found).
     pub fn lookup(&self, reference: &str) -> Result<Option<Image>, ImageError> {
-        let normalised = normalize_reference(reference)?;
+        let normalised = if super::catalog::is_bare_digest(reference) {
+            reference.to_string()
+        } else {
+            normalize_reference(reference)?
+        };
         // A pinned digest names the content itself, whatever repository it came from.
-        let digest = match pinned_digest(&normalised) {
+        let bare = super::catalog::is_bare_digest(&normalised).then_some(normalised.as_str());
+        let digest = match bare.or_else(|| pinned_digest(&normalised)) {
             Some(d) => d.to_string(),
             None => {
                 let path = self.ref_path(&normalised);
@@ -166,7 +209,7 @@ impl ImageStore {
         self.inner.root.join("layers").join(digest_hex(chain_id))
     }
 
-    fn ref_path(&self, normalised: &str) -> PathBuf {
+    pub(crate) fn ref_path(&self, normalised: &str) -> PathBuf {
         let key = sha256_digest(normalised.as_bytes());
         self.inner
             .root
@@ -174,7 +217,7 @@ impl ImageStore {
             .join(format!("{}.json", digest_hex(&key)))
     }
 
-    fn record_path(&self, digest: &str) -> PathBuf {
+    pub(crate) fn record_path(&self, digest: &str) -> PathBuf {
         self.inner
             .root
             .join("records")
@@ -279,7 +322,9 @@ impl ImageStore {
     }
 }
 
-fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ImageError> {
+pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, ImageError> {
     crate::state::read_json(path).map_err(|source| ImageError::ReadRecord {
         path: path.to_path_buf(),
         source,

@@ -82,7 +82,11 @@ pub fn unpack_layer(reader: impl Read, target: &Path) -> Result<UnpackStats, Ima
     };
     let mut entries = 0u64;
     {
-        let mut archive = tar::Archive::new(&mut hashing);
+        let mut padded = PadToBlock {
+            inner: &mut hashing,
+            offset: 0,
+        };
+        let mut archive = tar::Archive::new(&mut padded);
         for entry in archive.entries().map_err(layer_err)? {
             let entry = entry.map_err(layer_err)?;
             unpacker.apply(entry)?;
@@ -115,6 +119,31 @@ impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Completes a stream that ends inside the padding of its last entry with zero bytes up
+/// to the 512-byte block boundary. `umoci insert` closes its layer without padding the
+/// last file's data (nor writing end-of-archive blocks); the `tar` crate then fails with
+/// "unexpected EOF during skip" although every byte of content is there. The zeros are
+/// added after hashing, so the diff id still covers exactly the bytes of the blob.
+struct PadToBlock<R> {
+    inner: R,
+    offset: u64,
+}
+
+impl<R: Read> Read for PadToBlock<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            self.offset += n as u64;
+            return Ok(n);
+        }
+        let missing = ((512 - self.offset % 512) % 512) as usize;
+        let n = missing.min(buf.len());
+        buf[..n].fill(0);
+        self.offset += n as u64;
         Ok(n)
     }
 }

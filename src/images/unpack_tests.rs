@@ -358,6 +358,22 @@ fn stream_without_end_of_archive_blocks_is_accepted() {
 }
 
 #[test]
+fn stream_ending_inside_the_last_entrys_padding_is_accepted() {
+    // `umoci insert` closes its layer right after the last file's data: no padding to
+    // the 512-byte block, no end-of-archive blocks.
+    let s = sandbox();
+    let mut tar = Layer::new()
+        .file("opt/a", b"first")
+        .file("opt/b", b"hello")
+        .bytes();
+    tar.truncate(tar.len() - 1024 - (512 - 5));
+    let stats = s.unpack(&tar).unwrap();
+    assert_eq!(stats.entries, 2);
+    assert_eq!(stats.diff_id, crate::images::content::sha256_digest(&tar));
+    assert_eq!(fs::read(s.layer.join("opt/b")).unwrap(), b"hello");
+}
+
+#[test]
 fn stream_truncated_inside_an_entry_fails() {
     let s = sandbox();
     let tar = Layer::new().file("big", &[7u8; 4096]).bytes();

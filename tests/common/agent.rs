@@ -54,6 +54,8 @@ pub struct Agent {
     pub state: PathBuf,
     pub run: PathBuf,
     pub addr: String,
+    /// Extra agent flags.
+    pub extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -72,6 +74,7 @@ impl Agent {
             state: tmp.path().join("state"),
             run: tmp.path().join("run"),
             addr: format!("127.0.0.1:{port}"),
+            extra: Vec::new(),
             tmp,
             child: None,
         }
@@ -98,6 +101,7 @@ impl Agent {
                 "--resync",
                 "2s",
             ])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

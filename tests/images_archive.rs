@@ -1,0 +1,183 @@
+//! Import and export against archives made and checked by an independent tool: skopeo
+//! writes `docker-archive:` and `oci-archive:` files from the fixture registry
+//! (scripts/test-registry.sh) and inspects what `export` writes.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use wharf::images::ImageStore;
+
+fn registry() -> String {
+    std::env::var("WHARF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5099".to_string())
+}
+
+/// Skips with a printed reason, unless CI requires the real test to run.
+fn skip(reason: &str) {
+    if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("cannot run the archive test: {reason}");
+    }
+    eprintln!("skipping archive test: {reason}");
+}
+
+/// Why the fixture cannot be used, if it cannot.
+fn unavailable() -> Option<String> {
+    let addr = registry();
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|s| TcpStream::connect_timeout(&s, Duration::from_secs(2)).is_ok());
+    if !reachable {
+        return Some(format!(
+            "registry {addr} unreachable; start it with scripts/test-registry.sh start"
+        ));
+    }
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        return Some("skopeo is not installed".into());
+    }
+    None
+}
+
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `skopeo copy` from the fixture registry into `dest` (an archive transport).
+fn copy_from_registry(dest: &str) {
+    let src = format!("docker://{}/test/busybox:latest", registry());
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &src,
+        dest,
+    ]);
+}
+
+fn digest_of(inspect_json: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(inspect_json).unwrap();
+    v["Digest"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_from_skopeo_imports_with_the_pulled_layers() {
+    if let Some(reason) = unavailable() {
+        return skip(&reason);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("busybox-docker.tar");
+    copy_from_registry(&format!(
+        "docker-archive:{}:test/busybox:latest",
+        file.display()
+    ));
+    let reference = format!("{}/test/busybox:latest", registry());
+    let pulled = ImageStore::open(&work.path().join("images"), vec![registry()])
+        .unwrap()
+        .pull(&reference)
+        .await
+        .unwrap();
+
+    let store = ImageStore::open(&work.path().join("images"), vec![registry()]).unwrap();
+    let imported = store.import_archive(&file).unwrap();
+    assert_eq!(imported.len(), 1, "{imported:?}");
+    let img = &imported[0];
+    assert_eq!(img.reference, "docker.io/test/busybox:latest");
+    // Same diff ids give the same chain ids, hence the very same layer directories.
+    assert_eq!(img.layers, pulled.layers);
+    assert_eq!(img.config, pulled.config);
+    let found = store.lookup("test/busybox").unwrap().expect("lookup");
+    assert_eq!(&found, img);
+
+    // Into an empty store: the layers are unpacked from the archive itself.
+    let fresh = ImageStore::open(&work.path().join("fresh"), vec![]).unwrap();
+    let img = fresh.import_archive(&file).unwrap().remove(0);
+    assert!(img.layers.iter().any(|l| l.join("bin/busybox").is_file()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_archive_from_skopeo_imports_and_our_export_satisfies_skopeo() {
+    if let Some(reason) = unavailable() {
+        return skip(&reason);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("busybox-oci.tar");
+    copy_from_registry(&format!(
+        "oci-archive:{}:test/busybox:latest",
+        file.display()
+    ));
+    let source_digest = digest_of(&skopeo(&[
+        "inspect",
+        &format!("oci-archive:{}", file.display()),
+    ]));
+
+    let store = ImageStore::open(&work.path().join("images"), vec![]).unwrap();
+    let imported = store.import_archive(&file).unwrap();
+    assert_eq!(imported.len(), 1, "{imported:?}");
+    let img = &imported[0];
+    assert_eq!(img.digest, source_digest, "the manifest bytes are kept");
+    assert!(img.layers.iter().any(|l| l.join("bin/busybox").is_file()));
+    assert_eq!(img.config.cmd, Some(vec!["sh".to_string()]));
+
+    let out = work.path().join("export.tar");
+    store.export(&img.reference, &out).unwrap();
+    let inspected = skopeo(&["inspect", &format!("oci-archive:{}", out.display())]);
+    assert_eq!(digest_of(&inspected), img.digest);
+    // skopeo can copy it out too (reads and verifies every blob).
+    let dir = work.path().join("copied");
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        &format!("oci-archive:{}", out.display()),
+        &format!("oci:{}:x", dir.display()),
+    ]);
+    let again = ImageStore::open(&work.path().join("again"), vec![]).unwrap();
+    let re = again.import_archive(&out).unwrap().remove(0);
+    assert_eq!(re.digest, img.digest);
+    assert_eq!(re.reference, img.reference);
+}
+
+#[test]
+fn rootfs_import_exports_as_an_image_skopeo_accepts() {
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("usr/bin")).unwrap();
+    std::fs::write(rootfs.join("usr/bin/hello"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        rootfs.join("usr/bin/hello"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("usr/bin", rootfs.join("bin")).unwrap();
+
+    let store = ImageStore::open(&work.path().join("images"), vec![]).unwrap();
+    let img = store.import_rootfs(&rootfs, "local/hello:1").unwrap();
+    let layer = &img.layers[0];
+    let meta = std::fs::metadata(layer.join("usr/bin/hello")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(
+        std::fs::read_link(layer.join("bin")).unwrap(),
+        Path::new("usr/bin")
+    );
+
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        return skip("skopeo is not installed");
+    }
+    let out = work.path().join("hello.tar");
+    store.export("local/hello:1", &out).unwrap();
+    let inspected = skopeo(&["inspect", &format!("oci-archive:{}", out.display())]);
+    assert_eq!(digest_of(&inspected), img.digest);
+}
