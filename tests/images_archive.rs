@@ -2,56 +2,17 @@
 //! writes `docker-archive:` and `oci-archive:` files from the fixture registry
 //! (scripts/test-registry.sh) and inspects what `export` writes.
 
-use std::net::{TcpStream, ToSocketAddrs};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
+use common::fixture::{registry, unavailable};
 use wharf::images::ImageStore;
 
-fn registry() -> String {
-    std::env::var("WHARF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5099".to_string())
-}
-
-/// Skips with a printed reason, unless CI requires the real test to run.
-fn skip(reason: &str) {
-    if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("cannot run the archive test: {reason}");
-    }
-    eprintln!("skipping archive test: {reason}");
-}
-
-/// Why the fixture cannot be used, if it cannot.
-fn unavailable() -> Option<String> {
-    let addr = registry();
-    let reachable = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|s| TcpStream::connect_timeout(&s, Duration::from_secs(2)).is_ok());
-    if !reachable {
-        return Some(format!(
-            "registry {addr} unreachable; start it with scripts/test-registry.sh start"
-        ));
-    }
-    if Command::new("skopeo").arg("--version").output().is_err() {
-        return Some("skopeo is not installed".into());
-    }
-    None
-}
-
 fn skopeo(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    common::fixture::skopeo(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `skopeo copy` from the fixture registry into `dest` (an archive transport).
@@ -74,8 +35,8 @@ fn digest_of(inspect_json: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_archive_from_skopeo_imports_with_the_pulled_layers() {
-    if let Some(reason) = unavailable() {
-        return skip(&reason);
+    if let Some(reason) = unavailable(&["skopeo"]) {
+        return common::fixture::skip("images_archive", &reason);
     }
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("busybox-docker.tar");
@@ -109,8 +70,8 @@ async fn docker_archive_from_skopeo_imports_with_the_pulled_layers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_archive_from_skopeo_imports_and_our_export_satisfies_skopeo() {
-    if let Some(reason) = unavailable() {
-        return skip(&reason);
+    if let Some(reason) = unavailable(&["skopeo"]) {
+        return common::fixture::skip("images_archive", &reason);
     }
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("busybox-oci.tar");
@@ -174,7 +135,7 @@ fn rootfs_import_exports_as_an_image_skopeo_accepts() {
     );
 
     if Command::new("skopeo").arg("--version").output().is_err() {
-        return skip("skopeo is not installed");
+        return common::fixture::skip("images_archive", "skopeo is not installed");
     }
     let out = work.path().join("hello.tar");
     store.export("local/hello:1", &out).unwrap();

@@ -3,61 +3,14 @@
 //! `test/busybox:latest`, built with umoci (whose layers lack tar end-of-archive blocks).
 //! `skopeo` is the independent client that says what the right digest is.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use common::fixture::{registry, registry_unreachable, sha256_digest, skopeo_raw};
 use wharf::images::{normalize_reference, ImageStore, PullPolicy, PullStats};
-
-fn registry() -> String {
-    std::env::var("WHARF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5099".to_string())
-}
-
-/// Skips with a printed reason, unless CI requires the real test to run.
-fn skip(reason: &str) {
-    if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("cannot run the registry test: {reason}");
-    }
-    eprintln!("skipping registry test: {reason}");
-}
-
-fn reachable(addr: &str) -> Result<(), String> {
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
-    TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-        .map(drop)
-        .map_err(|e| {
-            format!(
-                "registry {addr} unreachable ({e}); start it with scripts/test-registry.sh start"
-            )
-        })
-}
-
-/// The manifest digest as skopeo sees it: the sha256 of the raw manifest bytes.
-fn skopeo_digest(reference: &str) -> Result<String, String> {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .map_err(|e| format!("skopeo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "skopeo inspect {reference}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(&out.stdout))
-    ))
-}
 
 /// Inode of every blob and layer directory: unchanged inodes mean nothing was
 /// downloaded or unpacked again (content is renamed in, never rewritten in place).
@@ -78,13 +31,13 @@ fn inodes(root: &Path) -> BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulled_fixture_image_matches_skopeo_and_a_second_pull_downloads_nothing() {
     let registry = registry();
-    if let Err(reason) = reachable(&registry) {
-        return skip(&reason);
+    if let Some(reason) = registry_unreachable() {
+        return common::fixture::skip("images_pull", &reason);
     }
     let reference = format!("{registry}/test/busybox:latest");
-    let expected = match skopeo_digest(&reference) {
+    let expected = match skopeo_raw(&reference).map(|raw| sha256_digest(&raw)) {
         Ok(d) => d,
-        Err(reason) => return skip(&reason),
+        Err(reason) => return common::fixture::skip("images_pull", &reason),
     };
     let state = tempfile::tempdir().unwrap();
 
@@ -154,8 +107,8 @@ async fn pulled_fixture_image_matches_skopeo_and_a_second_pull_downloads_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_with_if_not_present_is_pulled_and_unknown_repository_fails_clearly() {
     let registry = registry();
-    if let Err(reason) = reachable(&registry) {
-        return skip(&reason);
+    if let Some(reason) = registry_unreachable() {
+        return common::fixture::skip("images_pull", &reason);
     }
     let state = tempfile::tempdir().unwrap();
     let store = ImageStore::open(&state.path().join("images"), vec![registry.clone()]).unwrap();

@@ -2,56 +2,13 @@
 //! manifest the registry serves must hash to the digest wharf reports, and a copy by
 //! skopeo must see the same digests.
 
-use std::net::{TcpStream, ToSocketAddrs};
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::fixture::{registry, skopeo, unavailable};
 use sha2::{Digest, Sha256};
 use wharf::images::ImageStore;
-
-fn registry() -> String {
-    std::env::var("WHARF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5099".to_string())
-}
-
-fn skip(reason: &str) {
-    if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("cannot run the push test: {reason}");
-    }
-    eprintln!("skipping push test: {reason}");
-}
-
-fn unavailable() -> Option<String> {
-    let addr = registry();
-    let reachable = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|s| TcpStream::connect_timeout(&s, Duration::from_secs(2)).is_ok());
-    if !reachable {
-        return Some(format!(
-            "registry {addr} unreachable; start it with scripts/test-registry.sh start"
-        ));
-    }
-    if Command::new("skopeo").arg("--version").output().is_err() {
-        return Some("skopeo is not installed".into());
-    }
-    None
-}
-
-fn skopeo(args: &[&str]) -> Result<Vec<u8>, String> {
-    let out = Command::new("skopeo")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(format!(
-            "skopeo {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 /// Deletes the pushed manifest from the registry however the test ends (the fixture
 /// registry has deletes enabled); blobs are the registry's own GC's business.
@@ -67,8 +24,8 @@ impl Drop for DeleteOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_image_is_served_with_our_digest_and_skopeo_copies_it() {
-    if let Some(reason) = unavailable() {
-        return skip(&reason);
+    if let Some(reason) = unavailable(&["skopeo"]) {
+        return common::fixture::skip("images_push", &reason);
     }
     let reg = registry();
     let work = tempfile::tempdir().unwrap();
@@ -129,8 +86,8 @@ async fn pushed_image_is_served_with_our_digest_and_skopeo_copies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_rootfs_image_pushes_and_pulls_back() {
-    if let Some(reason) = unavailable() {
-        return skip(&reason);
+    if let Some(reason) = unavailable(&["skopeo"]) {
+        return common::fixture::skip("images_push", &reason);
     }
     let reg = registry();
     let work = tempfile::tempdir().unwrap();

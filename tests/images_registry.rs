@@ -12,31 +12,20 @@
 //! Needs root (device nodes, ownership, overlayfs), `skopeo`, `umoci` and the registry;
 //! skips with a reason otherwise, or fails when `WHARF_REQUIRE_PRIVILEGED=1`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
+use common::fixture::{registry, sha256_digest, skip, skopeo_raw};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use sha2::{Digest, Sha256};
 use wharf::images::{Image, ImageStore};
-
-fn registry() -> String {
-    std::env::var("WHARF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5099".to_string())
-}
-
-/// Skips with a printed reason, unless CI requires the real test to run.
-fn skip(test: &str, reason: &str) {
-    if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: cannot run: {reason}, and WHARF_REQUIRE_PRIVILEGED=1");
-    }
-    eprintln!("SKIP {test}: {reason}");
-}
 
 /// Why this machine cannot run the tests against `fixture` (a repository under the
 /// registry), if it cannot; else the fixture's raw manifest as the registry serves it.
@@ -50,38 +39,13 @@ fn prerequisites(fixture: &str) -> Result<Vec<u8>, String> {
             return Err(format!("{tool} is not installed (apt-get install {tool})"));
         }
     }
+    if let Some(reason) = common::fixture::registry_unreachable() {
+        return Err(reason);
+    }
     let addr = registry();
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
-    TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| {
-        format!("registry {addr} unreachable ({e}); start it with scripts/test-registry.sh start")
-    })?;
     skopeo_raw(&format!("{addr}/{fixture}")).map_err(|e| {
         format!("fixture {fixture} missing ({e}); push it with scripts/test-registry.sh start")
     })
-}
-
-/// The manifest or index bytes the registry serves for `reference`.
-fn skopeo_raw(reference: &str) -> Result<Vec<u8>, String> {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .map_err(|e| format!("skopeo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "skopeo inspect --raw {reference}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(out.stdout)
-}
-
-fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 fn run(cmd: &mut Command) {
