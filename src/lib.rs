@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod images;
 pub mod manifest;
+pub mod net;
 pub mod reconciler;
 pub mod runtime;
 pub mod state;
