@@ -49,7 +49,8 @@ fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
         },
         layers: vec![f.layer.clone()],
         read_only_rootfs: false,
-        host_network: false,
+        network: wharf::runtime::NetworkMode::Private,
+        etc_files: Vec::new(),
         annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
         fresh: true,
     }
@@ -254,4 +255,66 @@ async fn the_linux_runtime_passes_the_conformance_suite() {
     let _a = Cleanup(&f.rt, "cconf");
     let _b = Cleanup(&f.rt, "cmissing");
     wharf::runtime::testing::conformance(&f.rt, "c", vec![f.layer.clone()]).await;
+}
+
+/// Removes a network namespace file however the test ends.
+struct NetnsGuard(std::path::PathBuf);
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = wharf::net::netns::remove(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_joins_a_prepared_network_namespace_and_gets_its_etc_files() {
+    if !common::privileged("joins_prepared_netns") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    let name = "joined";
+    let _c = Cleanup(&f.rt, name);
+    let netns = f._tmp.path().join("run/netns").join(name);
+    std::fs::create_dir_all(netns.parent().unwrap()).unwrap();
+    wharf::net::netns::create(&netns).unwrap();
+    let _n = NetnsGuard(netns.clone());
+    // Images often ship /etc/hosts as a symlink; the bind mount must shadow it, never
+    // follow it.
+    std::os::unix::fs::symlink("/proc/self/mounts", f.layer.join("etc/hosts")).unwrap();
+
+    let mut req = request(
+        &f,
+        name,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/hostname /etc/hosts /etc/resolv.conf; exec sleep 60",
+        ],
+    );
+    req.network = wharf::runtime::NetworkMode::Join(netns.clone());
+    req.etc_files = vec![
+        ("hostname".into(), "joined\n".into()),
+        (
+            "hosts".into(),
+            "127.0.0.1\tlocalhost\n10.89.0.2\tjoined\n".into(),
+        ),
+        ("resolv.conf".into(), "nameserver 10.89.0.1\n".into()),
+    ];
+    let running = f.rt.start(req).await.unwrap();
+    let pid = running.pid;
+    let inode = |p: &str| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        inode(&format!("/proc/{pid}/ns/net")),
+        inode(netns.to_str().unwrap()),
+        "the container is in the prepared network namespace"
+    );
+    let log_path = f._tmp.path().join("state/containers/joined/container.log");
+    let log = common::wait_for(10, "etc files printed", || {
+        let l = std::fs::read_to_string(&log_path).ok()?;
+        l.contains("nameserver").then_some(l)
+    });
+    assert_eq!(
+        log,
+        "joined\n127.0.0.1\tlocalhost\n10.89.0.2\tjoined\nnameserver 10.89.0.1\n"
+    );
 }

@@ -436,7 +436,12 @@ impl<R: Runtime, I: Images> Task<R, I> {
             process,
             layers: image.layers.clone(),
             read_only_rootfs: spec.read_only_root_filesystem,
-            host_network: spec.networks.as_deref() == Some(&["host".to_owned()][..]),
+            network: if spec.networks.as_deref() == Some(&["host".to_owned()][..]) {
+                crate::runtime::NetworkMode::Host
+            } else {
+                crate::runtime::NetworkMode::Private
+            },
+            etc_files: Vec::new(),
             annotations,
             fresh,
         };

@@ -83,13 +83,26 @@ impl LinuxRuntime {
         let user =
             resolve_user(&req.process.user, &passwd, &group).map_err(RuntimeError::StartFailed)?;
         let cgroup = cgroups::container_path(&self.instance, &req.name);
+        // /etc/hosts, /etc/hostname, /etc/resolv.conf: written before the start (so a plain
+        // atomic write is fine), bind-mounted over the image's, rewritten in place later.
+        let mut file_mounts = Vec::new();
+        for (name, content) in &req.etc_files {
+            if !matches!(name.as_str(), "hosts" | "hostname" | "resolv.conf") {
+                return Err(fail(format!("unsupported /etc file {name:?}")));
+            }
+            let host = paths.etc_dir().join(name);
+            state::atomic_write(&host, content.as_bytes())
+                .map_err(|e| fail(format!("write {}: {e}", host.display())))?;
+            file_mounts.push((host, PathBuf::from("/etc").join(name)));
+        }
         let config = spec::build(&ConfigInputs {
             hostname: req.hostname.clone(),
             process: req.process.clone(),
             user: user.clone(),
             rootfs: paths.rootfs(),
             read_only_rootfs: req.read_only_rootfs,
-            host_network: req.host_network,
+            network: req.network.clone(),
+            file_mounts,
             cgroup: cgroup.clone(),
             annotations: req.annotations.clone(),
         })

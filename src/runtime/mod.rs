@@ -28,12 +28,29 @@ pub struct StartRequest {
     /// Unpacked image layers, bottom first.
     pub layers: Vec<PathBuf>,
     pub read_only_rootfs: bool,
-    pub host_network: bool,
+    pub network: NetworkMode,
+    /// Files the runtime writes under the container's directory and bind-mounts at
+    /// `/etc/<name>`: `hosts`, `hostname`, `resolv.conf`. The agent may later rewrite
+    /// them in place (same inode) when peers come and go.
+    pub etc_files: Vec<(String, String)>,
     /// Stored in the OCI config; the reconciler keeps its spec hash and source here.
     pub annotations: HashMap<String, String>,
     /// true: a new container (fresh writable layer, log and restart count); false: a
     /// restart of the same container (keeps them, counts the restart).
     pub fresh: bool,
+}
+
+/// Which network namespace a container gets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// A new namespace with only loopback (`networks: [none]`).
+    #[default]
+    Private,
+    /// The host's namespace (`networks: [host]`).
+    Host,
+    /// A namespace prepared before the container (netns-first, as CNI does), pinned
+    /// by a bind mount at this path.
+    Join(PathBuf),
 }
 
 /// A container's state as observed from disk and the kernel.

@@ -8,6 +8,7 @@
 //! - `exit.json`    written by the shim when the container's init exits ([`ExitRecord`])
 //! - `container.log` stdout and stderr, written by the shim
 //! - `upper/`, `work/` the overlayfs writable layer
+//! - `etc/`         `hosts`, `hostname`, `resolv.conf`, bind-mounted into the container
 //!
 //! Under the run dir, `containers/<name>/`: `rootfs/` (the mount point; the overlay is
 //! mounted only inside the container's mount namespace) and `state.json` ([`Running`]),
@@ -118,6 +119,10 @@ impl Paths {
     }
     pub fn work(&self) -> PathBuf {
         self.dir.join("work")
+    }
+    /// Files bind-mounted at `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
+    pub fn etc_dir(&self) -> PathBuf {
+        self.dir.join("etc")
     }
     pub fn rootfs(&self) -> PathBuf {
         self.run_dir.join("rootfs")

@@ -200,6 +200,15 @@ fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
         .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ))
 }
 
+/// The path of a namespace to join rather than create (OCI `linux.namespaces[].path`).
+fn namespace_path(spec: &Spec, typ: LinuxNamespaceType) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == typ))
+        .and_then(|n| n.path().clone())
+}
+
 /// The child: waits to be placed in the cgroup, builds the container and execs. Returns
 /// only on failure, with the message for the agent.
 fn child(spec: &Spec, shim: &ShimConfig, go: OwnedFd, out_w: &OwnedFd) -> String {
@@ -221,6 +230,15 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     let rootfs = root.path().clone();
 
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // Join a prepared network namespace (netns-first: its interfaces are already
+    // configured) before unsharing the others, as runc orders setns before unshare.
+    let join_net = namespace_path(spec, LinuxNamespaceType::Network);
+    if let Some(path) = &join_net {
+        let ns = File::open(path)
+            .map_err(|e| format!("open network namespace {}: {e}", path.display()))?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("join network namespace {}: {e}", path.display()))?;
+    }
     let mut flags = CloneFlags::empty();
     for (typ, flag) in [
         (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS),
@@ -229,7 +247,7 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
         (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET),
         (LinuxNamespaceType::Cgroup, CloneFlags::CLONE_NEWCGROUP),
     ] {
-        if has_namespace(spec, typ) {
+        if has_namespace(spec, typ) && !(flag == CloneFlags::CLONE_NEWNET && join_net.is_some()) {
             flags |= flag;
         }
     }
@@ -245,7 +263,7 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
             rootfs::populate_dev(&rootfs).map_err(e)?;
         }
     }
-    if has_namespace(spec, LinuxNamespaceType::Network) {
+    if has_namespace(spec, LinuxNamespaceType::Network) && join_net.is_none() {
         bring_up_loopback();
     }
     rootfs::pivot(&rootfs).map_err(e)?;

@@ -23,8 +23,9 @@ pub struct ConfigInputs {
     /// Where the rootfs is mounted (the overlay), inside the container's mount namespace.
     pub rootfs: PathBuf,
     pub read_only_rootfs: bool,
-    /// Share the host's network namespace (`networks: [host]`).
-    pub host_network: bool,
+    pub network: super::NetworkMode,
+    /// Bind mounts of files (host path → container path), e.g. `/etc/hosts`.
+    pub file_mounts: Vec<(PathBuf, PathBuf)>,
     /// Relative cgroup path.
     pub cgroup: String,
     pub annotations: HashMap<String, String>,
@@ -65,25 +66,45 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
         .unwrap_or_default()
         .into_iter()
         .filter(|m| m.destination() != &PathBuf::from("/sys/fs/cgroup"))
+        .chain(inputs.file_mounts.iter().map(|(source, target)| {
+            let mut m = Mount::default();
+            m.set_destination(target.clone());
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(source.clone()));
+            m.set_options(Some(vec!["rbind".into(), "rprivate".into()]));
+            m
+        }))
         .collect();
     spec.set_mounts(Some(mounts));
 
-    let mut namespaces = vec![
+    let namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
-    if !inputs.host_network {
-        namespaces.push(LinuxNamespaceType::Network);
-    }
+
     let default_linux = spec.linux().clone().unwrap_or_default();
     let linux = LinuxBuilder::default()
         .namespaces(
             namespaces
                 .into_iter()
                 .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+                .chain(match &inputs.network {
+                    super::NetworkMode::Private => Some(
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Network)
+                            .build(),
+                    ),
+                    super::NetworkMode::Join(path) => Some(
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Network)
+                            .path(path.clone())
+                            .build(),
+                    ),
+                    super::NetworkMode::Host => None,
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         )
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
@@ -116,7 +137,8 @@ mod tests {
             },
             rootfs: "/run/wharf/containers/web/rootfs".into(),
             read_only_rootfs: true,
-            host_network: false,
+            network: crate::runtime::NetworkMode::Private,
+            file_mounts: vec![("/state/web/etc/hosts".into(), "/etc/hosts".into())],
             cgroup: "wharf/abc/web".into(),
             annotations: HashMap::from([("io.wharf.spec-hash".into(), "h".into())]),
         }
@@ -145,12 +167,38 @@ mod tests {
     #[test]
     fn host_network_shares_the_host_namespace() {
         let spec = build(&ConfigInputs {
-            host_network: true,
+            network: crate::runtime::NetworkMode::Host,
             ..inputs()
         })
         .unwrap();
         let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    }
+
+    #[test]
+    fn a_prepared_network_namespace_is_joined_by_path() {
+        let spec = build(&ConfigInputs {
+            network: crate::runtime::NetworkMode::Join("/run/wharf/netns/web".into()),
+            ..inputs()
+        })
+        .unwrap();
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let net = ns
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .unwrap();
+        assert_eq!(
+            net.path().as_deref(),
+            Some(std::path::Path::new("/run/wharf/netns/web"))
+        );
+    }
+
+    #[test]
+    fn etc_files_are_bind_mounted_after_the_standard_mounts() {
+        let spec = build(&inputs()).unwrap();
+        let last = spec.mounts().as_ref().unwrap().last().unwrap().clone();
+        assert_eq!(last.destination(), &PathBuf::from("/etc/hosts"));
+        assert_eq!(last.typ().as_deref(), Some("bind"));
     }
 
     #[test]

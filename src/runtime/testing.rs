@@ -143,7 +143,8 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         },
         layers,
         read_only_rootfs: false,
-        host_network: false,
+        network: super::NetworkMode::Private,
+        etc_files: Vec::new(),
         annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
         fresh: true,
     }

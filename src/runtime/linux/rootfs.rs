@@ -36,6 +36,8 @@ pub enum RootfsError {
     Pivot { root: PathBuf, source: nix::Error },
     #[error("unsupported mount option {option:?} for {target}")]
     Option { option: String, target: PathBuf },
+    #[error("mount target {target} goes through the symlink {link} in the image; refusing to follow it out of the container")]
+    SymlinkTarget { target: PathBuf, link: PathBuf },
 }
 
 fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> RootfsError {
@@ -138,6 +140,34 @@ fn parse_options(options: &[String], target: &Path) -> Result<(MsFlags, Vec<Stri
     Ok((flags, data))
 }
 
+/// Checks that no directory on the way from `root` to `target` is a symlink: mounting
+/// happens before `pivot_root`, so a symlink planted in the image (`/etc -> /host/etc`)
+/// would otherwise redirect the mount onto the host. A symlink as the *last* component
+/// of a file bind mount (`/etc/hosts -> …`, common in images) is replaced by an empty
+/// file in the container's writable layer, as Docker shadows it.
+fn check_target(root: &Path, target: &Path, file: bool) -> Result<(), RootfsError> {
+    let rel = target.strip_prefix(root).unwrap_or(target);
+    let mut path = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let Ok(meta) = path.symlink_metadata() else {
+            return Ok(()); // missing: created below as a plain directory or file
+        };
+        if meta.file_type().is_symlink() {
+            if file && i + 1 == parts.len() {
+                fs::remove_file(&path).map_err(io_err("replace symlink", &path))?;
+                return Ok(());
+            }
+            return Err(RootfsError::SymlinkTarget {
+                target: target.to_owned(),
+                link: path,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Performs one OCI mount under `root`.
 pub fn mount_one(root: &Path, m: &Mount) -> Result<(), RootfsError> {
     let target = join_in_root(root, m.destination());
@@ -149,6 +179,7 @@ pub fn mount_one(root: &Path, m: &Mount) -> Result<(), RootfsError> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(typ.as_str()));
     let is_bind = flags.contains(MsFlags::MS_BIND) || typ == "bind";
+    check_target(root, &target, is_bind && source.is_file())?;
 
     if is_bind && source.is_file() {
         if let Some(parent) = target.parent() {
@@ -317,6 +348,27 @@ mod tests {
             Path::new("/r/etc")
         );
         assert_eq!(join_in_root(root, Path::new("a/../b")), Path::new("/r/b"));
+    }
+
+    #[test]
+    fn a_symlinked_directory_on_the_way_to_a_mount_target_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(&root).unwrap();
+        symlink("/etc", root.join("etc")).unwrap();
+        let err = check_target(&root, &root.join("etc/hosts"), true).unwrap_err();
+        assert!(matches!(err, RootfsError::SymlinkTarget { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_symlinked_file_target_is_replaced_by_the_bind_mount() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        symlink("/proc/self/mounts", root.join("etc/hosts")).unwrap();
+        check_target(&root, &root.join("etc/hosts"), true).unwrap();
+        assert!(root.join("etc/hosts").symlink_metadata().is_err());
+        check_target(&root, &root.join("proc"), false).unwrap();
     }
 
     #[test]
