@@ -13,9 +13,10 @@ use crate::api;
 use crate::cli::AgentArgs;
 use crate::images::{self, ImageStore, RegistryConfig};
 use crate::manifest::{self, Loader, PullPolicy};
+use crate::net::{driver::Networks, NetworkedRuntime};
 use crate::reconciler::status::{ImageStatus, StatusSnapshot};
 use crate::reconciler::{ImageInfo, Images, Reconciler};
-use crate::runtime::LinuxRuntime;
+use crate::runtime::{LinuxRuntime, Runtime};
 
 /// How often the runtime is relisted to notice exits (kubelet's PLEG relists every
 /// second too); a pass with nothing to do costs a few small file reads.
@@ -39,6 +40,8 @@ pub enum AgentError {
     Manifest(#[from] manifest::ManifestError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Net(#[from] crate::net::driver::NetError),
 }
 
 /// A short id derived from the state root: it tags this agent's kernel objects (cgroup
@@ -100,12 +103,9 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let _lock = lock_state(&args.state)?;
     let instance = instance_id(&args.state);
     let shim_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let runtime = Arc::new(LinuxRuntime::new(
-        &args.state,
-        &args.run_dir,
-        &instance,
-        shim_exe,
-    ));
+    let linux = LinuxRuntime::new(&args.state, &args.run_dir, &instance, shim_exe);
+    let nets = Networks::new(&instance, &args.state, &args.run_dir)?;
+    let runtime = Arc::new(NetworkedRuntime::new(linux.clone(), nets, &args.state));
     let store = ImageStore::open_with(
         &args.state.join("images"),
         RegistryConfig {
@@ -162,6 +162,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut desired = loader.load(&files.borrow_and_update());
+    // Networks first (netns-first for containers), then re-adopt what runs: same
+    // addresses, published ports restored, leftovers of vanished containers removed.
+    sync_networks(&runtime, &desired).await;
+    match runtime.list().await {
+        Ok(observed) => runtime.adopt(&observed).await,
+        Err(e) => tracing::warn!(error = %e, "list containers for network adoption"),
+    }
+    let mut last_net_sync = Instant::now();
     let mut first_pass = true;
     loop {
         match reconciler.pass(&desired).await {
@@ -170,7 +178,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     // Cgroups left by a crash between creating a cgroup and its record.
                     let known: Vec<String> =
                         status.containers.iter().map(|c| c.name.clone()).collect();
-                    let rt = runtime.clone();
+                    let rt = linux.clone();
                     let removed =
                         tokio::task::spawn_blocking(move || rt.remove_orphan_cgroups(&known))
                             .await
@@ -182,6 +190,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 }
                 let mut status = status;
                 status.images = images_rx.borrow().clone();
+                status.networks = runtime.network_statuses().await;
                 status_tx.send_replace(Arc::new(status));
                 heartbeat.store(now_millis(), Ordering::Relaxed);
                 let sleep = wake
@@ -192,10 +201,17 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     changed = files.changed() => {
                         if changed.is_ok() {
                             desired = loader.load(&files.borrow_and_update());
+                            sync_networks(&runtime, &desired).await;
+                            last_net_sync = Instant::now();
                         }
                     }
                     Some(_) = reconciler.step_done() => {}
-                    _ = tokio::time::sleep(sleep) => {}
+                    _ = tokio::time::sleep(sleep) => {
+                        if last_net_sync.elapsed() >= args.resync {
+                            sync_networks(&runtime, &desired).await;
+                            last_net_sync = Instant::now();
+                        }
+                    }
                     _ = &mut shutdown => break,
                 }
             }
@@ -215,6 +231,17 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         Ok(Ok(Err(e))) => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// Brings networks to the manifests; removes none while some manifest file is invalid
+/// without a last good version (it may declare them).
+async fn sync_networks(runtime: &NetworkedRuntime<LinuxRuntime>, desired: &manifest::DesiredState) {
+    let declared: Vec<manifest::Network> = desired
+        .networks
+        .values()
+        .map(|n| n.object.clone())
+        .collect();
+    runtime.sync_networks(&declared, desired.complete).await;
 }
 
 async fn shutdown_signal() {

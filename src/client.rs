@@ -536,6 +536,7 @@ mod tests {
             source: Some("web.yaml".to_owned()),
             spec_hash: None,
             message: None,
+            addresses: Vec::new(),
             log_path: None,
         }
     }

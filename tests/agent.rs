@@ -46,7 +46,7 @@ fn a_yaml_file_becomes_a_container_an_edit_replaces_it_and_removal_removes_it() 
     assert_eq!(logs.0, 200);
 
     // The client commands read the same endpoint.
-    let host = format!("http://{}", agent.addr);
+    let host = agent.addr.clone();
     let (code, out) = common::agent::wharf(&["ps", "--host", &host]);
     assert_eq!(code, 0, "{out}");
     let row = out
@@ -216,7 +216,7 @@ fn bad_inputs_are_reported_per_container_and_do_not_block_others() {
     );
     agent.write(
         "ports.yaml",
-        &container_yaml("ports", "exec sleep 1000", "  ports: [\"8080:80\"]\n"),
+        &container_yaml("ports", "exec sleep 1000", "  mounts: [\"/srv:/srv\"]\n"),
     );
 
     agent.wait_container("good", 60, "running", |c| c["state"] == "running");
@@ -247,7 +247,7 @@ fn bad_inputs_are_reported_per_container_and_do_not_block_others() {
         c["message"]
             .as_str()
             .unwrap()
-            .contains("not supported yet: spec.ports"),
+            .contains("not supported yet: spec.mounts"),
         "{c}"
     );
 }

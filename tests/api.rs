@@ -37,6 +37,7 @@ fn container(name: &str, log_path: Option<PathBuf>) -> ContainerStatus {
         source: Some(format!("{name}.yaml")),
         spec_hash: Some("h1".to_owned()),
         message: None,
+        addresses: Vec::new(),
         log_path,
     }
 }
@@ -84,6 +85,19 @@ impl Server {
                 layers: 1,
                 last_used: Some("2026-11-27T21:00:00Z".to_owned()),
                 used_by: vec!["web".to_owned()],
+            }],
+            networks: vec![wharf::net::runtime::NetworkStatus {
+                name: "default".to_owned(),
+                driver: wharf::net::driver::NetworkKind::Bridge,
+                subnet: Some("10.88.0.0/16".to_owned()),
+                gateway: Some("10.88.0.1".parse().unwrap()),
+                bridge: Some("wh0a1b2cb0".to_owned()),
+                internal: false,
+                containers: vec![wharf::net::runtime::NetworkMember {
+                    name: "web".to_owned(),
+                    ip: "10.88.0.2".parse().unwrap(),
+                }],
+                message: None,
             }],
         };
         let (status, rx) = watch::channel(Arc::new(snapshot));
@@ -286,6 +300,27 @@ async fn metrics_are_prometheus_text_from_the_snapshot() {
 }
 
 #[tokio::test]
+async fn networks_list_subnet_gateway_bridge_and_members() {
+    let server = Server::start().await;
+    let (status, _, body) = get(&server, "/v1/networks").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!([{
+            "name": "default",
+            "driver": "bridge",
+            "subnet": "10.88.0.0/16",
+            "gateway": "10.88.0.1",
+            "bridge": "wh0a1b2cb0",
+            "internal": false,
+            "containers": [{"name": "web", "ip": "10.88.0.2"}],
+            "message": null,
+        }])
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn images_list_references_size_and_users() {
     let server = Server::start().await;
     let (status, _, body) = get(&server, "/v1/images").await;
@@ -426,13 +461,7 @@ async fn only_get_and_head_are_allowed_and_unknown_paths_are_404() {
         );
     }
 
-    for path in [
-        "/",
-        "/v1",
-        "/v1/networks",
-        "/v1/volumes",
-        "/v1/containers/web/logs/extra",
-    ] {
+    for path in ["/", "/v1", "/v1/volumes", "/v1/containers/web/logs/extra"] {
         let (status, content_type, body) = get(&server, path).await;
         assert_eq!(status, 404, "{path}");
         assert!(

@@ -51,6 +51,8 @@ fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
         read_only_rootfs: false,
         network: wharf::runtime::NetworkMode::Private,
         etc_files: Vec::new(),
+        networks: Vec::new(),
+        ports: Vec::new(),
         annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
         fresh: true,
     }

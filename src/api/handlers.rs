@@ -123,6 +123,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
+pub(crate) async fn list_networks(State(state): State<AppState>) -> Response {
+    let snapshot = state.api.status.borrow().clone();
+    Json(&snapshot.networks).into_response()
+}
+
 pub(crate) async fn list_images(State(state): State<AppState>) -> Response {
     let snapshot = state.api.status.borrow().clone();
     Json(&snapshot.images).into_response()

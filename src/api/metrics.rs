@@ -99,6 +99,7 @@ mod tests {
             source: None,
             spec_hash: None,
             message: None,
+            addresses: Vec::new(),
             log_path: None,
         };
         let snapshot = StatusSnapshot {

@@ -115,6 +115,7 @@ fn build_router(api: ApiState, stopping: watch::Receiver<bool>) -> Router {
         .route("/v1/containers/{name}/logs", get(handlers::container_logs))
         .route("/v1/manifests", get(handlers::list_manifests))
         .route("/v1/images", get(handlers::list_images))
+        .route("/v1/networks", get(handlers::list_networks))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         // Applied to every route and the fallback, so the method check covers unknown

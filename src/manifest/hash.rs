@@ -32,15 +32,6 @@ impl Container {
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
         let s = &self.spec;
         let mut out = Vec::new();
-        if !s.ports.is_empty() {
-            out.push("ports");
-        }
-        if let Some(nets) = &s.networks {
-            let supported = [["none"], ["host"], ["default"]];
-            if !supported.iter().any(|only| nets == only) {
-                out.push("networks");
-            }
-        }
         if !s.mounts.is_empty() {
             out.push("mounts");
         }

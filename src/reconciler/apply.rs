@@ -214,6 +214,7 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
             containers,
             manifests,
             images: Vec::new(),
+            networks: Vec::new(),
         }
     }
 }
@@ -255,6 +256,10 @@ fn container_status(
             .map(|c| c.object.spec_hash())
             .or_else(|| observed.and_then(|o| o.annotations.get(keys::SPEC_HASH).cloned())),
         message: memo.message.clone(),
+        addresses: observed
+            .and_then(|o| o.annotations.get(crate::net::runtime::ADDRESSES))
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default(),
         log_path: observed.map(|o| o.log_path.clone()),
     };
     let policy = desired
@@ -430,18 +435,29 @@ impl<R: Runtime, I: Images> Task<R, I> {
             (keys::IMAGE_DIGEST.to_owned(), image.digest.clone()),
             (keys::STOP_SIGNAL.to_owned(), stop_signal),
         ]);
+        let networks: Vec<String> = spec
+            .networks
+            .clone()
+            .unwrap_or_else(|| vec!["default".to_owned()]);
         let req = StartRequest {
             name: name.to_owned(),
             hostname,
             process,
             layers: image.layers.clone(),
             read_only_rootfs: spec.read_only_root_filesystem,
-            network: if spec.networks.as_deref() == Some(&["host".to_owned()][..]) {
+            network: if networks == ["host"] {
                 crate::runtime::NetworkMode::Host
             } else {
                 crate::runtime::NetworkMode::Private
             },
             etc_files: Vec::new(),
+            // `none` and `host` are namespaces, not networks to attach to.
+            networks: if networks == ["host"] || networks == ["none"] {
+                Vec::new()
+            } else {
+                networks.clone()
+            },
+            ports: spec.ports.clone(),
             annotations,
             fresh,
         };

@@ -48,6 +48,9 @@ pub struct ContainerStatus {
     pub spec_hash: Option<String>,
     /// The last error, human-readable.
     pub message: Option<String>,
+    /// Its addresses, one per attached network.
+    #[serde(default)]
+    pub addresses: Vec<crate::net::runtime::Address>,
     /// Where the shim writes the container's stdout and stderr (not serialised).
     #[serde(skip)]
     pub log_path: Option<PathBuf>,
@@ -97,6 +100,7 @@ pub struct StatusSnapshot {
     pub containers: Vec<ContainerStatus>,
     pub manifests: Vec<ManifestReport>,
     pub images: Vec<ImageStatus>,
+    pub networks: Vec<crate::net::runtime::NetworkStatus>,
 }
 
 impl StatusSnapshot {

@@ -33,6 +33,12 @@ pub struct StartRequest {
     /// `/etc/<name>`: `hosts`, `hostname`, `resolv.conf`. The agent may later rewrite
     /// them in place (same inode) when peers come and go.
     pub etc_files: Vec<(String, String)>,
+    /// Bridge networks to attach to, by name, in interface order (`eth0` first); a
+    /// networking layer ([`crate::net::NetworkedRuntime`]) prepares them and turns
+    /// `network` into [`NetworkMode::Join`]. Empty: `network` as given.
+    pub networks: Vec<String>,
+    /// Ports to publish (with `networks`).
+    pub ports: Vec<crate::manifest::PortSpec>,
     /// Stored in the OCI config; the reconciler keeps its spec hash and source here.
     pub annotations: HashMap<String, String>,
     /// true: a new container (fresh writable layer, log and restart count); false: a

@@ -145,6 +145,8 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         read_only_rootfs: false,
         network: super::NetworkMode::Private,
         etc_files: Vec::new(),
+        networks: Vec::new(),
+        ports: Vec::new(),
         annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
         fresh: true,
     }

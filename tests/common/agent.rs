@@ -35,25 +35,38 @@ pub fn registry_up(test: &str) -> bool {
     up
 }
 
-/// A plain HTTP/1.0 GET; returns (status, body) or None when nothing answers.
+/// A plain HTTP/1.0 GET to `HOST:PORT` or `unix:/path`; returns (status, body) or None
+/// when nothing answers.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
+    if let Some(socket) = addr.strip_prefix("unix:") {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: wharf\r\n\r\n").ok()?;
+        s.read_to_string(&mut raw).ok()?;
+    } else {
+        let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        s.read_to_string(&mut raw).ok()?;
+    }
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
 }
 
-/// One agent with its own manifests folder, state root, run dir and port.
+/// One agent with its own manifests folder, state root, run dir, endpoint socket and
+/// network namespace: every bridge, veth and nftables table it makes lives in that
+/// namespace, so nothing touches the host's network, and it all goes with it.
 pub struct Agent {
     pub tmp: tempfile::TempDir,
     pub manifests: PathBuf,
     pub state: PathBuf,
     pub run: PathBuf,
+    /// `unix:/path` of the endpoint (a socket reaches across network namespaces).
     pub addr: String,
+    /// The agent's network namespace (pinned by a bind mount; kept across restarts).
+    pub netns: PathBuf,
     /// Extra agent flags.
     pub extra: Vec<String>,
     child: Option<Child>,
@@ -64,16 +77,14 @@ impl Agent {
         let tmp = tempfile::tempdir().unwrap();
         let manifests = tmp.path().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let netns = tmp.path().join("agent.netns");
+        wharf::net::netns::create(&netns).expect("create the agent's network namespace");
         Agent {
             manifests,
             state: tmp.path().join("state"),
             run: tmp.path().join("run"),
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("unix:{}", tmp.path().join("agent.sock").display()),
+            netns,
             extra: Vec::new(),
             tmp,
             child: None,
@@ -86,7 +97,25 @@ impl Agent {
             .append(true)
             .open(self.tmp.path().join("agent.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        // The registry is on the host's loopback, out of the agent's namespace: pull the
+        // test image beforehand (IfNotPresent then finds it in the store).
+        let image = self.state.join("images/refs");
+        if !image.exists() {
+            let state = self.state.display().to_string();
+            let (code, out) = wharf(&[
+                "pull",
+                "--state",
+                &state,
+                "--insecure-registry",
+                &registry(),
+                &busybox(),
+            ]);
+            assert_eq!(code, 0, "pre-pull {}: {out}", busybox());
+        }
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_wharf"))
             .args(["agent", "--manifests"])
             .arg(&self.manifests)
             .arg("--state")
@@ -130,6 +159,11 @@ impl Agent {
             nix::sys::signal::Signal::SIGTERM,
         );
         c.wait().ok()
+    }
+
+    /// Runs `f` on a thread inside the agent's network namespace.
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        wharf::net::netns::run_in(&self.netns, f).expect("enter the agent's network namespace")
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -213,6 +247,12 @@ impl Drop for Agent {
             rt.remove_orphan_cgroups(&[]);
         })
         .join();
+        // Container namespaces, then the agent's: with their last process gone, the
+        // bridges, veths and the nftables table inside go with them.
+        for ns in wharf::net::netns::list(&self.run.join("netns")).unwrap_or_default() {
+            let _ = wharf::net::netns::remove(&ns);
+        }
+        let _ = wharf::net::netns::remove(&self.netns);
     }
 }
 

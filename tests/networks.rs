@@ -1,0 +1,175 @@
+//! Networking end to end: the real agent in a network namespace of its own (so every
+//! bridge, veth and nftables rule lives there), containers on the `default` network and
+//! on an `internal` one, reaching each other by name, published ports, an agent restart.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::agent::{alive, container_yaml, pid_of, Agent};
+
+fn ready(test: &str) -> bool {
+    common::privileged(test) && common::agent::registry_up(test)
+}
+
+/// Connects to `addr` from inside the agent's network namespace and returns what the
+/// server sends.
+fn fetch(agent: &Agent, addr: &str) -> Option<String> {
+    let addr = addr.to_owned();
+    agent.in_netns(move || {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2))
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let _ = s.write_all(b"ping\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        (!out.is_empty()).then_some(out)
+    })
+}
+
+fn links(agent: &Agent) -> Vec<String> {
+    agent.in_netns(|| {
+        let out = std::process::Command::new("ip")
+            .args(["-j", "link"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn containers_reach_each_other_by_name_ports_are_published_and_a_restart_keeps_addresses() {
+    if !ready("networks_end_to_end") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    agent.write(
+        "server.yaml",
+        &container_yaml(
+            "server",
+            "while true; do echo pong | nc -l -p 8080; done",
+            "  ports: [\"18080:8080\"]\n",
+        ),
+    );
+    let server = agent.wait_container("server", 60, "running", |c| c["state"] == "running");
+    let server_pid = pid_of(&server);
+    let ip = server["addresses"][0]["ip"].as_str().unwrap().to_owned();
+    assert_eq!(server["addresses"][0]["network"], "default", "{server}");
+    assert!(ip.starts_with("10.88."), "{server}");
+
+    // A peer on the same network finds it by name (/etc/hosts kept by the agent).
+    agent.write(
+        "client.yaml",
+        &container_yaml(
+            "client",
+            "until echo ping | nc -w 1 server 8080; do sleep 0.2; done; exec sleep 1000",
+            "",
+        ),
+    );
+    agent.wait_container("client", 60, "running", |c| c["state"] == "running");
+    let log = common::wait_for(30, "client reached server by name", || {
+        agent
+            .get("/v1/containers/client/logs")
+            .filter(|(_, b)| b.contains("pong"))
+    });
+    assert_eq!(log.0, 200);
+
+    // The published port answers on the agent host's loopback and on the container IP.
+    let answer = common::wait_for(10, "published port", || fetch(&agent, "127.0.0.1:18080"));
+    assert_eq!(answer, "pong\n");
+    // (The busybox server serves one connection at a time: retry while it relistens.)
+    let direct = common::wait_for(10, "container address", || {
+        fetch(&agent, &format!("{ip}:8080"))
+    });
+    assert_eq!(direct, "pong\n");
+
+    let (_, body) = agent.get("/v1/networks").unwrap();
+    let nets: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let default = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "default")
+        .unwrap_or_else(|| panic!("{nets}"));
+    assert_eq!(default["subnet"], "10.88.0.0/16");
+    assert_eq!(default["gateway"], "10.88.0.1");
+    let members: Vec<&str> = default["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["client", "server"], "{default}");
+
+    // An internal network reaches nothing outside its bridge.
+    agent.write(
+        "isolated.yaml",
+        "apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: isolated\nspec:\n  internal: true\n",
+    );
+    agent.write(
+        "iso.yaml",
+        &container_yaml(
+            "iso",
+            &format!("echo x | nc -w 2 {ip} 8080 && echo reached || echo blocked; exec sleep 1000"),
+            "  networks: [isolated]\n",
+        ),
+    );
+    let iso = agent.wait_container("iso", 60, "running", |c| c["state"] == "running");
+    assert_eq!(iso["addresses"][0]["network"], "isolated", "{iso}");
+    let log = common::wait_for(30, "iso tried", || {
+        agent
+            .get("/v1/containers/iso/logs")
+            .filter(|(_, b)| b.contains("reached") || b.contains("blocked"))
+    });
+    assert!(log.1.contains("blocked"), "{}", log.1);
+
+    // Killed agent: the port keeps answering; restarted: same process, same address.
+    agent.kill();
+    let while_down = common::wait_for(10, "port while the agent is down", || {
+        fetch(&agent, "127.0.0.1:18080")
+    });
+    assert_eq!(while_down, "pong\n");
+    agent.start();
+    let again = agent.wait_container("server", 30, "adopted", |c| c["state"] == "running");
+    assert_eq!(pid_of(&again), server_pid);
+    assert_eq!(again["addresses"][0]["ip"], ip.as_str());
+    assert_eq!(
+        common::wait_for(10, "port after restart", || fetch(
+            &agent,
+            "127.0.0.1:18080"
+        )),
+        "pong\n"
+    );
+
+    // Removing everything leaves only loopback and the built-in default bridge.
+    for f in ["server.yaml", "client.yaml", "iso.yaml", "isolated.yaml"] {
+        std::fs::remove_file(agent.manifests.join(f)).unwrap();
+    }
+    for name in ["server", "client", "iso"] {
+        common::wait_for(30, "removed", || {
+            agent.container(name).is_none().then_some(())
+        });
+    }
+    assert!(!alive(server_pid));
+    let remaining = common::wait_for(10, "links gone", || {
+        let l = links(&agent);
+        (l.len() == 2).then_some(l)
+    });
+    assert!(remaining.contains(&"lo".to_owned()), "{remaining:?}");
+    assert!(
+        fetch(&agent, "127.0.0.1:18080").is_none(),
+        "port still published"
+    );
+    let netns_left = std::fs::read_dir(agent.run.join("netns"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(netns_left, 0, "network namespace files left");
+}
