@@ -173,3 +173,32 @@ fn containers_reach_each_other_by_name_ports_are_published_and_a_restart_keeps_a
         .unwrap_or(0);
     assert_eq!(netns_left, 0, "network namespace files left");
 }
+
+#[test]
+fn changing_a_networks_subnet_replaces_it_and_its_containers() {
+    if !ready("network_subnet_change") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    let network = |subnet: &str| {
+        format!("apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: backend\nspec:\n  subnet: {subnet}\n")
+    };
+    agent.write("backend.yaml", &network("10.89.50.0/24"));
+    agent.write(
+        "app.yaml",
+        &container_yaml("app", "exec sleep 1000", "  networks: [backend]\n"),
+    );
+    let before = agent.wait_container("app", 60, "running", |c| c["state"] == "running");
+    assert_eq!(before["addresses"][0]["ip"], "10.89.50.2", "{before}");
+
+    agent.write("backend.yaml", &network("10.89.51.0/24"));
+    let after = agent.wait_container("app", 60, "replaced on the new subnet", |c| {
+        c["state"] == "running" && c["addresses"][0]["ip"] == "10.89.51.2"
+    });
+    assert_ne!(after["pid"], before["pid"]);
+    assert!(!alive(pid_of(&before)));
+    let (_, body) = agent.get("/v1/networks").unwrap();
+    assert!(body.contains("\"subnet\":\"10.89.51.0/24\""), "{body}");
+    assert!(!body.contains("10.89.50.0/24"), "{body}");
+}

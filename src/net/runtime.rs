@@ -251,6 +251,11 @@ impl<R: Runtime> NetworkedRuntime<R> {
                 }
             }
         }
+        // A network whose config changed (a new subnet) is recreated here once its old
+        // containers are gone; until then this start fails and is retried with backoff.
+        for net in &configs {
+            st.nets.ensure_network(net).await.map_err(fail)?;
+        }
         let (netns, attached) = st.nets.attach(&req.name, &configs).await.map_err(fail)?;
         let ports: Vec<PortMapping> = req.ports.iter().map(PortMapping::from).collect();
         let mut wanted = st.ports.clone();

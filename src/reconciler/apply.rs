@@ -106,6 +106,11 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
                 images: self.images.clone(),
                 memos: self.memos.clone(),
                 desired: desired.containers.get(&name).cloned(),
+                hash: desired
+                    .containers
+                    .get(&name)
+                    .map(|c| super::inputs::effective_hash(&c.object, desired))
+                    .unwrap_or_default(),
                 observed: observed.get(&name).cloned(),
             };
             let done = self.done_tx.clone();
@@ -170,13 +175,15 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
         let mut containers = Vec::new();
         for (name, c) in &desired.containers {
             let memo = memos.get(name).cloned().unwrap_or_default();
-            containers.push(container_status(
+            let mut s = container_status(
                 name,
                 Some(c),
                 observed.get(name),
                 &memo,
                 self.inflight.get(name),
-            ));
+            );
+            s.spec_hash = Some(super::inputs::effective_hash(&c.object, desired));
+            containers.push(s);
         }
         for (name, o) in observed {
             if desired.containers.contains_key(name) {
@@ -320,6 +327,8 @@ struct Task<R, I> {
     images: Arc<I>,
     memos: Memos,
     desired: Option<Sourced<Container>>,
+    /// The desired container's effective hash (see `inputs::effective_hash`).
+    hash: String,
     observed: Option<Observed>,
 }
 
@@ -425,7 +434,7 @@ impl<R: Runtime, I: Images> Task<R, I> {
             .map(|s| normalize_signal(&s))
             .unwrap_or_else(|| "SIGTERM".into());
         let annotations = HashMap::from([
-            (keys::SPEC_HASH.to_owned(), c.object.spec_hash()),
+            (keys::SPEC_HASH.to_owned(), self.hash.clone()),
             (
                 keys::CONTAINER.to_owned(),
                 serde_json::to_string(&c.object).unwrap_or_default(),

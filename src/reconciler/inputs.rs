@@ -9,6 +9,31 @@ use super::plan::{Have, Inputs, Phase, Step, Want};
 use crate::manifest::{changed_fields, Container, DesiredState};
 use crate::runtime::{Observed, ObservedState};
 
+/// The hash that decides replace-or-keep for a container: its spec hash, extended with
+/// the specs of the declared networks it attaches to, so changing a network's subnet
+/// replaces the containers on it (manifest-v1.md). A container on undeclared networks
+/// only (`default`) keeps its plain spec hash, so upgrading never restarts it.
+pub fn effective_hash(c: &Container, desired: &DesiredState) -> String {
+    let spec = c.spec_hash();
+    let names = c.spec.networks.clone().unwrap_or_default();
+    let nets: Vec<String> = names
+        .iter()
+        .filter_map(|n| desired.networks.get(n))
+        .map(|n| serde_json::to_string(&n.object.spec).unwrap_or_default())
+        .collect();
+    if nets.is_empty() {
+        return spec;
+    }
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(spec.as_bytes());
+    for n in &nets {
+        h.update(b"\n");
+        h.update(n.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 /// The planner's view of `desired` and `observed`, without backoff.
 pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> Inputs {
     let mut inputs = Inputs {
@@ -25,7 +50,7 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
         inputs.desired.insert(
             name.clone(),
             Want {
-                hash: c.object.spec_hash(),
+                hash: effective_hash(&c.object, desired),
                 restart_policy: c.object.spec.restart_policy,
                 unsupported: c.object.unsupported_fields(),
             },
