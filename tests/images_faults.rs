@@ -1,7 +1,8 @@
 //! Registry faults, from an in-process fake registry (axum on 127.0.0.1:0) serving a tiny
 //! two-layer image built here with `tar`, `flate2` and `sha2`: corrupted and truncated
 //! blobs, a 500 then success, a stalled server, 401/404, basic auth with credentials from
-//! a Docker config file, and two concurrent pulls that must fetch each blob once.
+//! a Docker config file or a credential helper, and two concurrent pulls that must fetch
+//! each blob once.
 //! No root, no network beyond loopback.
 
 use std::collections::HashMap;
@@ -41,6 +42,33 @@ fn layer(name: &str, content: &[u8]) -> (Vec<u8>, String) {
     (gz.finish().unwrap(), diff_id)
 }
 
+/// A gzip'd tar whose second entry climbs out of the layer; returns (blob, diff id).
+fn escaping_layer() -> (Vec<u8>, String) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut ok = tar::Header::new_gnu();
+    ok.set_size(3);
+    ok.set_mode(0o644);
+    ok.set_mtime(1_700_000_000);
+    ok.set_uid(0);
+    ok.set_gid(0);
+    b.append_data(&mut ok, "fine.txt", &b"ok\n"[..]).unwrap();
+    // `set_path` refuses `..`, as it should: write the name bytes directly.
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append(&h, &b"bad\n"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let diff_id = digest(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
 /// What the fake does wrong, and to which request.
 #[derive(Clone, Default)]
 struct Faults {
@@ -48,6 +76,12 @@ struct Faults {
     corrupt: Option<String>,
     /// Declare the full length of this blob, send half, then cut the connection.
     truncate: Option<String>,
+    /// With `truncate`: only the first this many requests are cut (0: all of them).
+    truncate_times: usize,
+    /// The config names a wrong diff id for the second layer.
+    bad_diff_id: bool,
+    /// The second layer (with a valid digest) holds an entry `../escape`.
+    escaping_layer: bool,
     /// Answer this many manifest requests with 500 first.
     manifest_500s: usize,
     /// Send half of every blob, then stall this long.
@@ -85,7 +119,14 @@ impl Drop for Registry {
 impl Registry {
     async fn start(faults: Faults) -> Self {
         let (l1, d1) = layer("hello.txt", b"hello from layer one\n");
-        let (l2, d2) = layer("etc/motd", &vec![b'x'; 300_000]);
+        let (l2, mut d2) = if faults.escaping_layer {
+            escaping_layer()
+        } else {
+            layer("etc/motd", &vec![b'x'; 300_000])
+        };
+        if faults.bad_diff_id {
+            d2 = digest(b"something else");
+        }
         let config = serde_json::json!({
             "architecture": "amd64", "os": "linux",
             "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
@@ -164,6 +205,7 @@ impl Registry {
                         .unwrap_or_else(|| dir.join("no-docker-config.json")),
                 ),
                 timeout,
+                credential_helper_dir: None,
             },
         )
         .unwrap()
@@ -264,12 +306,29 @@ async fn serve(State(fake): State<Arc<Fake>>, req: Request) -> Response {
         tokio::time::sleep(delay).await;
     }
     let len = blob.len();
+    // The whole blob, as a 206 when asked for "bytes=0-" (wharf asks so; the real
+    // registry honours it), else a 200.
+    let whole = |body: Vec<u8>| {
+        let ranged = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) == Some("bytes=0-");
+        let mut r = Response::new(Body::from(body));
+        if ranged {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                format!("bytes 0-{}/{len}", len - 1).parse().unwrap(),
+            );
+        }
+        r
+    };
     if faults.corrupt.as_deref() == Some(d) {
         let mut bad = blob;
         bad[len / 2] ^= 0xff;
-        return Response::new(Body::from(bad));
+        return whole(bad);
     }
-    if faults.truncate.as_deref() == Some(d) || faults.stall.is_some() {
+    let cut = faults.truncate.as_deref() == Some(d)
+        && (faults.truncate_times == 0
+            || fake.hits.lock().unwrap()[&path] <= faults.truncate_times);
+    if cut || faults.stall.is_some() {
         let half = axum::body::Bytes::from(blob[..len / 2].to_vec());
         let stall = faults.stall;
         let stream = async_stream(half, stall);
@@ -278,7 +337,7 @@ async fn serve(State(fake): State<Arc<Fake>>, req: Request) -> Response {
             .body(Body::from_stream(stream))
             .unwrap();
     }
-    Response::new(Body::from(blob))
+    whole(blob)
 }
 
 /// Half a body, then either a long stall or an error that makes the server drop the
@@ -405,6 +464,68 @@ async fn truncated_body_is_retried_then_fails_and_stores_nothing() {
         reg.hits(&format!("blobs/{cut}")) > 1,
         "a cut connection is retried"
     );
+}
+
+#[tokio::test]
+async fn body_cut_once_is_retried_and_unpacked_afresh() {
+    let reg = Registry::start(Faults::default()).await;
+    let cut = reg.layers[1].clone();
+    {
+        let mut f = reg.fake.faults.lock().unwrap();
+        f.truncate = Some(cut.clone());
+        f.truncate_times = 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = reg.store(dir.path(), None, None);
+    let (image, stats) = store.pull_with_stats(&reg.reference()).await.unwrap();
+    assert_eq!(reg.hits(&format!("blobs/{cut}")), 2);
+    // The second try unpacked into a fresh directory: the file is whole, not half of
+    // it twice.
+    assert_eq!(
+        std::fs::read(image.layers[1].join("etc/motd")).unwrap(),
+        vec![b'x'; 300_000]
+    );
+    assert_eq!((stats.blobs_fetched, stats.layers_unpacked), (3, 2));
+    assert!(store.content().has(&cut, None));
+    assert!(tmp_entries(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn diff_id_mismatch_fails_the_pull_and_keeps_neither_layer_nor_blob() {
+    let reg = Registry::start(Faults {
+        bad_diff_id: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = reg.store(dir.path(), None, None);
+    let err = store.pull(&reg.reference()).await.unwrap_err();
+    assert!(matches!(err, ImageError::VerifyDiffId { .. }), "{err}");
+    assert!(err.to_string().contains(&reg.layers[1]), "{err}");
+    assert!(!store.content().has(&reg.layers[1], None));
+    assert!(store.lookup(&reg.reference()).unwrap().is_none());
+    assert!(tmp_entries(dir.path()).is_empty());
+    let layers = std::fs::read_dir(dir.path().join("images/layers")).unwrap();
+    assert!(layers.count() <= 1, "only the good layer may remain");
+}
+
+#[tokio::test]
+async fn layer_escaping_its_directory_fails_the_pull_and_writes_nothing_outside() {
+    let reg = Registry::start(Faults {
+        escaping_layer: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = reg.store(dir.path(), None, None);
+    let err = store.pull(&reg.reference()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ImageError::UnpackEntry { .. }), "{msg}");
+    assert!(msg.contains("../escape"), "{msg}");
+    assert!(!store.content().has(&reg.layers[1], None));
+    assert!(tmp_entries(dir.path()).is_empty());
+    assert!(!dir.path().join("images/escape").exists());
+    assert!(!dir.path().join("images/tmp/escape").exists());
 }
 
 #[tokio::test]
@@ -607,6 +728,7 @@ async fn docker_hub_images_come_from_the_first_working_mirror() {
             mirrors: vec![format!("http://{dead}"), format!("http://{}/", reg.addr)],
             docker_config: Some(dir.path().join("none.json")),
             timeout: Some(Duration::from_secs(5)),
+            credential_helper_dir: None,
         },
     )
     .unwrap();
@@ -614,4 +736,73 @@ async fn docker_hub_images_come_from_the_first_working_mirror() {
     assert_eq!(image.reference, "docker.io/test/tiny:latest");
     assert_eq!(image.layers.len(), 2);
     assert_eq!(reg.hits("manifests/latest"), 1);
+}
+
+/// An executable shell script at `path`.
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test]
+async fn credential_helper_supplies_basic_auth_and_a_failing_one_is_named() {
+    let reg = Registry::start(Faults {
+        basic: Some(("u".into(), "p".into())),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let helpers = dir.path().join("helpers");
+    std::fs::create_dir(&helpers).unwrap();
+    let asked = dir.path().join("asked");
+    // The helper protocol: `get`, the server URL on stdin (no newline), JSON on stdout.
+    write_script(
+        &helpers.join("docker-credential-fake"),
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nserver=$(cat)\nprintf %s \"$server\" > {}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"u\",\"Secret\":\"p\"}}' \"$server\"\n",
+            asked.display()
+        ),
+    );
+    write_script(
+        &helpers.join("docker-credential-broken"),
+        "#!/bin/sh\ncat >/dev/null\necho 'keychain is locked' >&2\nexit 1\n",
+    );
+    let cfg = dir.path().join("config.json");
+    let open = |root: &str| {
+        ImageStore::open_with(
+            &dir.path().join(root),
+            RegistryConfig {
+                insecure: vec![reg.addr.clone()],
+                docker_config: Some(cfg.clone()),
+                credential_helper_dir: Some(helpers.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"credHelpers":{{"{}":"fake"}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let image = open("a").pull(&reg.reference()).await.unwrap();
+    assert_eq!(image.layers.len(), 2);
+    assert_eq!(std::fs::read_to_string(&asked).unwrap(), reg.addr);
+
+    // `credsStore` runs the same protocol for every registry; a failing helper is a
+    // configuration error that names the helper and passes on what it said.
+    std::fs::write(&cfg, r#"{"credsStore":"broken"}"#).unwrap();
+    let err = open("b").pull(&reg.reference()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ImageError::Credentials { .. }), "{msg}");
+    assert!(msg.contains("docker-credential-broken"), "{msg}");
+    assert!(msg.contains("keychain is locked"), "{msg}");
+    assert_eq!(
+        reg.hits("manifests/latest"),
+        1,
+        "no request without credentials"
+    );
 }

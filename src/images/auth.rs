@@ -219,12 +219,32 @@ fn parse_helper_output(stdout: &[u8]) -> Result<Credentials, String> {
     })
 }
 
-/// Runs `docker-credential-<helper> get` for `server`. `Ok(None)` when the helper knows
-/// no credentials for it (it says so on stdout with a non-zero exit).
-async fn run_helper(helper: &str, server: &str) -> Result<Option<Credentials>, String> {
+/// The helper program to run: `dir/docker-credential-<helper>` if `dir` has it, else
+/// the bare name, which `$PATH` resolves (Docker's only lookup).
+fn helper_program(helper: &str, dir: Option<&Path>) -> PathBuf {
+    let name = format!("docker-credential-{helper}");
+    match dir.map(|d| d.join(&name)) {
+        Some(p) if p.is_file() => p,
+        _ => PathBuf::from(name),
+    }
+}
+
+/// Runs `docker-credential-<helper> get` for `server` (looked up in `dir`, then
+/// `$PATH`). `Ok(None)` when the helper knows no credentials for it (it says so on
+/// stdout with a non-zero exit).
+async fn run_helper(
+    helper: &str,
+    server: &str,
+    dir: Option<&Path>,
+) -> Result<Option<Credentials>, String> {
     use tokio::io::AsyncWriteExt;
-    let program = format!("docker-credential-{helper}");
-    let mut child = tokio::process::Command::new(&program)
+    // The name is a suffix, never a path (which would escape `dir` and `$PATH`).
+    if helper.is_empty() || helper.contains('/') {
+        return Err(format!("invalid credential helper name {helper:?}"));
+    }
+    let path = helper_program(helper, dir);
+    let program = path.display().to_string();
+    let mut child = tokio::process::Command::new(&path)
         .arg("get")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -259,11 +279,13 @@ async fn run_helper(helper: &str, server: &str) -> Result<Option<Credentials>, S
 }
 
 /// The credentials for `registry`, read from the Docker config at `config_path`
-/// (see [`docker_config_path`]). A missing file means anonymous access; an unreadable or
+/// (see [`docker_config_path`]); credential helpers are looked up in `helper_dir`
+/// first, then `$PATH`. A missing file means anonymous access; an unreadable or
 /// malformed file is an error, since silently pulling anonymously would hide it.
 pub async fn credentials_for(
     registry: &str,
     config_path: Option<&Path>,
+    helper_dir: Option<&Path>,
 ) -> Result<Credentials, ImageError> {
     let Some(path) = config_path else {
         return Ok(Credentials::Anonymous);
@@ -284,7 +306,7 @@ pub async fn credentials_for(
             helper,
             server,
             stored,
-        } => match run_helper(&helper, &server).await {
+        } => match run_helper(&helper, &server, helper_dir).await {
             Ok(Some(c)) => Ok(c),
             Ok(None) => Ok(stored),
             // Docker fails here too; a wrong helper is a configuration error to report.
@@ -428,6 +450,22 @@ mod tests {
     }
 
     #[test]
+    fn helpers_are_looked_up_in_the_helper_dir_first_then_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("docker-credential-mine");
+        std::fs::write(&mine, "").unwrap();
+        assert_eq!(helper_program("mine", Some(dir.path())), mine);
+        assert_eq!(
+            helper_program("other", Some(dir.path())),
+            PathBuf::from("docker-credential-other")
+        );
+        assert_eq!(
+            helper_program("mine", None),
+            PathBuf::from("docker-credential-mine")
+        );
+    }
+
+    #[test]
     fn explicit_config_path_wins() {
         let p = Path::new("/tmp/x/config.json");
         assert_eq!(docker_config_path(Some(p)), Some(p.to_path_buf()));
@@ -438,11 +476,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.json");
         assert_eq!(
-            credentials_for("r.example", Some(&missing)).await.unwrap(),
+            credentials_for("r.example", Some(&missing), None)
+                .await
+                .unwrap(),
             Credentials::Anonymous
         );
         assert_eq!(
-            credentials_for("r.example", None).await.unwrap(),
+            credentials_for("r.example", None, None).await.unwrap(),
             Credentials::Anonymous
         );
         // A helper that is not installed is a configuration error, reported with the file.
@@ -452,7 +492,9 @@ mod tests {
             r#"{"credHelpers":{"r.example":"wharf-test-no-such-helper"}}"#,
         )
         .unwrap();
-        let err = credentials_for("r.example", Some(&cfg)).await.unwrap_err();
+        let err = credentials_for("r.example", Some(&cfg), None)
+            .await
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("docker-credential-wharf-test-no-such-helper"),

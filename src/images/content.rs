@@ -153,6 +153,39 @@ impl ContentStore {
         })
     }
 
+    /// [`ContentStore::writer`] for blocking code; see [`BlockingBlobWriter`].
+    pub(crate) fn blocking_writer(
+        &self,
+        digest: &str,
+        size: Option<u64>,
+    ) -> Result<BlockingBlobWriter, ImageError> {
+        let tmp = self.tmp_dir().join(temp_name("blob", digest_hex(digest)));
+        let final_path = self.blob_path(digest);
+        let io_err = |source| ImageError::WriteBlob {
+            digest: digest.to_string(),
+            path: tmp.clone(),
+            source,
+        };
+        std::fs::create_dir_all(self.tmp_dir()).map_err(io_err)?;
+        if let Some(parent) = final_path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err)?;
+        Ok(BlockingBlobWriter {
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            expected_size: size,
+            digest: digest.to_string(),
+            tmp: Some(tmp),
+            final_path,
+        })
+    }
+
     /// Writes an in-memory blob (a manifest we already verified) through the same path.
     pub async fn write_bytes(&self, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
         if self.has(digest, Some(bytes.len() as u64)) {
@@ -258,19 +291,12 @@ impl BlobWriter {
             .sync_all()
             .await
             .map_err(|e| io_err(&self.tmp, e))?;
-        let actual = format!(
-            "sha256:{}",
-            hex::encode(std::mem::take(&mut self.hasher).finalize())
-        );
-        let size_ok = self.expected_size.is_none_or(|s| s == self.written);
-        if actual != self.digest || !size_ok {
-            return Err(ImageError::CommitBlob {
-                digest: self.digest.clone(),
-                expected_size: self.expected_size.unwrap_or(self.written),
-                actual,
-                actual_size: self.written,
-            });
-        }
+        check_blob(
+            &self.digest,
+            self.expected_size,
+            std::mem::take(&mut self.hasher),
+            self.written,
+        )?;
         // Same content under the same name: if another writer won the race, the rename
         // replaces identical bytes, which is harmless.
         tokio::fs::rename(&self.tmp, &self.final_path)
@@ -296,6 +322,144 @@ impl Drop for BlobWriter {
     }
 }
 
+/// Size and digest of a finished write against what the descriptor promised.
+fn check_blob(
+    digest: &str,
+    expected_size: Option<u64>,
+    hasher: Sha256,
+    written: u64,
+) -> Result<(), ImageError> {
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if actual != digest || expected_size.is_some_and(|s| s != written) {
+        return Err(ImageError::CommitBlob {
+            digest: digest.to_string(),
+            expected_size: expected_size.unwrap_or(written),
+            actual,
+            actual_size: written,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a write past the descriptor's size, so a misbehaving registry cannot fill
+/// the disk.
+fn check_limit(digest: &str, limit: Option<u64>, written: u64, more: usize) -> io::Result<()> {
+    match limit {
+        Some(limit) if written + more as u64 > limit => Err(io::Error::other(format!(
+            "blob {digest} is larger than its descriptor's {limit} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// [`BlobWriter`] for blocking code (a layer streamed into its unpacker, see
+/// `pull::layer`), and without its own fsync: [`BlockingBlobWriter::finish`] checks size
+/// and digest, and the caller makes the temp file durable (one `syncfs` for the blob and
+/// its unpacked layer) before [`VerifiedBlob::commit_synced`] gives it its name.
+pub(crate) struct BlockingBlobWriter {
+    file: std::fs::File,
+    hasher: Sha256,
+    written: u64,
+    expected_size: Option<u64>,
+    digest: String,
+    /// Removed on drop unless handed on to a [`VerifiedBlob`].
+    tmp: Option<PathBuf>,
+    final_path: PathBuf,
+}
+
+impl BlockingBlobWriter {
+    pub(crate) fn write(&mut self, buf: &[u8]) -> Result<(), ImageError> {
+        let tmp = self.tmp.clone().unwrap_or_default();
+        let io_err = |source| ImageError::WriteBlob {
+            digest: self.digest.clone(),
+            path: tmp,
+            source,
+        };
+        check_limit(&self.digest, self.expected_size, self.written, buf.len())
+            .and_then(|()| io::Write::write_all(&mut self.file, buf))
+            .map_err(io_err)?;
+        self.hasher.update(buf);
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The digest the blob must have.
+    pub(crate) fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Checks size and digest. The temp file is not synced yet.
+    pub(crate) fn finish(mut self) -> Result<VerifiedBlob, ImageError> {
+        check_blob(
+            &self.digest,
+            self.expected_size,
+            std::mem::take(&mut self.hasher),
+            self.written,
+        )?;
+        Ok(VerifiedBlob {
+            tmp: self.tmp.take(),
+            final_path: self.final_path.clone(),
+            digest: self.digest.clone(),
+        })
+    }
+}
+
+impl Drop for BlockingBlobWriter {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// A complete temp blob whose size and digest match; removed on drop unless committed.
+pub(crate) struct VerifiedBlob {
+    tmp: Option<PathBuf>,
+    final_path: PathBuf,
+    digest: String,
+}
+
+impl VerifiedBlob {
+    /// Renames the blob into place and syncs the directory. The caller has made the
+    /// temp file's content durable (`syncfs` after its last write): a name under
+    /// `blobs/` must never point at content a crash could lose.
+    pub(crate) fn commit_synced(mut self) -> Result<(), ImageError> {
+        let Some(tmp) = self.tmp.take() else {
+            return Ok(());
+        };
+        let io_err = |path: &Path, source| ImageError::WriteBlob {
+            digest: self.digest.clone(),
+            path: path.to_path_buf(),
+            source,
+        };
+        // As in `BlobWriter::commit`: a concurrent writer's identical bytes may be
+        // replaced, harmlessly.
+        if let Err(e) = std::fs::rename(&tmp, &self.final_path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(&self.final_path, e));
+        }
+        if let Some(dir) = self.final_path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VerifiedBlob {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 impl AsyncWrite for BlobWriter {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -303,13 +467,8 @@ impl AsyncWrite for BlobWriter {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(limit) = this.expected_size {
-            if this.written + buf.len() as u64 > limit {
-                return Poll::Ready(Err(io::Error::other(format!(
-                    "blob {} is larger than its descriptor's {limit} bytes",
-                    this.digest
-                ))));
-            }
+        if let Err(e) = check_limit(&this.digest, this.expected_size, this.written, buf.len()) {
+            return Poll::Ready(Err(e));
         }
         match Pin::new(&mut this.file).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {

@@ -43,6 +43,7 @@ mod catalog;
 pub mod commands;
 mod config;
 mod content;
+mod durable;
 mod gc;
 mod lock;
 pub mod progress;

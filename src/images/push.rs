@@ -76,9 +76,13 @@ impl ImageStore {
         let registry = &self.inner().registry;
         let client = super::pull::new_client(registry.insecure.clone());
         let config_path = docker_config_path(registry.docker_config.as_deref());
-        let auth: RegistryAuth = credentials_for(target.registry(), config_path.as_deref())
-            .await?
-            .to_registry_auth();
+        let auth: RegistryAuth = credentials_for(
+            target.registry(),
+            config_path.as_deref(),
+            registry.credential_helper_dir.as_deref(),
+        )
+        .await?
+        .to_registry_auth();
         let fail = |what: &'static str, digest: &str| {
             let (reference, digest) = (normalised.clone(), digest.to_string());
             move |source| ImageError::Push {

@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ImageConfig;
 use super::content::{digest_hex, sha256_digest, temp_name, ContentStore};
+use super::durable::GroupSync;
 use super::lock::{LockMode, StoreLock};
 use super::pull::{self, PullStats};
 use super::reference::{normalize_reference, pinned_digest};
-use super::unpack::unpack_layer;
+use super::unpack::{unpack_layer, UnpackStats};
 use super::{Image, ImageError, PullPolicy};
 
 /// `refs/<sha256(reference)>.json`: which image a reference names.
@@ -64,6 +65,9 @@ pub(crate) struct Inner {
     /// Disk usage of unpacked layers by chain id: a layer never changes once renamed
     /// into place, so walking it once per process is enough.
     pub layer_sizes: Mutex<HashMap<String, u64>>,
+    /// The `syncfs` before layers (and their blobs) get their names, shared by
+    /// concurrent unpacks.
+    pub sync: GroupSync,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -96,12 +100,17 @@ impl ImageStore {
                 .create(&path)
                 .map_err(|source| ImageError::OpenStore { path, source })?;
         }
+        let sync = GroupSync::open(root).map_err(|source| ImageError::OpenStore {
+            path: root.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 content: ContentStore::new(root),
                 registry,
                 layer_sizes: Mutex::new(HashMap::new()),
+                sync,
             }),
         })
     }
@@ -269,56 +278,110 @@ impl ImageStore {
         diff_id: &str,
         chain_id: &str,
     ) -> Result<bool, ImageError> {
-        let final_path = self.layer_path(chain_id);
-        if final_path.is_dir() {
+        if self.layer_path(chain_id).is_dir() {
             return Ok(false);
         }
-        let tmp = self
+        let tmp = self.temp_layer(chain_id)?;
+        let blob = self.inner.content.blob_path(digest);
+        let file =
+            fs::File::open(&blob).map_err(|source| ImageError::ReadBlob { path: blob, source })?;
+        let stats = unpack_layer(file, tmp.path())?;
+        check_diff_id(digest, diff_id, &stats)?;
+        self.sync_layers(tmp.path())?;
+        tmp.commit()
+    }
+
+    /// A fresh directory under `tmp/` to unpack the layer `chain_id` into.
+    pub(crate) fn temp_layer(&self, chain_id: &str) -> Result<TempLayer, ImageError> {
+        let path = self
             .inner
             .content
             .tmp_dir()
             .join(temp_name("layer", digest_hex(chain_id)));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| ImageError::UnpackLayer {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(TempLayer {
+            path,
+            final_path: self.layer_path(chain_id),
+            committed: false,
+        })
+    }
+
+    /// Makes everything this thread wrote so far durable (one `syncfs`, shared with
+    /// concurrent callers: see `durable`). `tmp` names the layer in an error.
+    pub(crate) fn sync_layers(&self, tmp: &Path) -> Result<(), ImageError> {
+        self.inner
+            .sync
+            .sync()
+            .map_err(|source| ImageError::UnpackLayer {
+                path: tmp.to_path_buf(),
+                source,
+            })
+    }
+}
+
+/// The diff id the unpacker computed must be the one the image config names.
+pub(crate) fn check_diff_id(
+    digest: &str,
+    diff_id: &str,
+    stats: &UnpackStats,
+) -> Result<(), ImageError> {
+    if stats.diff_id != diff_id {
+        return Err(ImageError::VerifyDiffId {
+            digest: digest.to_string(),
+            expected: diff_id.to_string(),
+            actual: stats.diff_id.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A layer being unpacked under `tmp/`; removed on drop unless committed. Its owner
+/// is the only writer (the store's `tmp/` is mode 0700 and the name unique).
+pub(crate) struct TempLayer {
+    path: PathBuf,
+    final_path: PathBuf,
+    committed: bool,
+}
+
+impl TempLayer {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the layer into `layers/` and syncs that directory. Returns `false` when
+    /// another unpacker won the race (its layer is as good as ours). The caller has
+    /// synced the content (`ImageStore::sync_layers`): a name under `layers/` must never
+    /// point at files a crash could lose.
+    pub(crate) fn commit(mut self) -> Result<bool, ImageError> {
         let layer_err = |path: &Path, source| ImageError::UnpackLayer {
             path: path.to_path_buf(),
             source,
         };
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&tmp)
-            .map_err(|e| layer_err(&tmp, e))?;
-        let result = (|| {
-            let blob = self.inner.content.blob_path(digest);
-            let file = fs::File::open(&blob)
-                .map_err(|source| ImageError::ReadBlob { path: blob, source })?;
-            let stats = unpack_layer(file, &tmp)?;
-            if stats.diff_id != diff_id {
-                return Err(ImageError::VerifyDiffId {
-                    digest: digest.to_string(),
-                    expected: diff_id.to_string(),
-                    actual: stats.diff_id,
-                });
-            }
-            // One syncfs flushes every file of the layer before its name appears;
-            // cheaper than fsyncing thousands of files one by one.
-            let dir = fs::File::open(&tmp).map_err(|e| layer_err(&tmp, e))?;
-            nix::unistd::syncfs(&dir).map_err(|e| layer_err(&tmp, e.into()))?;
-            match fs::rename(&tmp, &final_path) {
-                Ok(()) => Ok(true),
-                // Another unpacker won the race; its layer is as good as ours.
-                Err(_) if final_path.is_dir() => Ok(false),
-                Err(e) => Err(layer_err(&final_path, e)),
-            }
-        })();
-        if !matches!(result, Ok(true)) {
-            let _ = fs::remove_dir_all(&tmp);
+        match fs::rename(&self.path, &self.final_path) {
+            Ok(()) => self.committed = true,
+            Err(_) if self.final_path.is_dir() => return Ok(false),
+            Err(e) => return Err(layer_err(&self.final_path, e)),
         }
-        if matches!(result, Ok(true)) {
-            if let Some(parent) = final_path.parent() {
-                let d = fs::File::open(parent).map_err(|e| layer_err(parent, e))?;
-                d.sync_all().map_err(|e| layer_err(parent, e))?;
-            }
+        if let Some(parent) = self.final_path.parent() {
+            fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| layer_err(parent, e))?;
         }
-        result
+        Ok(true)
+    }
+}
+
+impl Drop for TempLayer {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }
 

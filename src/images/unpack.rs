@@ -18,6 +18,7 @@
 //! files are opened with `O_NOFOLLOW | O_EXCL`, and metadata calls use the no-follow
 //! variants.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -77,6 +78,7 @@ pub fn unpack_layer(reader: impl Read, target: &Path) -> Result<UnpackStats, Ima
     let mut unpacker = Unpacker {
         root: target.to_path_buf(),
         dir_times: Vec::new(),
+        known_dirs: HashSet::new(),
         root_seen: false,
         can_chown: nix::unistd::geteuid().is_root(),
     };
@@ -153,6 +155,11 @@ struct Unpacker {
     /// Directory mtimes, applied after every entry: creating a child changes its
     /// parent's mtime.
     dir_times: Vec<(PathBuf, u64)>,
+    /// Directories under the root already checked (or made) by this unpack: real
+    /// directories, not symlinks. Only this unpack writes here, and it forgets them all
+    /// whenever it removes anything, so a parent is checked with `lstat` once instead
+    /// of once per entry below it (two or three path walks saved per file).
+    known_dirs: HashSet<PathBuf>,
     /// Whether a `./` entry gave the layer root its metadata; else it gets 0755.
     root_seen: bool,
     /// Unprivileged unpacking (tests, rootless) cannot chown; root must.
@@ -254,6 +261,7 @@ impl Unpacker {
                 } else {
                     fs::remove_file(&target)
                 };
+                self.known_dirs.clear();
                 removed.map_err(|e| fail(format!("replace existing entry: {e}")))?;
             }
         }
@@ -277,6 +285,7 @@ impl Unpacker {
                         .create(&target)
                         .map_err(|e| fail(format!("create directory: {e}")))?;
                 }
+                self.known_dirs.insert(target.clone());
             }
             T::Symlink => {
                 // The link text is stored as is: it is resolved by the kernel inside the
@@ -379,10 +388,13 @@ impl Unpacker {
 
     /// Walks `parents` from the root, creating missing directories (0755, as GNU tar
     /// does for implied parents) if `create`, refusing symlinks and non-directories.
-    fn ensure_parents(&self, parents: &[OsString], create: bool) -> Result<PathBuf, String> {
+    fn ensure_parents(&mut self, parents: &[OsString], create: bool) -> Result<PathBuf, String> {
         let mut dir = self.root.clone();
         for c in parents {
             dir.push(c);
+            if self.known_dirs.contains(&dir) {
+                continue;
+            }
             match fs::symlink_metadata(&dir) {
                 Ok(m) if m.is_dir() => {}
                 Ok(m) if m.file_type().is_symlink() => {
@@ -405,13 +417,14 @@ impl Unpacker {
                 }
                 Err(e) => return Err(format!("parent {}: {e}", rel(&self.root, &dir))),
             }
+            self.known_dirs.insert(dir.clone());
         }
         Ok(dir)
     }
 
     /// Resolves a hard link's target inside the layer: confined, through real
     /// directories only, existing, and not a directory.
-    fn hardlink_source(&self, link: &Path) -> Result<PathBuf, String> {
+    fn hardlink_source(&mut self, link: &Path) -> Result<PathBuf, String> {
         let comps = confine(link).map_err(|e| format!("hard link target: {e}"))?;
         let Some((last, parents)) = comps.split_last() else {
             return Err("hard link to the layer root".into());

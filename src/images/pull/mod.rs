@@ -10,9 +10,10 @@
 //!    pull so a `docker login` takes effect without restarting the agent;
 //! 3. manifest (and the platform's manifest of an index), verified against any pinned
 //!    digest, then the config blob;
-//! 4. layers: up to [`PARALLEL_DOWNLOADS`] downloads at once; each layer is unpacked as
-//!    soon as its own blob is complete (a chain-id directory holds only its own layer's
-//!    diff, so layers unpack in any order);
+//! 4. layers: up to [`PARALLEL_DOWNLOADS`] downloads and `PARALLEL_UNPACKS` unpacks at
+//!    once; a layer is streamed into the content store and its unpacker at the same
+//!    time when an unpack slot is free, else downloaded first (`layer`); a chain-id
+//!    directory holds only its own layer's diff, so layers unpack in any order;
 //! 5. the image record, last.
 //!
 //! Every registry request is retried on transient failures (`retry`). Each blob and
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -44,14 +44,22 @@ use super::retry::{classify, Backoff, Class};
 use super::store::{ImageRecord, ImageStore, LayerRecord};
 use super::{Image, ImageError};
 
-/// Layer downloads in flight per pull (Docker's `max-concurrent-downloads` default is 3).
+mod layer;
+mod registry;
+
+pub(crate) use registry::new_client;
+pub use registry::RegistryConfig;
+use registry::{client_with, Endpoint};
+
+/// Layer downloads in flight per pull (Docker's `max-concurrent-downloads` default).
 pub const PARALLEL_DOWNLOADS: usize = 3;
-/// Layer unpacks at once per pull: unpacking is CPU and disk bound, the machines have
-/// two cores.
+/// Layer unpacks at once per pull: unpacking is CPU bound and the machines have two
+/// cores. A download that finds an unpack slot free streams into its unpacker; the
+/// others go to a file first and are unpacked from it when a slot frees (see `layer`).
 const PARALLEL_UNPACKS: usize = 2;
 /// How long a connection attempt, or a wait for the next bytes, may take by default.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes between two progress events of one layer.
 const PROGRESS_STEP: u64 = 256 * 1024;
 
@@ -65,121 +73,6 @@ pub struct PullStats {
     /// Layers unpacked now (not found already unpacked).
     pub layers_unpacked: usize,
 }
-
-/// How to reach registries: the agent's and the image commands' registry flags.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RegistryConfig {
-    /// Registries (`HOST[:PORT]`) reached over plain HTTP (`--insecure-registry`).
-    pub insecure: Vec<String>,
-    /// Mirrors of Docker Hub (`--registry-mirror`, e.g. `https://mirror.example` or
-    /// `http://127.0.0.1:5000`), tried in order before Docker Hub itself. A mirror given
-    /// with `http://` is reached over plain HTTP.
-    pub mirrors: Vec<String>,
-    /// The Docker config file with credentials; `None`: `$DOCKER_CONFIG/config.json`,
-    /// else `~/.docker/config.json`.
-    pub docker_config: Option<PathBuf>,
-    /// Connect timeout and longest wait for the next bytes of an answer (not a limit on
-    /// a whole download). `None`: 60 s.
-    pub timeout: Option<Duration>,
-}
-
-/// A mirror URL reduced to what the client needs: the host and whether it is plain HTTP.
-/// Like dockerd's `ValidateMirror`, a path, query or credentials in the URL are refused:
-/// the registry API lives at `/v2/` of the host.
-pub(crate) fn parse_mirror(url: &str) -> Result<(String, bool), ImageError> {
-    let fail = |reason: &str| ImageError::InvalidMirror {
-        mirror: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let (plain_http, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (true, r)
-    } else if url.contains("://") {
-        return Err(fail("the scheme must be http or https"));
-    } else {
-        (false, url)
-    };
-    let host = rest.strip_suffix('/').unwrap_or(rest);
-    if host.is_empty() {
-        return Err(fail("no host"));
-    }
-    if host.contains(['/', '?', '#', '@']) {
-        return Err(fail(
-            "only scheme://host[:port] is allowed (no path, query or user)",
-        ));
-    }
-    Ok((host.to_ascii_lowercase(), plain_http))
-}
-
-impl RegistryConfig {
-    /// Hosts reached over plain HTTP: the insecure registries and `http://` mirrors.
-    fn plain_http_hosts(&self) -> Result<Vec<String>, ImageError> {
-        let mut hosts = self.insecure.clone();
-        for m in &self.mirrors {
-            let (host, plain) = parse_mirror(m)?;
-            if plain && !hosts.contains(&host) {
-                hosts.push(host);
-            }
-        }
-        Ok(hosts)
-    }
-
-    /// Where to pull `reference` from, in order of preference.
-    fn endpoints(&self, reference: &Reference) -> Result<Vec<Endpoint>, ImageError> {
-        let mut out = Vec::new();
-        if reference.registry() == "docker.io" {
-            for m in &self.mirrors {
-                let (host, _) = parse_mirror(m)?;
-                let mut r = reference.clone();
-                r.set_mirror_registry(host.clone());
-                out.push(Endpoint {
-                    reference: r,
-                    host,
-                    mirror: true,
-                });
-            }
-        }
-        out.push(Endpoint {
-            reference: reference.clone(),
-            host: reference.registry().to_string(),
-            mirror: false,
-        });
-        Ok(out)
-    }
-}
-
-/// A client that speaks plain HTTP to `insecure` registries and HTTPS (rustls, ring) to
-/// every other one.
-pub(crate) fn new_client(insecure: Vec<String>) -> oci_client::Client {
-    client_with(insecure, None)
-}
-
-fn client_with(plain_http: Vec<String>, timeout: Option<Duration>) -> oci_client::Client {
-    // reqwest's rustls needs a process-wide crypto provider; we build without aws-lc
-    // (see pitfalls.md). Another part of wharf may have installed it first: fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(plain_http),
-        // We resolve indexes ourselves (see `resolve`), so never let the client pick.
-        platform_resolver: None,
-        connect_timeout: Some(timeout.unwrap_or(CONNECT_TIMEOUT).min(CONNECT_TIMEOUT)),
-        read_timeout: Some(timeout.unwrap_or(DEFAULT_TIMEOUT)),
-        user_agent: concat!("wharf/", env!("CARGO_PKG_VERSION")),
-        ..Default::default()
-    })
-}
-
-/// One place to pull from: a mirror (the reference carries the mirror host) or the
-/// reference's own registry.
-#[derive(Clone)]
-struct Endpoint {
-    reference: Reference,
-    /// The host credentials are looked up for and errors name.
-    host: String,
-    mirror: bool,
-}
-
 /// What every request of one pull needs; shared by the layer tasks.
 struct Ctx {
     client: oci_client::Client,
@@ -378,7 +271,12 @@ async fn pull_locked(
     let endpoints = registry.endpoints(&reference)?;
     let mut resolved = None;
     for endpoint in endpoints {
-        let creds = auth::credentials_for(&endpoint.host, config_path.as_deref()).await?;
+        let creds = auth::credentials_for(
+            &endpoint.host,
+            config_path.as_deref(),
+            registry.credential_helper_dir.as_deref(),
+        )
+        .await?;
         let ctx = Ctx {
             client: client.clone(),
             endpoint: endpoint.clone(),
@@ -459,7 +357,7 @@ async fn pull_locked(
 
     // 2. The config names the uncompressed layers (diff ids), hence the unpacked dirs.
     let mut stats = PullStats::default();
-    if let Some(n) = fetch_blob(&ctx, store, &config_desc, false).await? {
+    if let Some(n) = fetch_blob(&ctx, store, &config_desc).await? {
         stats.blobs_fetched += 1;
         stats.bytes_fetched += n;
     }
@@ -480,8 +378,11 @@ async fn pull_locked(
 
     // 3. Layers. One already unpacked is neither downloaded nor unpacked: the chain id
     //    covers its content and everything below it.
-    let downloads = Arc::new(Semaphore::new(PARALLEL_DOWNLOADS));
-    let unpacks = Arc::new(Semaphore::new(PARALLEL_UNPACKS));
+    let slots = layer::Slots {
+        downloads: Arc::new(Semaphore::new(PARALLEL_DOWNLOADS)),
+        unpacks: Arc::new(Semaphore::new(PARALLEL_UNPACKS)),
+    };
+    let (running, mut all_stopped) = tokio::sync::mpsc::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
     let mut layer_records = Vec::with_capacity(layers.len());
     for ((desc, diff_id), chain_id) in layers.iter().zip(&parsed.diff_ids).zip(&chains) {
@@ -513,22 +414,15 @@ async fn pull_locked(
             diff_id.clone(),
             chain_id.clone(),
         );
-        let (downloads, unpacks) = (downloads.clone(), unpacks.clone());
+        let (slots, running) = (slots.clone(), running.clone());
         tasks.spawn(async move {
-            let fetched = {
-                let _slot = downloads.acquire_owned().await;
-                fetch_blob(&ctx, &store, &desc, true).await?
-            };
-            let _slot = unpacks.acquire_owned().await;
-            let unpacked = ensure_layer(&ctx, &store, &desc, &diff_id, &chain_id).await?;
-            ctx.progress.send(ProgressEvent::LayerDone {
-                digest: desc.digest.clone(),
-            });
-            Ok::<_, ImageError>((fetched, unpacked))
+            layer::pull_layer(&ctx, &store, &desc, &diff_id, &chain_id, &slots, running).await
         });
     }
-    // The first failure wins: the other downloads are aborted, and awaited so that
-    // their temp files are gone when the pull returns.
+    // The first failure wins: the other layer tasks are aborted, and their blocking
+    // unpackers (which outlive an abort) awaited, so that no temp file is left when the
+    // pull returns.
+    drop(running);
     while let Some(joined) = tasks.join_next().await {
         let result = joined
             .map_err(|e| ImageError::Task {
@@ -540,6 +434,8 @@ async fn pull_locked(
             Ok(v) => v,
             Err(e) => {
                 tasks.shutdown().await;
+                // `None` once every unpacker has dropped its sender.
+                let _ = all_stopped.recv().await;
                 return Err(e);
             }
         };
@@ -562,36 +458,6 @@ async fn pull_locked(
     };
     store.write_records(normalised, &record)?;
     Ok((store.image_from_record(normalised, &record), stats))
-}
-
-/// Unpacks one layer unless it is there, one unpacker per layer across tasks and
-/// processes. Returns whether this call unpacked it.
-async fn ensure_layer(
-    ctx: &Ctx,
-    store: &ImageStore,
-    desc: &Descriptor,
-    diff_id: &str,
-    chain_id: &str,
-) -> Result<bool, ImageError> {
-    let _lock = store
-        .content()
-        .lock(&format!("layer-{}", digest_hex(chain_id)))
-        .await?;
-    if store.layer_path(chain_id).is_dir() {
-        return Ok(false);
-    }
-    let (s, digest, diff, chain) = (
-        store.clone(),
-        desc.digest.clone(),
-        diff_id.to_string(),
-        chain_id.to_string(),
-    );
-    tokio::task::spawn_blocking(move || s.ensure_layer(&digest, &diff, &chain))
-        .await
-        .map_err(|e| ImageError::Task {
-            reference: ctx.normalised.clone(),
-            reason: e.to_string(),
-        })?
 }
 
 /// Fetches manifest bytes and returns them with their sha256, which must equal
@@ -625,34 +491,36 @@ async fn fetch_manifest(
     Ok((actual, bytes.to_vec()))
 }
 
-/// Downloads the blob `desc` unless the content store has it, streaming it through a
-/// verifying writer. Returns the bytes downloaded, or `None` when the blob was present
-/// (possibly fetched meanwhile by a concurrent pull we waited for). `layer`: send
-/// per-layer progress events.
+/// Downloads the blob `desc` (the image config) unless the content store has it,
+/// streaming it through a verifying writer. Returns the bytes downloaded, or `None`
+/// when the blob was present (possibly fetched meanwhile by a concurrent pull we waited
+/// for).
 async fn fetch_blob(
     ctx: &Ctx,
     store: &ImageStore,
     desc: &Descriptor,
-    layer: bool,
 ) -> Result<Option<u64>, ImageError> {
     let content = store.content();
-    let present = |ctx: &Ctx| {
-        if layer {
-            ctx.progress.send(ProgressEvent::LayerDownloaded {
-                digest: desc.digest.clone(),
-            });
-        }
-        Ok(None)
-    };
     if content.has(&desc.digest, Some(desc.size)) {
-        return present(ctx);
+        return Ok(None);
     }
     let _lock = content
         .lock(&format!("blob-{}", digest_hex(&desc.digest)))
         .await?;
     if content.has(&desc.digest, Some(desc.size)) {
-        return present(ctx);
+        return Ok(None);
     }
+    download_blob(ctx, store, desc, false).await.map(Some)
+}
+
+/// Downloads the blob `desc` into the content store, with retries; the caller holds
+/// its lock. `layer`: send per-layer progress events.
+async fn download_blob(
+    ctx: &Ctx,
+    store: &ImageStore,
+    desc: &Descriptor,
+    layer: bool,
+) -> Result<u64, ImageError> {
     let oci_desc = OciDescriptor {
         media_type: desc.media_type.clone(),
         digest: desc.digest.clone(),
@@ -661,17 +529,10 @@ async fn fetch_blob(
     };
     tracing::debug!(reference = %ctx.normalised, digest = %desc.digest, size = desc.size, "fetching blob");
     let what = format!("blob {}", desc.digest);
-    let written = ctx
-        .retrying(&what, Op::Blob(&desc.digest), || {
-            download_once(ctx, store, desc, &oci_desc, layer)
-        })
-        .await?;
-    if layer {
-        ctx.progress.send(ProgressEvent::LayerDownloaded {
-            digest: desc.digest.clone(),
-        });
-    }
-    Ok(Some(written))
+    ctx.retrying(&what, Op::Blob(&desc.digest), || {
+        download_once(ctx, store, desc, &oci_desc, layer)
+    })
+    .await
 }
 
 /// One try at downloading a blob into a fresh temp file; a failed try leaves nothing.
@@ -723,50 +584,4 @@ async fn download_once(
     let written = writer.written();
     writer.commit().await?;
     Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mirror_urls_are_reduced_to_host_and_scheme() {
-        assert_eq!(
-            parse_mirror("https://mirror.example/").unwrap(),
-            ("mirror.example".to_string(), false)
-        );
-        assert_eq!(
-            parse_mirror("http://127.0.0.1:5000").unwrap(),
-            ("127.0.0.1:5000".to_string(), true)
-        );
-        assert!(parse_mirror("https://mirror.example/v2/").is_err());
-        assert!(parse_mirror("ftp://mirror.example").is_err());
-        assert!(parse_mirror("https://").is_err());
-    }
-
-    #[test]
-    fn docker_hub_references_go_through_mirrors_first_and_others_do_not() {
-        let cfg = RegistryConfig {
-            mirrors: vec!["http://m1:5000".into(), "https://m2".into()],
-            ..Default::default()
-        };
-        let hub: Reference = "docker.io/library/busybox:latest".parse().unwrap();
-        let eps = cfg.endpoints(&hub).unwrap();
-        let hosts: Vec<_> = eps
-            .iter()
-            .map(|e| (e.reference.resolve_registry().to_string(), e.mirror))
-            .collect();
-        assert_eq!(
-            hosts,
-            vec![
-                ("m1:5000".to_string(), true),
-                ("m2".to_string(), true),
-                ("index.docker.io".to_string(), false)
-            ]
-        );
-        assert_eq!(eps[2].host, "docker.io");
-        let other: Reference = "quay.io/a/b:1".parse().unwrap();
-        assert_eq!(cfg.endpoints(&other).unwrap().len(), 1);
-        assert_eq!(cfg.plain_http_hosts().unwrap(), vec!["m1:5000".to_string()]);
-    }
 }
