@@ -248,7 +248,7 @@ async fn client_netns(dirs: &Dirs) -> PathBuf {
         ifname: "eth0",
         addr: Ipv4Addr::new(192, 0, 2, 2),
         prefix_len: 24,
-        gateway: gw,
+        gateway: Some(gw),
     })
     .await
     .unwrap();

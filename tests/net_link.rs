@@ -101,7 +101,7 @@ fn request<'a>(
         ifname: "eth0",
         addr,
         prefix_len: 24,
-        gateway: GATEWAY,
+        gateway: Some(GATEWAY),
     }
 }
 
@@ -327,7 +327,7 @@ fn attach_timing_median_of_100_attaches_to_one_bridge() {
                 ifname: "eth0",
                 addr: Ipv4Addr::new(10, 89, (i / 200) as u8 + 1, (i % 200) as u8 + 2),
                 prefix_len: 16,
-                gateway: Ipv4Addr::new(10, 89, 0, 1),
+                gateway: Some(Ipv4Addr::new(10, 89, 0, 1)),
             })
             .await
             .unwrap();

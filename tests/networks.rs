@@ -202,3 +202,124 @@ fn changing_a_networks_subnet_replaces_it_and_its_containers() {
     assert!(body.contains("\"subnet\":\"10.89.51.0/24\""), "{body}");
     assert!(!body.contains("10.89.50.0/24"), "{body}");
 }
+
+#[test]
+fn host_none_multiple_networks_and_udp_ports_behave_as_with_docker() {
+    if !ready("network_modes") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    agent.write(
+        "backend.yaml",
+        "apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: backend\nspec:\n  subnet: 10.89.60.0/24\n",
+    );
+    // Two networks: one interface each, in order; a UDP echo published on the host.
+    agent.write(
+        "multi.yaml",
+        &container_yaml(
+            "multi",
+            "ip -o -4 addr show | tr -s ' ' | cut -d' ' -f2,4; exec sleep 1000",
+            "  networks: [default, backend]\n  ports: [\"15353:5353/udp\"]\n",
+        ),
+    );
+    agent.write(
+        "hostnet.yaml",
+        &container_yaml("hostnet", "exec sleep 1000", "  networks: [host]\n"),
+    );
+    agent.write(
+        "nonet.yaml",
+        &container_yaml(
+            "nonet",
+            "ip -o link show | cut -d' ' -f2; exec sleep 1000",
+            "  networks: [none]\n",
+        ),
+    );
+
+    let multi = agent.wait_container("multi", 60, "running", |c| c["state"] == "running");
+    let nets: Vec<&str> = multi["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["network"].as_str().unwrap())
+        .collect();
+    assert_eq!(nets, ["default", "backend"], "{multi}");
+    let log = common::wait_for(10, "interfaces listed", || {
+        agent
+            .get("/v1/containers/multi/logs")
+            .filter(|(_, b)| b.contains("eth1"))
+    });
+    assert!(log.1.contains("eth0 10.88.0.2/16"), "{}", log.1);
+    assert!(log.1.contains("eth1 10.89.60.2/24"), "{}", log.1);
+
+    // UDP published port answers on the agent host's loopback. (Debian's busybox has no
+    // UDP server applet, so the test serves inside the container's namespace itself.)
+    let container_ns = agent.run.join("netns/multi");
+    let server = std::thread::spawn(move || {
+        wharf::net::netns::run_in(&container_ns, || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:5353").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let mut buf = [0u8; 16];
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            s.send_to(&buf[..n], from).unwrap();
+        })
+        .unwrap()
+    });
+    let echoed = common::wait_for(10, "udp echo", || {
+        agent.in_netns(|| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+            s.send_to(b"hello", "127.0.0.1:15353").ok()?;
+            let mut buf = [0u8; 16];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Some(buf[..n].to_vec())
+        })
+    });
+    assert_eq!(echoed, b"hello");
+    server.join().unwrap();
+
+    // host: the agent host's namespace; none: only loopback.
+    let host = agent.wait_container("hostnet", 60, "running", |c| c["state"] == "running");
+    let ino = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap()
+    };
+    assert_eq!(
+        ino(&format!("/proc/{}/ns/net", pid_of(&host))),
+        ino(agent.netns.to_str().unwrap())
+    );
+    agent.wait_container("nonet", 60, "running", |c| c["state"] == "running");
+    let log = common::wait_for(10, "links listed", || {
+        agent
+            .get("/v1/containers/nonet/logs")
+            .filter(|(_, b)| b.contains("lo"))
+    });
+    assert_eq!(log.1, "lo:\n");
+
+    // Removing everything: no rule of ours publishes anything any more.
+    for f in ["multi.yaml", "hostnet.yaml", "nonet.yaml", "backend.yaml"] {
+        std::fs::remove_file(agent.manifests.join(f)).unwrap();
+    }
+    for name in ["multi", "hostnet", "nonet"] {
+        common::wait_for(30, "removed", || {
+            agent.container(name).is_none().then_some(())
+        });
+    }
+    let rules = agent.in_netns(|| {
+        let out = std::process::Command::new("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    assert!(
+        !rules.contains("dnat ip to"),
+        "a published port is left: {rules}"
+    );
+    let remaining = common::wait_for(10, "backend bridge removed", || {
+        let l = links(&agent);
+        (l.len() == 2).then_some(l)
+    });
+    assert!(remaining.contains(&"lo".to_owned()), "{remaining:?}");
+}

@@ -543,7 +543,7 @@ impl Networks {
                 ifname: &ifname,
                 addr: ip,
                 prefix_len: net.subnet.prefix,
-                gateway: net.gateway,
+                gateway: (ifname == "eth0").then_some(net.gateway),
             })
             .await?;
         made.veths.push(host_veth.clone());

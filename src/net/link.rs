@@ -132,7 +132,9 @@ pub struct AttachRequest<'a> {
     pub ifname: &'a str,
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
+    /// The default route's gateway: only the first network of a container gets one
+    /// (Docker's rule); the others are reached through their subnet routes.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// A default route as the kernel reports it.
@@ -574,7 +576,7 @@ fn configure_container(
     ifname: &str,
     addr: Ipv4Addr,
     prefix_len: u8,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
 ) -> Result<String> {
     let result = in_netns(netns, |nl| async move {
         let link = nl
@@ -586,20 +588,22 @@ fn configure_container(
         let index = link.header.index;
         nl.add_address(ifname, index, addr, prefix_len).await?;
         nl.set_up(ifname, index).await?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        nl.handle
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(|source| LinkError::AddRoute {
-                link: ifname.into(),
-                gateway,
-                source: Box::new(source),
-            })?;
+        if let Some(gateway) = gateway {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(index)
+                .build();
+            nl.handle
+                .route()
+                .add(route)
+                .execute()
+                .await
+                .map_err(|source| LinkError::AddRoute {
+                    link: ifname.into(),
+                    gateway,
+                    source: Box::new(source),
+                })?;
+        }
         Ok(link
             .attributes
             .iter()
