@@ -200,9 +200,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 tokio::select! {
                     changed = files.changed() => {
                         if changed.is_ok() {
+                            let before = declared_networks(&desired);
                             desired = loader.load(&files.borrow_and_update());
-                            sync_networks(&runtime, &desired).await;
-                            last_net_sync = Instant::now();
+                            // Only a change of the declared networks needs netlink and
+                            // nft work now; a container edit must not wait for it.
+                            if declared_networks(&desired) != before {
+                                sync_networks(&runtime, &desired).await;
+                                last_net_sync = Instant::now();
+                            }
                         }
                     }
                     Some(_) = reconciler.step_done() => {}
@@ -236,12 +241,17 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 /// Brings networks to the manifests; removes none while some manifest file is invalid
 /// without a last good version (it may declare them).
 async fn sync_networks(runtime: &NetworkedRuntime<LinuxRuntime>, desired: &manifest::DesiredState) {
-    let declared: Vec<manifest::Network> = desired
+    runtime
+        .sync_networks(&declared_networks(desired), desired.complete)
+        .await;
+}
+
+fn declared_networks(desired: &manifest::DesiredState) -> Vec<manifest::Network> {
+    desired
         .networks
         .values()
         .map(|n| n.object.clone())
-        .collect();
-    runtime.sync_networks(&declared, desired.complete).await;
+        .collect()
 }
 
 async fn shutdown_signal() {

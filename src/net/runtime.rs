@@ -254,15 +254,24 @@ impl<R: Runtime> NetworkedRuntime<R> {
         // A network whose config changed (a new subnet) is recreated here once its old
         // containers are gone; until then this start fails and is retried with backoff.
         for net in &configs {
-            st.nets.ensure_network(net).await.map_err(fail)?;
+            if st.nets.networks().get(&net.name) != Some(net) {
+                st.nets.ensure_network(net).await.map_err(fail)?;
+            }
         }
         let (netns, attached) = st.nets.attach(&req.name, &configs).await.map_err(fail)?;
         let ports: Vec<PortMapping> = req.ports.iter().map(PortMapping::from).collect();
         let mut wanted = st.ports.clone();
         wanted.insert(req.name.clone(), ports.clone());
-        let errors = match st.nets.apply_ports(&wanted) {
-            Ok(errors) => errors,
-            Err(e) => vec![(req.name.clone(), e.to_string())],
+        // Rebuilding the table costs an `nft` run: skip it when this container
+        // publishes nothing now and published nothing before.
+        let unchanged = ports.is_empty() && st.ports.get(&req.name).is_none_or(|p| p.is_empty());
+        let errors = if unchanged {
+            Vec::new()
+        } else {
+            match st.nets.apply_ports(&wanted) {
+                Ok(errors) => errors,
+                Err(e) => vec![(req.name.clone(), e.to_string())],
+            }
         };
         if let Some((_, e)) = errors.iter().find(|(c, _)| *c == req.name) {
             let message = format!("cannot publish ports: {e}");
