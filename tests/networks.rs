@@ -201,6 +201,41 @@ fn changing_a_networks_subnet_replaces_it_and_its_containers() {
     let (_, body) = agent.get("/v1/networks").unwrap();
     assert!(body.contains("\"subnet\":\"10.89.51.0/24\""), "{body}");
     assert!(!body.contains("10.89.50.0/24"), "{body}");
+
+    // Removing the Network while a container uses it takes nothing down: the container
+    // runs on, the network stays and both say why.
+    std::fs::remove_file(agent.manifests.join("backend.yaml")).unwrap();
+    let kept = agent.wait_container("app", 30, "says its network is gone", |c| {
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("network backend is not declared"))
+    });
+    assert_eq!(kept["pid"], after["pid"]);
+    assert_eq!(kept["state"], "running");
+    let backend_message = common::wait_for(30, "network reports it is kept", || {
+        let (_, body) = agent.get("/v1/networks")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let backend = v
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == "backend")?
+            .clone();
+        backend["message"].as_str().map(str::to_owned)
+    });
+    assert!(
+        backend_message.contains("still used by container(s) app"),
+        "{backend_message}"
+    );
+
+    // Once its container is gone, the network goes too.
+    std::fs::remove_file(agent.manifests.join("app.yaml")).unwrap();
+    common::wait_for(30, "app removed", || {
+        agent.container("app").is_none().then_some(())
+    });
+    common::wait_for(30, "backend removed", || {
+        let (_, body) = agent.get("/v1/networks")?;
+        (!body.contains("\"backend\"")).then_some(())
+    });
 }
 
 #[test]

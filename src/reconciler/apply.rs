@@ -183,6 +183,13 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
                 self.inflight.get(name),
             );
             s.spec_hash = Some(super::inputs::effective_hash(&c.object, desired));
+            let missing = super::inputs::missing_networks(&c.object, desired);
+            if !missing.is_empty() {
+                s.message = Some(format!(
+                    "network {} is not declared: add a Network manifest for it; the container is left as it runs until then",
+                    missing.join(", ")
+                ));
+            }
             containers.push(s);
         }
         for (name, o) in observed {

@@ -34,6 +34,19 @@ pub fn effective_hash(c: &Container, desired: &DesiredState) -> String {
     hex::encode(h.finalize())
 }
 
+/// The networks `c` attaches to that no manifest declares (the built-in `default`,
+/// `host` and `none` always exist).
+pub fn missing_networks(c: &Container, desired: &DesiredState) -> Vec<String> {
+    c.spec
+        .networks
+        .iter()
+        .flatten()
+        .filter(|n| !matches!(n.as_str(), "default" | "host" | "none"))
+        .filter(|n| !desired.networks.contains_key(n.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// The planner's view of `desired` and `observed`, without backoff.
 pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> Inputs {
     let mut inputs = Inputs {
@@ -47,6 +60,12 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
         ..Default::default()
     };
     for (name, c) in &desired.containers {
+        if !missing_networks(&c.object, desired).is_empty() {
+            // Its network is not (or no longer) declared: leave the container exactly as
+            // it runs; removing a Network never takes its containers down.
+            inputs.frozen.insert(name.clone());
+            continue;
+        }
         inputs.desired.insert(
             name.clone(),
             Want {

@@ -181,3 +181,25 @@ async fn an_exited_container_with_never_policy_stays_exited_with_its_code() {
     assert_eq!((a.state, a.exit_code), (ContainerState::Exited, Some(3)));
     assert_eq!(rt.calls(), ["start a sh"]);
 }
+
+#[tokio::test]
+async fn a_container_whose_network_is_not_declared_is_left_as_it_runs_and_says_why() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let net = "apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: backend\nspec: {}\n";
+    let app = container("app", "busybox", "  networks: [backend]\n");
+    converge(&mut r, &desired(&[("net.yaml", net), ("app.yaml", &app)])).await;
+    assert_eq!(rt.calls().len(), 1);
+    // The Network manifest goes away: the container keeps running, untouched.
+    let s = converge(&mut r, &desired(&[("app.yaml", &app)])).await;
+    let (state, message) = state_of(&s, "app");
+    assert_eq!(state, ContainerState::Running);
+    assert!(message.unwrap().contains("network backend is not declared"));
+    assert_eq!(rt.calls().len(), 1, "{:?}", rt.calls());
+    // Never declared at all: nothing is started.
+    let rt2 = Arc::new(FakeRuntime::default());
+    let mut r2 = Reconciler::new(rt2.clone(), Arc::new(FakeImages::default()));
+    let s = converge(&mut r2, &desired(&[("app.yaml", &app)])).await;
+    assert_eq!(state_of(&s, "app").0, ContainerState::Pending);
+    assert!(rt2.calls().is_empty());
+}
