@@ -53,6 +53,7 @@ fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
         etc_files: Vec::new(),
         networks: Vec::new(),
         ports: Vec::new(),
+        capabilities: wharf::runtime::process::resolve_capabilities(&[], &[]),
         annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
         fresh: true,
     }
@@ -319,4 +320,46 @@ async fn a_container_joins_a_prepared_network_namespace_and_gets_its_etc_files()
         log,
         "joined\n127.0.0.1\tlocalhost\n10.89.0.2\tjoined\nnameserver 10.89.0.1\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_are_dockers_default_set_and_follow_add_and_drop() {
+    if !common::privileged("capabilities") {
+        return;
+    }
+    let f = fixture();
+    let status = |pid: i32, field: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:\t")).map(str::to_owned))
+            .unwrap()
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // Docker's default set as a mask: what `docker run` shows in CapEff.
+    let cases = [
+        ("capdefault", "0:0", vec![], vec![], "00000000a80425fb"),
+        ("capnonroot", "nobody", vec![], vec![], "0000000000000000"),
+        (
+            "capnetadmin",
+            "0:0",
+            s(&["CAP_NET_ADMIN"]),
+            s(&["ALL"]),
+            "0000000000001000",
+        ),
+    ];
+    for (name, user, add, drop, eff) in cases {
+        let _c = Cleanup(&f.rt, name);
+        let mut req = request(&f, name, &["sleep", "60"]);
+        req.process.user = user.into();
+        req.process.cwd = "/".into();
+        req.capabilities = wharf::runtime::process::resolve_capabilities(&add, &drop);
+        let pid = f.rt.start(req).await.unwrap().pid;
+        assert_eq!(status(pid, "CapEff"), eff, "{name}");
+        if user == "0:0" {
+            assert_eq!(status(pid, "CapBnd"), eff, "{name}: bounding set");
+        }
+        assert_eq!(status(pid, "CapInh"), "0000000000000000", "{name}");
+        f.rt.remove(name).await.unwrap();
+    }
 }

@@ -53,9 +53,6 @@ impl Container {
         if s.privileged {
             out.push("privileged");
         }
-        if s.capabilities.is_some() {
-            out.push("capabilities");
-        }
         out
     }
 }

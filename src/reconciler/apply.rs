@@ -474,6 +474,11 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 networks.clone()
             },
             ports: spec.ports.clone(),
+            capabilities: spec
+                .capabilities
+                .as_ref()
+                .map(|c| crate::runtime::process::resolve_capabilities(&c.add, &c.drop))
+                .unwrap_or_else(|| crate::runtime::process::resolve_capabilities(&[], &[])),
             annotations,
             fresh,
         };

@@ -101,6 +101,7 @@ impl LinuxRuntime {
             user: user.clone(),
             rootfs: paths.rootfs(),
             read_only_rootfs: req.read_only_rootfs,
+            capabilities: req.capabilities.clone(),
             network: req.network.clone(),
             file_mounts,
             cgroup: cgroup.clone(),

@@ -1,6 +1,7 @@
 //! The container runtime: the `Runtime` trait the reconciler drives, the built-in Linux
 //! implementation (one shim process per container), and OCI config generation.
 
+pub mod capabilities;
 pub mod linux;
 pub mod local;
 pub mod process;
@@ -37,6 +38,9 @@ pub struct StartRequest {
     /// networking layer ([`crate::net::NetworkedRuntime`]) prepares them and turns
     /// `network` into [`NetworkMode::Join`]. Empty: `network` as given.
     pub networks: Vec<String>,
+    /// The container's capabilities (`CAP_*`), e.g. from
+    /// [`process::resolve_capabilities`]: bounding, effective and permitted sets.
+    pub capabilities: Vec<String>,
     /// Ports to publish (with `networks`).
     pub ports: Vec<crate::manifest::PortSpec>,
     /// Stored in the OCI config; the reconciler keeps its spec hash and source here.

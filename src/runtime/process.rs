@@ -88,6 +88,45 @@ pub fn plan_process(req: &ProcessRequest, image: &ImageConfig) -> Result<Process
     })
 }
 
+/// Docker's default capability set (moby `oci/caps/defaults.go`): what a container's
+/// root keeps unless the manifest adds or drops.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The capability set of a container: Docker's default set, minus `drop`, plus `add`
+/// (`ALL` in `drop` starts from nothing; `ALL` in `add` means every capability the
+/// kernel knows, as Docker does). Names are `CAP_*`, as the manifest normalises them.
+pub fn resolve_capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let mut set: std::collections::BTreeSet<String> = if drop.iter().any(|d| d == "ALL") {
+        Default::default()
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    if add.iter().any(|a| a == "ALL") {
+        set.extend(caps::all().into_iter().map(|c| c.to_string()));
+    }
+    set.extend(add.iter().filter(|a| *a != "ALL").cloned());
+    set.into_iter().collect()
+}
+
 /// A user resolved to numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedUser {
@@ -244,6 +283,22 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/var/www:/bin/false\n";
     const GROUP: &str = "root:x:0:\nweb:x:34:\nextra:x:50:www,other\n";
+
+    #[test]
+    fn capabilities_start_from_dockers_default_set() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let default = resolve_capabilities(&[], &[]);
+        assert_eq!(default.len(), 14);
+        assert!(default.contains(&"CAP_NET_RAW".to_string()));
+        let tweaked = resolve_capabilities(&s(&["CAP_NET_ADMIN"]), &s(&["CAP_NET_RAW"]));
+        assert!(tweaked.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!tweaked.contains(&"CAP_NET_RAW".to_string()));
+        assert_eq!(
+            resolve_capabilities(&s(&["CAP_NET_ADMIN"]), &s(&["ALL"])),
+            ["CAP_NET_ADMIN"]
+        );
+        assert!(resolve_capabilities(&s(&["ALL"]), &[]).contains(&"CAP_SYS_ADMIN".to_string()));
+    }
 
     #[test]
     fn user_name_resolves_to_uid_gid_groups_and_home() {

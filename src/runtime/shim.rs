@@ -288,9 +288,20 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
         .flatten()
         .map(|g| Gid::from_raw(*g))
         .collect();
+    // Capabilities: shrink the bounding set and keep the permitted set across setuid
+    // (runc's order), then set the final sets once the user has changed.
+    let capabilities = process.capabilities().clone();
+    if let Some(c) = &capabilities {
+        super::capabilities::limit_bounding(c)?;
+        nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keep capabilities: {e}"))?;
+    }
     setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     setgid(Gid::from_raw(user.gid())).map_err(|e| format!("setgid {}: {e}", user.gid()))?;
     setuid(Uid::from_raw(user.uid())).map_err(|e| format!("setuid {}: {e}", user.uid()))?;
+    if let Some(c) = &capabilities {
+        let _ = nix::sys::prctl::set_keepcaps(false);
+        super::capabilities::apply_sets(c)?;
+    }
     chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
     if process.no_new_privileges().unwrap_or(false) {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;

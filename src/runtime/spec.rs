@@ -23,12 +23,33 @@ pub struct ConfigInputs {
     /// Where the rootfs is mounted (the overlay), inside the container's mount namespace.
     pub rootfs: PathBuf,
     pub read_only_rootfs: bool,
+    /// `CAP_*` names for the bounding, effective and permitted sets.
+    pub capabilities: Vec<String>,
     pub network: super::NetworkMode,
     /// Bind mounts of files (host path → container path), e.g. `/etc/hosts`.
     pub file_mounts: Vec<(PathBuf, PathBuf)>,
     /// Relative cgroup path.
     pub cgroup: String,
     pub annotations: HashMap<String, String>,
+}
+
+/// The OCI capability sets for `names`: bounding, effective and permitted; inheritable
+/// and ambient empty (as moby does since CVE-2022-24769). A name this oci-spec version
+/// does not know (a capability newer than it) is left out.
+fn capabilities(
+    names: &[String],
+) -> Result<oci_spec::runtime::LinuxCapabilities, oci_spec::OciSpecError> {
+    let set: oci_spec::runtime::Capabilities = names
+        .iter()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.clone())).ok())
+        .collect();
+    oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .effective(set.clone())
+        .permitted(set)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
+        .build()
 }
 
 /// Builds the OCI config.
@@ -45,8 +66,8 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
         .args(inputs.process.args.clone())
         .env(inputs.process.env.clone())
         .cwd(PathBuf::from(&inputs.process.cwd))
-        // Capabilities and seccomp come with the isolation work (issue 5); until then the
-        // config carries none rather than a set the shim would not apply.
+        .capabilities(capabilities(&inputs.capabilities)?)
+        // Seccomp comes with the rest of the isolation work (issue 5).
         .no_new_privileges(false)
         .build()?;
     spec.set_process(Some(process));
@@ -137,6 +158,7 @@ mod tests {
             },
             rootfs: "/run/wharf/containers/web/rootfs".into(),
             read_only_rootfs: true,
+            capabilities: crate::runtime::process::resolve_capabilities(&[], &[]),
             network: crate::runtime::NetworkMode::Private,
             file_mounts: vec![("/state/web/etc/hosts".into(), "/etc/hosts".into())],
             cgroup: "wharf/abc/web".into(),
@@ -162,6 +184,23 @@ mod tests {
         assert!(!dests.contains(&PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
         assert_eq!(spec.process().as_ref().unwrap().user().uid(), 1);
+    }
+
+    #[test]
+    fn dockers_default_capabilities_are_in_the_config() {
+        let spec = build(&inputs()).unwrap();
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        let bounding = caps.bounding().clone().unwrap();
+        assert_eq!(bounding.len(), 14);
+        assert!(bounding.contains(&oci_spec::runtime::Capability::NetRaw));
+        assert!(!bounding.contains(&oci_spec::runtime::Capability::SysAdmin));
+        assert!(caps.inheritable().clone().unwrap().is_empty());
     }
 
     #[test]

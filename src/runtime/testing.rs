@@ -147,6 +147,7 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         etc_files: Vec::new(),
         networks: Vec::new(),
         ports: Vec::new(),
+        capabilities: super::process::resolve_capabilities(&[], &[]),
         annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
         fresh: true,
     }
