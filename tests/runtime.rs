@@ -54,6 +54,7 @@ fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
         networks: Vec::new(),
         ports: Vec::new(),
         capabilities: wharf::runtime::process::resolve_capabilities(&[], &[]),
+        limits: wharf::runtime::Limits::default(),
         annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
         fresh: true,
     }
@@ -362,4 +363,75 @@ async fn capabilities_are_dockers_default_set_and_follow_add_and_drop() {
         assert_eq!(status(pid, "CapInh"), "0000000000000000", "{name}");
         f.rt.remove(name).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_enforced_a_memory_hog_is_oom_killed_and_a_fork_bomb_contained() {
+    if !common::privileged("limits") {
+        return;
+    }
+    let f = fixture();
+
+    // Memory: doubling a shell string until the 16 MiB limit stops it.
+    let name = "hog";
+    let _c = Cleanup(&f.rt, name);
+    let mut req = request(
+        &f,
+        name,
+        &["sh", "-c", "a=0123456789; while true; do a=$a$a; done"],
+    );
+    req.limits = wharf::runtime::Limits {
+        memory: Some(16 << 20),
+        ..Default::default()
+    };
+    f.rt.start(req).await.unwrap();
+    let exit = common::wait_for(30, "OOM kill", || {
+        let o =
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f.rt.list()))
+                .unwrap();
+        o.into_iter().find_map(|o| match o.state {
+            ObservedState::Exited(e) if o.name == "hog" => Some(e),
+            _ => None,
+        })
+    });
+    assert_eq!((exit.exit_code, exit.oom_killed), (137, true), "{exit:?}");
+
+    // Pids and CPU: the limits are in the container's cgroup (read while its init still
+    // sleeps); then forks beyond the pids limit fail. (busybox sh gives up when a fork
+    // fails, so the container may end: the kernel refused the forks either way.)
+    let name = "bomb";
+    let _c = Cleanup(&f.rt, name);
+    let mut req = request(
+        &f,
+        name,
+        &[
+            "sh",
+            "-c",
+            "sleep 1; for i in $(seq 40); do sleep 30 & done; exec sleep 60",
+        ],
+    );
+    req.limits = wharf::runtime::Limits {
+        cpus: Some(0.5),
+        pids: Some(10),
+        ..Default::default()
+    };
+    f.rt.start(req).await.unwrap();
+    let cg = format!("wharf/{}/{name}", f.instance);
+    let read = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/{cg}/{file}"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    assert_eq!(read("cpu", "cpu.cfs_quota_us").as_deref(), Some("50000"));
+    assert_eq!(read("pids", "pids.max").as_deref(), Some("10"));
+    let log_path = f._tmp.path().join("state/containers/bomb/container.log");
+    let mut most = 0u32;
+    common::wait_for(10, "forks refused", || {
+        if let Some(n) = read("pids", "pids.current").and_then(|n| n.parse().ok()) {
+            most = most.max(n);
+        }
+        let l = std::fs::read_to_string(&log_path).ok()?;
+        l.contains("can't fork").then_some(())
+    });
+    assert!(most <= 10, "{most} processes in a cgroup limited to 10");
 }

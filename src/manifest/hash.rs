@@ -35,9 +35,6 @@ impl Container {
         if !s.mounts.is_empty() {
             out.push("mounts");
         }
-        if s.resources.is_some() {
-            out.push("resources");
-        }
         if s.healthcheck.is_some() {
             out.push("healthcheck");
         }

@@ -298,6 +298,12 @@ fn container_status(
         }
         Some(ObservedState::Exited(e)) => {
             status.exit_code = e.error.is_none().then_some(e.exit_code);
+            if e.oom_killed && status.message.is_none() {
+                status.message = Some(
+                    "OOMKilled: the container exceeded its memory limit (spec.resources.memory)"
+                        .into(),
+                );
+            }
             status.finished_at = Some(rfc3339(e.finished_at));
             status.state = if let Some(err) = &e.error {
                 status.message = Some(err.clone());
@@ -479,6 +485,15 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 .as_ref()
                 .map(|c| crate::runtime::process::resolve_capabilities(&c.add, &c.drop))
                 .unwrap_or_else(|| crate::runtime::process::resolve_capabilities(&[], &[])),
+            limits: spec
+                .resources
+                .as_ref()
+                .map(|r| crate::runtime::Limits {
+                    memory: r.memory,
+                    cpus: r.cpus,
+                    pids: r.pids,
+                })
+                .unwrap_or_default(),
             annotations,
             fresh,
         };

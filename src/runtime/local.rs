@@ -102,6 +102,7 @@ impl LinuxRuntime {
             rootfs: paths.rootfs(),
             read_only_rootfs: req.read_only_rootfs,
             capabilities: req.capabilities.clone(),
+            limits: req.limits,
             network: req.network.clone(),
             file_mounts,
             cgroup: cgroup.clone(),

@@ -41,6 +41,7 @@ pub struct StartRequest {
     /// The container's capabilities (`CAP_*`), e.g. from
     /// [`process::resolve_capabilities`]: bounding, effective and permitted sets.
     pub capabilities: Vec<String>,
+    pub limits: Limits,
     /// Ports to publish (with `networks`).
     pub ports: Vec<crate::manifest::PortSpec>,
     /// Stored in the OCI config; the reconciler keeps its spec hash and source here.
@@ -48,6 +49,17 @@ pub struct StartRequest {
     /// true: a new container (fresh writable layer, log and restart count); false: a
     /// restart of the same container (keeps them, counts the restart).
     pub fresh: bool,
+}
+
+/// Resource limits (`spec.resources`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Hard memory limit in bytes; over it, the kernel's OOM killer ends the container.
+    pub memory: Option<u64>,
+    /// CPU quota in cores.
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    pub pids: Option<u64>,
 }
 
 /// Which network namespace a container gets.

@@ -71,6 +71,9 @@ pub struct ExitRecord {
     pub finished_at: i64,
     /// Set when the container never started (exec failed, rootfs error...).
     pub error: Option<String>,
+    /// The kernel's OOM killer ended it (memory limit exceeded).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// The runtime's per-container record.

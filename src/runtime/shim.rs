@@ -62,6 +62,7 @@ fn run(bundle: &Path) -> Result<(), String> {
         .ok_or("shim.json is missing")?;
 
     let cg = cgroups::ensure(&shim.cgroup).map_err(|e| e.to_string())?;
+    cgroups::apply_limits(&cg, &shim.cgroup, &limits(&spec)).map_err(|e| e.to_string())?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -187,9 +188,27 @@ fn write_exit(shim: &ShimConfig, exit_code: i32, signal: Option<i32>, error: Opt
         signal,
         finished_at: now(),
         error,
+        // Read before the cgroup is removed: a SIGKILL with an OOM kill recorded in the
+        // container's memory cgroup is the kernel enforcing its limit.
+        oom_killed: signal == Some(9) && cgroups::oom_kills(&shim.cgroup) > 0,
     };
     if let Err(e) = state::write_json(&shim.exit_path, &record) {
         eprintln!("record exit: {e}");
+    }
+}
+
+/// The resource limits of the OCI config's `linux.resources`.
+fn limits(spec: &Spec) -> cgroups::Limits {
+    let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+        return cgroups::Limits::default();
+    };
+    cgroups::Limits {
+        memory: r.memory().as_ref().and_then(|m| m.limit()),
+        cpu_quota: r
+            .cpu()
+            .as_ref()
+            .and_then(|c| Some((c.quota()?, c.period().unwrap_or(100_000)))),
+        pids: r.pids().as_ref().map(|p| p.limit()),
     }
 }
 

@@ -25,6 +25,7 @@ pub struct ConfigInputs {
     pub read_only_rootfs: bool,
     /// `CAP_*` names for the bounding, effective and permitted sets.
     pub capabilities: Vec<String>,
+    pub limits: super::Limits,
     pub network: super::NetworkMode,
     /// Bind mounts of files (host path → container path), e.g. `/etc/hosts`.
     pub file_mounts: Vec<(PathBuf, PathBuf)>,
@@ -50,6 +51,33 @@ fn capabilities(
         .inheritable(oci_spec::runtime::Capabilities::new())
         .ambient(oci_spec::runtime::Capabilities::new())
         .build()
+}
+
+/// `linux.resources` for the limits: memory in bytes, CPU as a CFS quota per 100 ms
+/// period (`cpus: 1.5` is 150 ms), pids.
+fn resources(
+    l: &super::Limits,
+) -> Result<oci_spec::runtime::LinuxResources, oci_spec::OciSpecError> {
+    use oci_spec::runtime::{
+        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+    };
+    let mut b = LinuxResourcesBuilder::default();
+    if let Some(bytes) = l.memory {
+        b = b.memory(LinuxMemoryBuilder::default().limit(bytes as i64).build()?);
+    }
+    if let Some(cpus) = l.cpus {
+        const PERIOD: u64 = 100_000;
+        b = b.cpu(
+            LinuxCpuBuilder::default()
+                .quota((cpus * PERIOD as f64).round() as i64)
+                .period(PERIOD)
+                .build()?,
+        );
+    }
+    if let Some(n) = l.pids {
+        b = b.pids(LinuxPidsBuilder::default().limit(n as i64).build()?);
+    }
+    b.build()
 }
 
 /// Builds the OCI config.
@@ -131,6 +159,7 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
         .cgroups_path(PathBuf::from(&inputs.cgroup))
+        .resources(resources(&inputs.limits)?)
         .build()?;
     spec.set_linux(Some(linux));
     spec.set_annotations(Some(inputs.annotations.clone()));
@@ -159,6 +188,11 @@ mod tests {
             rootfs: "/run/wharf/containers/web/rootfs".into(),
             read_only_rootfs: true,
             capabilities: crate::runtime::process::resolve_capabilities(&[], &[]),
+            limits: crate::runtime::Limits {
+                memory: Some(64 << 20),
+                cpus: Some(1.5),
+                pids: Some(512),
+            },
             network: crate::runtime::NetworkMode::Private,
             file_mounts: vec![("/state/web/etc/hosts".into(), "/etc/hosts".into())],
             cgroup: "wharf/abc/web".into(),
@@ -201,6 +235,16 @@ mod tests {
         assert!(bounding.contains(&oci_spec::runtime::Capability::NetRaw));
         assert!(!bounding.contains(&oci_spec::runtime::Capability::SysAdmin));
         assert!(caps.inheritable().clone().unwrap().is_empty());
+    }
+
+    #[test]
+    fn limits_become_memory_cfs_quota_and_pids() {
+        let spec = build(&inputs()).unwrap();
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(150_000));
+        assert_eq!(r.cpu().as_ref().unwrap().period(), Some(100_000));
+        assert_eq!(r.pids().as_ref().unwrap().limit(), 512);
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl FakeRuntime {
                 signal: None,
                 finished_at: now(),
                 error: None,
+                oom_killed: false,
             });
         }
     }
@@ -116,6 +117,7 @@ impl Runtime for FakeRuntime {
                     signal: Some(9),
                     finished_at: now(),
                     error: None,
+                    oom_killed: false,
                 });
             }
         }
@@ -148,6 +150,7 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         networks: Vec::new(),
         ports: Vec::new(),
         capabilities: super::process::resolve_capabilities(&[], &[]),
+        limits: super::Limits::default(),
         annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
         fresh: true,
     }

@@ -21,6 +21,14 @@ pub enum CgroupError {
         pid: i32,
         source: cgroups_rs::error::Error,
     },
+    #[error("set {what} of cgroup {path}: {source}")]
+    SetLimit {
+        path: String,
+        what: String,
+        source: cgroups_rs::error::Error,
+    },
+    #[error("cgroup {path} has no {controller} controller on this host")]
+    MissingController { path: String, controller: String },
     #[error("remove cgroup {path}: {source}")]
     Remove {
         path: String,
@@ -49,6 +57,78 @@ pub fn add_process(cg: &Cgroup, path: &str, pid: i32) -> Result<(), CgroupError>
             pid,
             source,
         })
+}
+
+/// Resource limits of a container (from the OCI config's `linux.resources`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Hard memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CFS quota and period in microseconds (`cpus: 1.5` is 150000 per 100000).
+    pub cpu_quota: Option<(i64, u64)>,
+    /// Maximum number of processes.
+    pub pids: Option<i64>,
+}
+
+/// Writes `limits` into the cgroup (before any process of the container runs in it).
+/// On cgroup v1 the memory+swap limit is set to twice the memory limit, Docker's default
+/// for `--memory` without `--memory-swap`.
+pub fn apply_limits(cg: &Cgroup, path: &str, limits: &Limits) -> Result<(), CgroupError> {
+    use cgroups_rs::{cpu::CpuController, memory::MemController, pid::PidController, MaxValue};
+    let err = |what: &str, source: cgroups_rs::error::Error| CgroupError::SetLimit {
+        path: path.to_owned(),
+        what: what.to_owned(),
+        source,
+    };
+    if let Some(bytes) = limits.memory {
+        let mem: &MemController = cg.controller_of().ok_or_else(|| missing(path, "memory"))?;
+        mem.set_limit(bytes).map_err(|e| err("memory limit", e))?;
+        // Only v1 has a separate memory+swap knob; a missing one (no swap accounting)
+        // leaves swap as the host has it.
+        if !cg.v2() {
+            let _ = mem.set_memswap_limit(bytes.saturating_mul(2));
+        }
+    }
+    if let Some((quota, period)) = limits.cpu_quota {
+        let cpu: &CpuController = cg.controller_of().ok_or_else(|| missing(path, "cpu"))?;
+        cpu.set_cfs_quota_and_period(Some(quota), Some(period))
+            .map_err(|e| err("cpu quota", e))?;
+    }
+    if let Some(n) = limits.pids {
+        let pids: &PidController = cg.controller_of().ok_or_else(|| missing(path, "pids"))?;
+        pids.set_pid_max(MaxValue::Value(n))
+            .map_err(|e| err("pids limit", e))?;
+    }
+    Ok(())
+}
+
+fn missing(path: &str, controller: &str) -> CgroupError {
+    CgroupError::MissingController {
+        path: path.to_owned(),
+        controller: controller.to_owned(),
+    }
+}
+
+/// How many processes of the cgroup the kernel's OOM killer has killed: `oom_kill` in
+/// `memory.oom_control` (v1) or `memory.events` (v2). 0 when unknown.
+pub fn oom_kills(path: &str) -> u64 {
+    let v2 = hierarchies::is_cgroup2_unified_mode();
+    let file = if v2 {
+        PathBuf::from("/sys/fs/cgroup")
+            .join(path)
+            .join("memory.events")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+            .join(path)
+            .join("memory.oom_control")
+    };
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Removes the cgroup at `path`; not found is success. A cgroup cannot be removed while
