@@ -151,6 +151,10 @@ fn a_killed_agent_restarted_adopts_running_containers_and_keeps_exit_codes_and_l
     assert_eq!(c["restartCount"], 0);
     let job = agent.wait_container("job", 30, "exited", |c| c["state"] == "exited");
     assert_eq!(job["exitCode"], 7);
+    assert_eq!(
+        job["restartCount"], 0,
+        "restartPolicy Never: never started again"
+    );
     assert!(job["finishedAt"].is_string());
     let (_, log) = agent.get("/v1/containers/job/logs").unwrap();
     assert_eq!(log, "job output\n");

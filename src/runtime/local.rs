@@ -195,6 +195,16 @@ impl LinuxRuntime {
             (Some(r), _) if r.run == record.run && proc::is_alive(r.pid, r.start_time) => {
                 ObservedState::Running(r)
             }
+            // The init has exited and its shim is still draining the log and writing the
+            // exit record: not lost (that would restart a `Never` container); the next
+            // relist sees the exit.
+            (Some(r), _)
+                if r.run == record.run
+                    && r.shim_pid > 0
+                    && proc::is_alive(r.shim_pid, r.shim_start_time) =>
+            {
+                ObservedState::Running(r)
+            }
             _ => ObservedState::Lost,
         };
         Some(Observed {

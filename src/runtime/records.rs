@@ -49,6 +49,12 @@ pub struct Running {
     pub start_time: u64,
     /// Seconds since the epoch.
     pub started_at: i64,
+    /// The shim's own pid and start time: while it lives, a dead init without an exit
+    /// record is an exit being recorded, not a lost container.
+    #[serde(default)]
+    pub shim_pid: i32,
+    #[serde(default)]
+    pub shim_start_time: u64,
 }
 
 /// The shim's one-line answer to the agent on stdout.

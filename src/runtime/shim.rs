@@ -122,11 +122,14 @@ fn parent(
         return Err(setup_error);
     }
 
+    let me = std::process::id() as i32;
     let running = Running {
         run: shim.run,
         pid,
         start_time,
         started_at: now(),
+        shim_pid: me,
+        shim_start_time: proc::start_time(me).unwrap_or(0),
     };
     if let Err(e) = state::write_json(&shim.state_path, &running) {
         eprintln!("record state: {e}");

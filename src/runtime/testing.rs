@@ -90,6 +90,8 @@ impl Runtime for FakeRuntime {
             pid: 1000 + *next,
             start_time: 1,
             started_at: now(),
+            shim_pid: 0,
+            shim_start_time: 0,
         };
         containers.insert(
             req.name.clone(),
