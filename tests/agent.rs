@@ -220,7 +220,11 @@ fn bad_inputs_are_reported_per_container_and_do_not_block_others() {
     );
     agent.write(
         "ports.yaml",
-        &container_yaml("ports", "exec sleep 1000", "  mounts: [\"/srv:/srv\"]\n"),
+        &container_yaml(
+            "ports",
+            "exec sleep 1000",
+            "  mounts: [\"data:/var/lib/data\"]\n",
+        ),
     );
 
     agent.wait_container("good", 60, "running", |c| c["state"] == "running");

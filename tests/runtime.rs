@@ -55,6 +55,7 @@ fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
         ports: Vec::new(),
         capabilities: wharf::runtime::process::resolve_capabilities(&[], &[]),
         limits: wharf::runtime::Limits::default(),
+        mounts: Vec::new(),
         annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
         fresh: true,
     }
@@ -434,4 +435,79 @@ async fn limits_are_enforced_a_memory_hog_is_oom_killed_and_a_fork_bomb_containe
         l.contains("can't fork").then_some(())
     });
     assert!(most <= 10, "{most} processes in a cgroup limited to 10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_them() {
+    if !common::privileged("mounts") {
+        return;
+    }
+    use wharf::manifest::MountSpec;
+    let f = fixture();
+    let host = f._tmp.path().join("hostdir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in"), "from the host\n").unwrap();
+    let ro = f._tmp.path().join("rodir");
+    std::fs::create_dir_all(&ro).unwrap();
+    let bind = |source: &std::path::Path, target: &str, read_only| MountSpec::Bind {
+        source: source.display().to_string(),
+        target: target.into(),
+        read_only,
+    };
+
+    let name = "mounts";
+    let _c = Cleanup(&f.rt, name);
+    let mut req = request(
+        &f,
+        name,
+        &[
+            "sh",
+            "-c",
+            "cat /data/in; echo written > /data/out; touch /ro/x 2>/dev/null || echo ro refused; \
+             grep ' /scratch ' /proc/mounts | cut -d' ' -f3,4; echo done",
+        ],
+    );
+    req.mounts = vec![
+        bind(&host, "/data", false),
+        bind(&ro, "/ro", true),
+        MountSpec::Tmpfs {
+            target: "/scratch".into(),
+            size: Some(8 << 20),
+        },
+    ];
+    f.rt.start(req).await.unwrap();
+    let log_path = f._tmp.path().join("state/containers/mounts/container.log");
+    let log = common::wait_for(10, "mount checks", || {
+        let l = std::fs::read_to_string(&log_path).ok()?;
+        l.contains("done").then_some(l)
+    });
+    assert!(
+        log.starts_with("from the host\nro refused\ntmpfs rw,nosuid,nodev,"),
+        "{log}"
+    );
+    assert!(log.contains("size=8192k"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(host.join("out")).unwrap(),
+        "written\n"
+    );
+    assert!(!ro.join("x").exists());
+
+    // A symlink planted in the image where a mount goes is refused, never followed.
+    std::os::unix::fs::symlink("/etc", f.layer.join("escape")).unwrap();
+    let name = "escape";
+    let _c2 = Cleanup(&f.rt, name);
+    let mut req = request(&f, name, &["true"]);
+    req.mounts = vec![bind(&host, "/escape/wharf-test", false)];
+    let err = f.rt.start(req).await.unwrap_err().to_string();
+    assert!(err.contains("symlink"), "{err}");
+    assert!(!std::path::Path::new("/etc/wharf-test").exists());
+
+    // A bind source that does not exist is a clear error, and is not created.
+    let mut req = request(&f, "nosource", &["true"]);
+    let missing = f._tmp.path().join("missing");
+    req.mounts = vec![bind(&missing, "/m", false)];
+    let err = f.rt.start(req).await.unwrap_err().to_string();
+    assert!(err.contains("does not exist on the host"), "{err}");
+    assert!(!missing.exists());
+    let _ = f.rt.remove("nosource").await;
 }

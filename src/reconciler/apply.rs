@@ -494,6 +494,7 @@ impl<R: Runtime, I: Images> Task<R, I> {
                     pids: r.pids,
                 })
                 .unwrap_or_default(),
+            mounts: spec.mounts.clone(),
             annotations,
             fresh,
         };

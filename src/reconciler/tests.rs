@@ -120,7 +120,7 @@ async fn an_unsupported_field_fails_only_its_container_and_says_so() {
     let d = desired(&[
         (
             "a.yaml",
-            &container("a", "busybox", "  mounts: [\"/srv:/srv\"]\n"),
+            &container("a", "busybox", "  mounts: [\"data:/var/lib/data\"]\n"),
         ),
         ("b.yaml", &container("b", "busybox", "")),
     ]);

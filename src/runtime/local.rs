@@ -105,6 +105,12 @@ impl LinuxRuntime {
             limits: req.limits,
             network: req.network.clone(),
             file_mounts,
+            user_mounts: req
+                .mounts
+                .iter()
+                .map(spec::user_mount)
+                .collect::<Result<_, _>>()
+                .map_err(RuntimeError::StartFailed)?,
             cgroup: cgroup.clone(),
             annotations: req.annotations.clone(),
         })

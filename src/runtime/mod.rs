@@ -42,6 +42,8 @@ pub struct StartRequest {
     /// [`process::resolve_capabilities`]: bounding, effective and permitted sets.
     pub capabilities: Vec<String>,
     pub limits: Limits,
+    /// Bind and tmpfs mounts (`spec.mounts`; named volumes are not supported yet).
+    pub mounts: Vec<crate::manifest::MountSpec>,
     /// Ports to publish (with `networks`).
     pub ports: Vec<crate::manifest::PortSpec>,
     /// Stored in the OCI config; the reconciler keeps its spec hash and source here.

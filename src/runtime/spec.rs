@@ -29,6 +29,8 @@ pub struct ConfigInputs {
     pub network: super::NetworkMode,
     /// Bind mounts of files (host path → container path), e.g. `/etc/hosts`.
     pub file_mounts: Vec<(PathBuf, PathBuf)>,
+    /// The manifest's bind and tmpfs mounts, after the standard ones.
+    pub user_mounts: Vec<Mount>,
     /// Relative cgroup path.
     pub cgroup: String,
     pub annotations: HashMap<String, String>,
@@ -80,6 +82,50 @@ fn resources(
     b.build()
 }
 
+/// The OCI mount for a manifest bind or tmpfs mount. A bind source must exist on the host:
+/// wharf never creates host paths on the user's behalf (Docker's `--mount` rule).
+pub fn user_mount(m: &crate::manifest::MountSpec) -> Result<Mount, String> {
+    use crate::manifest::MountSpec;
+    let mut out = Mount::default();
+    match m {
+        MountSpec::Bind {
+            source,
+            target,
+            read_only,
+        } => {
+            if std::fs::metadata(source).is_err() {
+                return Err(format!(
+                    "bind mount source {source} does not exist on the host; create it or fix spec.mounts"
+                ));
+            }
+            let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+            if *read_only {
+                options.push("ro".into());
+            }
+            out.set_destination(PathBuf::from(target));
+            out.set_typ(Some("bind".into()));
+            out.set_source(Some(PathBuf::from(source)));
+            out.set_options(Some(options));
+        }
+        MountSpec::Tmpfs { target, size } => {
+            let mut options = vec!["nosuid".to_string(), "nodev".into(), "mode=1777".into()];
+            if let Some(bytes) = size {
+                options.push(format!("size={bytes}"));
+            }
+            out.set_destination(PathBuf::from(target));
+            out.set_typ(Some("tmpfs".into()));
+            out.set_source(Some(PathBuf::from("tmpfs")));
+            out.set_options(Some(options));
+        }
+        MountSpec::Volume { source, .. } => {
+            return Err(format!(
+                "named volume {source}: not supported yet (use a bind mount or tmpfs)"
+            ))
+        }
+    }
+    Ok(out)
+}
+
 /// Builds the OCI config.
 pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
     let mut spec = Spec::default();
@@ -123,6 +169,7 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
             m.set_options(Some(vec!["rbind".into(), "rprivate".into()]));
             m
         }))
+        .chain(inputs.user_mounts.iter().cloned())
         .collect();
     spec.set_mounts(Some(mounts));
 
@@ -195,6 +242,7 @@ mod tests {
             },
             network: crate::runtime::NetworkMode::Private,
             file_mounts: vec![("/state/web/etc/hosts".into(), "/etc/hosts".into())],
+            user_mounts: Vec::new(),
             cgroup: "wharf/abc/web".into(),
             annotations: HashMap::from([("io.wharf.spec-hash".into(), "h".into())]),
         }

@@ -153,6 +153,7 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         ports: Vec::new(),
         capabilities: super::process::resolve_capabilities(&[], &[]),
         limits: super::Limits::default(),
+        mounts: Vec::new(),
         annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
         fresh: true,
     }
