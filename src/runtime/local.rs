@@ -277,7 +277,7 @@ impl LinuxRuntime {
         if let Err(e) = cgroups::remove(&cgroups::container_path(&self.instance, name)) {
             errors.push(e.to_string());
         }
-        cgroups::remove_if_empty(&cgroups::instance_path(&self.instance));
+        cgroups::remove_parents_if_empty(&self.instance);
         for dir in [&paths.run_dir, &paths.dir] {
             match fs::remove_dir_all(dir) {
                 Ok(()) => {}
@@ -343,7 +343,7 @@ impl LinuxRuntime {
                 removed.push(name);
             }
         }
-        cgroups::remove_if_empty(&cgroups::instance_path(&self.instance));
+        cgroups::remove_parents_if_empty(&self.instance);
         removed
     }
 }

@@ -42,11 +42,23 @@ pub fn container_path(instance: &str, name: &str) -> String {
 }
 
 /// Creates (or reuses) the cgroup at `path` in every mounted controller.
+///
+/// The shared parents (`wharf`, `wharf/<instance>`) are removed when their last
+/// container goes (see [`remove_parents_if_empty`]), possibly by another agent between
+/// two of the `mkdir`s `cgroups-rs` makes here; it only logs such a failure, so this
+/// checks the result and tries again.
 pub fn ensure(path: &str) -> Result<Cgroup, CgroupError> {
-    Cgroup::new(hierarchies::auto(), path).map_err(|source| CgroupError::Create {
-        path: path.to_owned(),
-        source,
-    })
+    let mut attempts = 0;
+    loop {
+        let cg = Cgroup::new(hierarchies::auto(), path).map_err(|source| CgroupError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+        attempts += 1;
+        if cg.exists() || attempts == 3 {
+            return Ok(cg);
+        }
+    }
 }
 
 /// Moves process `pid` into the cgroup.
@@ -156,9 +168,17 @@ pub fn remove(path: &str) -> Result<(), CgroupError> {
     }
 }
 
-/// Removes the cgroup at `path` if it exists and is empty; one attempt, errors ignored
-/// (used for the per-instance parent, which other containers may still use).
-pub fn remove_if_empty(path: &str) {
+/// Removes `wharf/<instance>`, then `wharf`, where no container cgroup is left in them,
+/// so the last container of the last agent leaves nothing behind. One attempt each,
+/// errors ignored: a parent another container still uses is simply kept.
+pub fn remove_parents_if_empty(instance: &str) {
+    remove_if_empty(&instance_path(instance));
+    remove_if_empty("wharf");
+}
+
+/// Removes the cgroup at `path` if it exists and has no process; one attempt, errors
+/// ignored (the kernel refuses while it has child cgroups).
+fn remove_if_empty(path: &str) {
     let cg = Cgroup::load(hierarchies::auto(), path);
     if cg.exists() && cg.procs().is_empty() {
         let _ = cg.delete();
