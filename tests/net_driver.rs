@@ -7,8 +7,10 @@
 //! under temp dirs) are unmounted by a guard, pass or fail. Skips with a reason when
 //! not root or without `nft`/`ip`, unless `WHARF_REQUIRE_PRIVILEGED=1` (then fails).
 
+mod common;
+
+use common::net::{in_test_host, privileged};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -23,51 +25,6 @@ use wharf::net::netns;
 
 /// An instance id as `agent::instance_id` makes them: hex, a valid nft name.
 const INSTANCE: &str = "d71e0a42";
-
-fn privileged(test: &str) -> bool {
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("not root".to_owned())
-    } else {
-        ["nft", "ip"].iter().find_map(|bin| {
-            let ok = Command::new(bin)
-                .arg("-V")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            (!ok).then(|| format!("`{bin}` is not installed"))
-        })
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
-            panic!("{test}: {why}, and WHARF_REQUIRE_PRIVILEGED=1")
-        }
-        Some(why) => {
-            eprintln!("SKIP {test}: {why}");
-            false
-        }
-    }
-}
-
-/// Runs `body` on a new thread inside a fresh network namespace with `lo` up, on a
-/// current-thread tokio runtime; resumes its panic here.
-fn in_test_host<F, Fut>(body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-        wharf::runtime::linux::loopback_up().expect("lo up");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body());
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// Temp dirs whose namespace files are unmounted on drop, pass or fail.
 struct Dirs {

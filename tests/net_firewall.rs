@@ -6,6 +6,9 @@
 //! link and address in it, disappears when its thread ends, even if the test
 //! panics. The host's ruleset and links are never touched.
 
+mod common;
+
+use common::net::privileged;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
@@ -18,32 +21,6 @@ use nix::sched::{unshare, CloneFlags};
 use serde_json::Value;
 use wharf::manifest::Protocol;
 use wharf::net::firewall::{self, FirewallPlan, NetRules, PortRule};
-
-/// Skips (returns false) with a printed reason when the test cannot run here,
-/// unless `WHARF_REQUIRE_PRIVILEGED=1`, where a skip would hide a broken CI.
-fn privileged(test: &str) -> bool {
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("not root".to_owned())
-    } else {
-        ["nft", "ip"].iter().find_map(|bin| {
-            let ok = Command::new(bin)
-                .arg("-V")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            (!ok).then(|| format!("`{bin}` is not installed (apt-get install nftables iproute2)"))
-        })
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
-            panic!("{test}: {why}, and WHARF_REQUIRE_PRIVILEGED=1")
-        }
-        Some(why) => {
-            eprintln!("skipping {test}: {why}");
-            false
-        }
-    }
-}
 
 type Job = Box<dyn FnOnce() + Send>;
 

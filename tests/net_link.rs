@@ -7,7 +7,9 @@
 //! a temp run dir, unmounted by a guard even when an assertion fails. Skips with a
 //! reason when not root, unless `WHARF_REQUIRE_PRIVILEGED=1` (then it fails).
 
-use std::future::Future;
+mod common;
+
+use common::net::{in_test_host, privileged};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -15,38 +17,6 @@ use std::time::{Duration, Instant};
 
 use wharf::net::link::{self, AttachRequest, DefaultRoute, LinkError, Netlink};
 use wharf::net::netns::{self, NetnsError};
-
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: not running as root, and WHARF_REQUIRE_PRIVILEGED=1");
-    }
-    eprintln!("SKIP {test}: not running as root");
-    false
-}
-
-/// Runs `body` on a new thread inside a fresh network namespace with `lo` up, on a
-/// current-thread tokio runtime; resumes its panic here.
-fn in_test_host<F, Fut>(body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-        wharf::runtime::linux::loopback_up().expect("lo up");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body());
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// A temp run dir whose namespace files are unmounted on drop, pass or fail.
 struct RunDir {

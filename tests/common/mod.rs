@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod fixture;
+pub mod net;
 
 use std::path::{Path, PathBuf};
 
