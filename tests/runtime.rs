@@ -37,6 +37,46 @@ fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// The log of container `name` once it contains `needle` (polled for 10 s).
+    fn wait_log(&self, name: &str, needle: &str) -> String {
+        let path = self
+            ._tmp
+            .path()
+            .join("state/containers")
+            .join(name)
+            .join("container.log");
+        common::wait_for(10, &format!("{needle:?} in the log of {name}"), || {
+            let l = std::fs::read_to_string(&path).ok()?;
+            l.contains(needle).then_some(l)
+        })
+    }
+
+    /// The observed container `name` once `done` holds for it (polled for `secs`).
+    fn wait_observed<T>(
+        &self,
+        name: &str,
+        secs: u64,
+        done: impl Fn(&wharf::runtime::Observed) -> Option<T>,
+    ) -> T {
+        common::wait_for(secs, &format!("container {name}"), || {
+            let list = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(self.rt.list())
+            })
+            .ok()?;
+            list.iter().find(|o| o.name == name).and_then(&done)
+        })
+    }
+}
+
+/// The exit record of an exited container.
+fn exited(o: &wharf::runtime::Observed) -> Option<wharf::runtime::ExitRecord> {
+    match &o.state {
+        ObservedState::Exited(e) => Some(e.clone()),
+        _ => None,
+    }
+}
+
 fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
     StartRequest {
         name: name.into(),
@@ -181,30 +221,15 @@ async fn exit_code_is_recorded_and_a_restart_keeps_the_log() {
     f.rt.start(request(&f, name, &["sh", "-c", "echo run; exit 3"]))
         .await
         .unwrap();
-    let exited = common::wait_for(10, "exit record", || {
-        let o =
-            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f.rt.list()))
-                .unwrap();
-        match &o[0].state {
-            ObservedState::Exited(e) => Some(e.clone()),
-            _ => None,
-        }
-    });
-    assert_eq!(exited.exit_code, 3);
+    assert_eq!(f.wait_observed(name, 10, exited).exit_code, 3);
     let mut again = request(&f, name, &["sh", "-c", "echo run; exit 4"]);
     again.fresh = false;
     f.rt.start(again).await.unwrap();
-    let o = common::wait_for(10, "second exit", || {
-        let o =
-            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f.rt.list()))
-                .unwrap();
-        matches!(&o[0].state, ObservedState::Exited(e) if e.exit_code == 4).then_some(o)
+    let o = f.wait_observed(name, 10, |o| {
+        exited(o).filter(|e| e.exit_code == 4).map(|_| o.clone())
     });
-    assert_eq!(o[0].restart_count, 1);
-    assert_eq!(
-        std::fs::read_to_string(&o[0].log_path).unwrap(),
-        "run\nrun\n"
-    );
+    assert_eq!(o.restart_count, 1);
+    assert_eq!(std::fs::read_to_string(&o.log_path).unwrap(), "run\nrun\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,11 +276,7 @@ async fn read_only_rootfs_and_user_are_applied() {
     req.process.user = "nobody".into();
     req.process.cwd = "/".into();
     f.rt.start(req).await.unwrap();
-    let log_path = f._tmp.path().join("state/containers/ro/container.log");
-    let log = common::wait_for(10, "output", || {
-        let l = std::fs::read_to_string(&log_path).ok()?;
-        l.contains("home=").then_some(l)
-    });
+    let log = f.wait_log(name, "home=");
     assert_eq!(log, "65534\n65534\nread-only\nhome=/nonexistent\n", "{log}");
 }
 
@@ -321,11 +342,7 @@ async fn a_container_joins_a_prepared_network_namespace_and_gets_its_etc_files()
         inode(netns.to_str().unwrap()),
         "the container is in the prepared network namespace"
     );
-    let log_path = f._tmp.path().join("state/containers/joined/container.log");
-    let log = common::wait_for(10, "etc files printed", || {
-        let l = std::fs::read_to_string(&log_path).ok()?;
-        l.contains("nameserver").then_some(l)
-    });
+    let log = f.wait_log(name, "nameserver");
     assert_eq!(
         log,
         "joined\n127.0.0.1\tlocalhost\n10.89.0.2\tjoined\nnameserver 10.89.0.1\n"
@@ -394,15 +411,7 @@ async fn limits_are_enforced_a_memory_hog_is_oom_killed_and_a_fork_bomb_containe
         ..Default::default()
     };
     f.rt.start(req).await.unwrap();
-    let exit = common::wait_for(30, "OOM kill", || {
-        let o =
-            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f.rt.list()))
-                .unwrap();
-        o.into_iter().find_map(|o| match o.state {
-            ObservedState::Exited(e) if o.name == "hog" => Some(e),
-            _ => None,
-        })
-    });
+    let exit = f.wait_observed(name, 30, exited);
     assert_eq!((exit.exit_code, exit.oom_killed), (137, true), "{exit:?}");
 
     // Pids and CPU: the limits are in the container's cgroup (read while its init still
@@ -435,6 +444,7 @@ async fn limits_are_enforced_a_memory_hog_is_oom_killed_and_a_fork_bomb_containe
     assert_eq!(read("pids", "pids.max").as_deref(), Some("10"));
     let log_path = f._tmp.path().join("state/containers/bomb/container.log");
     let mut most = 0u32;
+    // Sampled while the forks fail, so not through `wait_log`.
     common::wait_for(10, "forks refused", || {
         if let Some(n) = read("pids", "pids.current").and_then(|n| n.parse().ok()) {
             most = most.max(n);
@@ -484,11 +494,7 @@ async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_t
         },
     ];
     f.rt.start(req).await.unwrap();
-    let log_path = f._tmp.path().join("state/containers/mounts/container.log");
-    let log = common::wait_for(10, "mount checks", || {
-        let l = std::fs::read_to_string(&log_path).ok()?;
-        l.contains("done").then_some(l)
-    });
+    let log = f.wait_log(name, "done");
     assert!(
         log.starts_with("from the host\nro refused\ntmpfs rw,nosuid,nodev,"),
         "{log}"
