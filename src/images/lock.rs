@@ -41,23 +41,32 @@ pub struct StoreLock {
     mode: LockMode,
 }
 
+/// Opens (creating) `<root>/lock`.
+fn open_lock_file(root: &Path) -> Result<(PathBuf, File), ImageError> {
+    let path = lock_path(root);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| ImageError::LockStore {
+            path: path.clone(),
+            source,
+        })?;
+    Ok((path, file))
+}
+
 impl StoreLock {
     /// Blocks until the lock on `<root>/lock` is held in `mode`. Call from a blocking
     /// context (`spawn_blocking` in the agent): the wait can last as long as a pull.
     pub(crate) fn acquire(root: &Path, mode: LockMode) -> Result<Self, ImageError> {
-        let path = lock_path(root);
+        let (path, file) = open_lock_file(root)?;
         let err = |source| ImageError::LockStore {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err)?;
         let arg = match mode {
             LockMode::Shared => FlockArg::LockShared,
             LockMode::Exclusive => FlockArg::LockExclusive,
@@ -78,21 +87,15 @@ impl StoreLock {
         }
     }
 
-    /// Like [`StoreLock::acquire`] but returns `None` instead of waiting.
+    /// Like [`StoreLock::acquire`] but returns `None` instead of waiting (the tests use
+    /// it to see who holds the lock).
+    #[cfg(test)]
     pub(crate) fn try_acquire(root: &Path, mode: LockMode) -> Result<Option<Self>, ImageError> {
-        let path = lock_path(root);
+        let (path, file) = open_lock_file(root)?;
         let err = |source| ImageError::LockStore {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err)?;
         let arg = match mode {
             LockMode::Shared => FlockArg::LockSharedNonblock,
             LockMode::Exclusive => FlockArg::LockExclusiveNonblock,

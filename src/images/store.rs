@@ -133,12 +133,6 @@ impl ImageStore {
         StoreLock::acquire(&self.inner.root, LockMode::Exclusive)
     }
 
-    /// [`ImageStore::exclusive_lock`] without waiting: `None` while anyone else holds
-    /// the lock (the agent's periodic GC skips a round rather than stall behind a pull).
-    pub fn try_exclusive_lock(&self) -> Result<Option<StoreLock>, ImageError> {
-        StoreLock::try_acquire(&self.inner.root, LockMode::Exclusive)
-    }
-
     /// The blobs of this store.
     pub fn content(&self) -> &ContentStore {
         &self.inner.content
