@@ -185,6 +185,17 @@ fn stable_mac(name: &str) -> Vec<u8> {
     mac
 }
 
+/// The MAC address of a link message, `aa:bb:…` (empty when it has none).
+fn link_mac(link: &LinkMessage) -> String {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) => Some(format_mac(bytes)),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 fn format_mac(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -264,14 +275,7 @@ impl Netlink {
             .find(name)
             .await?
             .ok_or_else(|| LinkError::MissingLink { name: name.into() })?;
-        Ok(link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(bytes) => Some(format_mac(bytes)),
-                _ => None,
-            })
-            .unwrap_or_default())
+        Ok(link_mac(&link))
     }
 
     /// Deletes `name`; returns whether it existed.
@@ -604,14 +608,7 @@ fn configure_container(
                     source: Box::new(source),
                 })?;
         }
-        Ok(link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(bytes) => Some(format_mac(bytes)),
-                _ => None,
-            })
-            .unwrap_or_default())
+        Ok(link_mac(&link))
     });
     result.map_err(|source| match source {
         LinkError::Netns(_) => source,
