@@ -94,18 +94,14 @@ impl<R: Runtime> NetworkedRuntime<R> {
 
     /// Brings the host to the declared networks (plus `default`): bridges for new ones,
     /// removal of those no longer declared once no container uses them (until then the
-    /// network reports why it stays). Returns what `/v1/networks` shows.
-    pub async fn sync_networks(
-        &self,
-        declared: &[crate::manifest::Network],
-        remove_stale: bool,
-    ) -> Vec<NetworkStatus> {
+    /// network reports why it stays, see [`NetworkedRuntime::network_statuses`]).
+    pub async fn sync_networks(&self, declared: &[crate::manifest::Network], remove_stale: bool) {
         let mut st = self.state.lock().await;
         let resolved = match st.nets.resolve(declared) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "resolve networks");
-                return self.statuses(&st);
+                return;
             }
         };
         st.errors.clear();
@@ -128,7 +124,6 @@ impl<R: Runtime> NetworkedRuntime<R> {
             }
         }
         st.resolved = resolved.into_iter().map(|n| (n.name.clone(), n)).collect();
-        self.statuses(&st)
     }
 
     /// What `/v1/networks` shows now (members change as containers come and go).
