@@ -140,25 +140,16 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         heartbeat: heartbeat.clone(),
         max_silence: RELIST * 10 + Duration::from_secs(20),
     };
+    // Bind before anything else runs: an address in use or a bad socket path is an
+    // error at start, not a silent endpoint-less agent.
+    let listener = api::bind(&args.listen).await?;
     let mut api_stop = stop_rx.clone();
-    let listen = args.listen.clone();
     let api_task = tokio::spawn(async move {
-        api::serve(&listen, api_state, async move {
+        api::serve_on(listener, api_state, async move {
             let _ = api_stop.wait_for(|s| *s).await;
         })
         .await
     });
-
-    // Fail fast when the endpoint cannot listen (address in use, bad socket path).
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    if api_task.is_finished() {
-        if let Ok(Err(e)) = api_task.await {
-            return Err(e.into());
-        }
-        return Err(AgentError::Unsupported(
-            "the HTTP endpoint stopped at start".into(),
-        ));
-    }
 
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut desired = loader.load(&files.borrow_and_update());

@@ -76,3 +76,24 @@ fn a_client_command_without_a_reachable_agent_exits_3() {
     let (code, _, err) = wharf(&["ps", "--host", "http://127.0.0.1:1"]);
     assert_eq!(code, 3, "{err}");
 }
+
+#[test]
+fn an_agent_whose_endpoint_cannot_listen_fails_at_once_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let arg = |sub: &str| dir.path().join(sub).display().to_string();
+    let (code, _, err) = wharf(&[
+        "agent",
+        "--manifests",
+        &arg("m"),
+        "--state",
+        &arg("s"),
+        "--run-dir",
+        &arg("r"),
+        "--listen",
+        &addr,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&addr), "{err}");
+}
