@@ -17,6 +17,7 @@ use crate::net::{driver::Networks, NetworkedRuntime};
 use crate::reconciler::status::{ImageStatus, StatusSnapshot};
 use crate::reconciler::{ImageInfo, Images, Reconciler};
 use crate::runtime::{LinuxRuntime, Runtime};
+use crate::volumes::{Declared, VolumeStore};
 
 /// How often the runtime is relisted to notice exits (kubelet's PLEG relists every
 /// second too); a pass with nothing to do costs a few small file reads.
@@ -133,6 +134,14 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         images_tx,
         args.image_gc_grace,
     ));
+    let (declared_volumes_tx, declared_volumes_rx) = watch::channel(Declared::default());
+    let (volumes_tx, volumes_rx) = watch::channel(Vec::new());
+    let volume_task = tokio::spawn(crate::volumes::housekeeping::run(
+        VolumeStore::new(&args.state),
+        status_rx.clone(),
+        declared_volumes_rx,
+        volumes_tx,
+    ));
     let heartbeat = Arc::new(AtomicI64::new(now_millis()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_state = api::ApiState {
@@ -153,6 +162,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut desired = loader.load(&files.borrow_and_update());
+    declared_volumes_tx.send_replace(declared_volumes(&desired));
     // Networks first (netns-first for containers), then re-adopt what runs: same
     // addresses, published ports restored, leftovers of vanished containers removed.
     sync_networks(&runtime, &desired).await;
@@ -182,6 +192,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 let mut status = status;
                 status.images = images_rx.borrow().clone();
                 status.networks = runtime.network_statuses().await;
+                status.volumes = volumes_rx.borrow().clone();
                 status_tx.send_replace(Arc::new(status));
                 heartbeat.store(now_millis(), Ordering::Relaxed);
                 let sleep = wake
@@ -193,6 +204,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                         if changed.is_ok() {
                             let before = declared_networks(&desired);
                             desired = loader.load(&files.borrow_and_update());
+                            declared_volumes_tx.send_if_modified(|v| {
+                                let new = declared_volumes(&desired);
+                                let changed = *v != new;
+                                *v = new;
+                                changed
+                            });
                             // Only a change of the declared networks needs netlink and
                             // nft work now; a container edit must not wait for it.
                             if declared_networks(&desired) != before {
@@ -222,6 +239,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     tracing::info!("agent stopping; containers keep running");
     housekeeping.abort();
+    volume_task.abort();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), api_task).await {
         Ok(Ok(Err(e))) => Err(e.into()),
@@ -235,6 +253,27 @@ async fn sync_networks(runtime: &NetworkedRuntime<LinuxRuntime>, desired: &manif
     runtime
         .sync_networks(&declared_networks(desired), desired.complete)
         .await;
+}
+
+fn declared_volumes(desired: &manifest::DesiredState) -> Declared {
+    Declared {
+        volumes: desired
+            .volumes
+            .iter()
+            .map(|(name, v)| (name.clone(), v.object.spec.reclaim_policy))
+            .collect(),
+        sources: desired
+            .volumes
+            .iter()
+            .map(|(name, v)| (name.clone(), v.file.clone()))
+            .collect(),
+        frozen: desired
+            .frozen
+            .iter()
+            .filter_map(|key| key.strip_prefix("Volume/").map(str::to_owned))
+            .collect(),
+        complete: desired.complete,
+    }
 }
 
 fn declared_networks(desired: &manifest::DesiredState) -> Vec<manifest::Network> {

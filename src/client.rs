@@ -537,6 +537,8 @@ mod tests {
             spec_hash: None,
             message: None,
             addresses: Vec::new(),
+            usage: None,
+            volumes: Vec::new(),
             log_path: None,
         }
     }

@@ -15,3 +15,4 @@ pub mod reconciler;
 pub mod runtime;
 pub mod state;
 pub mod units;
+pub mod volumes;

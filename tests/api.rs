@@ -38,6 +38,8 @@ fn container(name: &str, log_path: Option<PathBuf>) -> ContainerStatus {
         spec_hash: Some("h1".to_owned()),
         message: None,
         addresses: Vec::new(),
+        usage: None,
+        volumes: Vec::new(),
         log_path,
     }
 }
@@ -98,6 +100,18 @@ impl Server {
                     ip: "10.88.0.2".parse().unwrap(),
                 }],
                 message: None,
+            }],
+            volumes: vec![wharf::reconciler::status::VolumeStatus {
+                name: "data".to_owned(),
+                path: "/var/lib/wharf/volumes/data/data".to_owned(),
+                size: 8192,
+                reclaim_policy: wharf::manifest::ReclaimPolicy::Delete,
+                declared: true,
+                source: Some("data.yaml".to_owned()),
+                state: "ready".to_owned(),
+                populated: true,
+                created_at: Some("2026-11-28T01:00:00Z".to_owned()),
+                used_by: vec!["web".to_owned()],
             }],
         };
         let (status, rx) = watch::channel(Arc::new(snapshot));
@@ -296,6 +310,29 @@ async fn metrics_are_prometheus_text_from_the_snapshot() {
         "{body}"
     );
     assert!(body.contains("wharf_image_bytes 1234"), "{body}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn volumes_list_path_size_policy_and_users() {
+    let server = Server::start().await;
+    let (status, _, body) = get(&server, "/v1/volumes").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!([{
+            "name": "data",
+            "path": "/var/lib/wharf/volumes/data/data",
+            "size": 8192,
+            "reclaimPolicy": "Delete",
+            "declared": true,
+            "source": "data.yaml",
+            "state": "ready",
+            "populated": true,
+            "createdAt": "2026-11-28T01:00:00Z",
+            "usedBy": ["web"],
+        }])
+    );
     server.stop().await.unwrap();
 }
 

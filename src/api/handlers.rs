@@ -128,6 +128,11 @@ pub(crate) async fn list_networks(State(state): State<AppState>) -> Response {
     Json(&snapshot.networks).into_response()
 }
 
+pub(crate) async fn list_volumes(State(state): State<AppState>) -> Response {
+    let snapshot = state.api.status.borrow().clone();
+    Json(&snapshot.volumes).into_response()
+}
+
 pub(crate) async fn list_images(State(state): State<AppState>) -> Response {
     let snapshot = state.api.status.borrow().clone();
     Json(&snapshot.images).into_response()

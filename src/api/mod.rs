@@ -116,6 +116,7 @@ fn build_router(api: ApiState, stopping: watch::Receiver<bool>) -> Router {
         .route("/v1/manifests", get(handlers::list_manifests))
         .route("/v1/images", get(handlers::list_images))
         .route("/v1/networks", get(handlers::list_networks))
+        .route("/v1/volumes", get(handlers::list_volumes))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         // Applied to every route and the fallback, so the method check covers unknown

@@ -32,12 +32,6 @@ impl Container {
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
         let s = &self.spec;
         let mut out = Vec::new();
-        if s.mounts
-            .iter()
-            .any(|m| matches!(m, super::types::MountSpec::Volume { .. }))
-        {
-            out.push("mounts");
-        }
         if s.healthcheck.is_some() {
             out.push("healthcheck");
         }

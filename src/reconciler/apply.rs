@@ -229,6 +229,7 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
             manifests,
             images: Vec::new(),
             networks: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 }
@@ -238,6 +239,18 @@ fn unsupported_message(fields: &[&str]) -> String {
         "not supported yet: {} (parsed and validated, but this release cannot apply them; remove them to run the container)",
         fields.iter().map(|f| format!("spec.{f}")).collect::<Vec<_>>().join(", ")
     )
+}
+
+/// The named volumes `c` mounts, in mount order.
+fn volume_names(c: &Container) -> Vec<String> {
+    c.spec
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            crate::manifest::MountSpec::Volume { source, .. } => Some(source.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn container_status(
@@ -275,6 +288,22 @@ fn container_status(
             .and_then(|j| serde_json::from_str(j).ok())
             .unwrap_or_default(),
         log_path: observed.map(|o| o.log_path.clone()),
+        usage: observed.and_then(|o| o.usage),
+        volumes: {
+            // What it mounts now and what its next version will mount: both are in use.
+            let mut v: Vec<String> = desired.map(|c| volume_names(&c.object)).unwrap_or_default();
+            if let Some(names) = observed.and_then(|o| o.annotations.get(keys::VOLUMES)) {
+                v.extend(
+                    names
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            v.sort();
+            v.dedup();
+            v
+        },
     };
     let policy = desired
         .map(|c| c.object.spec.restart_policy)
@@ -456,6 +485,7 @@ impl<R: Runtime, I: Images> Task<R, I> {
             (keys::IMAGE.to_owned(), spec.image.clone()),
             (keys::IMAGE_DIGEST.to_owned(), image.digest.clone()),
             (keys::STOP_SIGNAL.to_owned(), stop_signal),
+            (keys::VOLUMES.to_owned(), volume_names(&c.object).join(",")),
         ]);
         let networks: Vec<String> = spec
             .networks

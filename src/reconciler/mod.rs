@@ -49,6 +49,8 @@ pub mod keys {
     pub const IMAGE: &str = "io.wharf.image";
     pub const IMAGE_DIGEST: &str = "io.wharf.image-digest";
     pub const STOP_SIGNAL: &str = "io.wharf.stop-signal";
+    /// The named volumes it mounts, comma-separated.
+    pub const VOLUMES: &str = "io.wharf.volumes";
 }
 
 #[cfg(test)]

@@ -51,6 +51,12 @@ pub struct ContainerStatus {
     /// Its addresses, one per attached network.
     #[serde(default)]
     pub addresses: Vec<crate::net::runtime::Address>,
+    /// What it uses now (while it runs), from its cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::runtime::Usage>,
+    /// The named volumes it mounts (its running version and its declared one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
     /// Where the shim writes the container's stdout and stderr (not serialised).
     #[serde(skip)]
     pub log_path: Option<PathBuf>,
@@ -94,6 +100,32 @@ pub struct ImageStatus {
     pub used_by: Vec<String>,
 }
 
+/// One entry of `/v1/volumes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    pub name: String,
+    /// The data folder on the host.
+    pub path: String,
+    /// Bytes on disk (allocated blocks, as `du`), refreshed every few seconds.
+    pub size: u64,
+    pub reclaim_policy: crate::manifest::ReclaimPolicy,
+    /// A `Volume` manifest declares it (false: created implicitly by a mount, or its
+    /// `Retain` manifest was removed).
+    pub declared: bool,
+    /// The manifest file declaring it.
+    pub source: Option<String>,
+    /// `ready`, or `deleting`: its `Delete` manifest was removed and the data goes once
+    /// no container mounts it.
+    pub state: String,
+    /// Filled from the image (or found empty there) at its first mount.
+    pub populated: bool,
+    /// RFC 3339, UTC.
+    pub created_at: Option<String>,
+    /// Containers (by name) that mount it.
+    pub used_by: Vec<String>,
+}
+
 /// Everything the endpoint shows, published atomically as one value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusSnapshot {
@@ -101,6 +133,7 @@ pub struct StatusSnapshot {
     pub manifests: Vec<ManifestReport>,
     pub images: Vec<ImageStatus>,
     pub networks: Vec<crate::net::runtime::NetworkStatus>,
+    pub volumes: Vec<VolumeStatus>,
 }
 
 impl StatusSnapshot {

@@ -120,14 +120,16 @@ async fn an_unsupported_field_fails_only_its_container_and_says_so() {
     let d = desired(&[
         (
             "a.yaml",
-            &container("a", "busybox", "  mounts: [\"data:/var/lib/data\"]\n"),
+            &container("a", "busybox", "  healthcheck: {exec: [\"/bin/check\"]}\n"),
         ),
         ("b.yaml", &container("b", "busybox", "")),
     ]);
     let s = converge(&mut r, &d).await;
     let (state, message) = state_of(&s, "a");
     assert_eq!(state, ContainerState::Failed);
-    assert!(message.unwrap().contains("not supported yet: spec.mounts"));
+    assert!(message
+        .unwrap()
+        .contains("not supported yet: spec.healthcheck"));
     assert_eq!(rt.calls(), ["start b sh"]);
 }
 

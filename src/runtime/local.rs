@@ -17,7 +17,9 @@ use super::records::{ExitRecord, Paths, Record, Running, ShimConfig, StartReport
 use super::rootfs_files::read_from_layers;
 use super::spec::{self, ConfigInputs};
 use super::{Observed, ObservedState, Runtime, RuntimeError, StartRequest};
+use crate::manifest::MountSpec;
 use crate::state;
+use crate::volumes::{populate, VolumeStore};
 
 /// The Linux runtime of one agent instance.
 #[derive(Debug, Clone)]
@@ -95,6 +97,22 @@ impl LinuxRuntime {
                 .map_err(|e| fail(format!("write {}: {e}", host.display())))?;
             file_mounts.push((host, PathBuf::from("/etc").join(name)));
         }
+        // Named volumes: created on first use (implicitly `Retain`), filled from the
+        // image by the shim before they are mounted.
+        let volumes = VolumeStore::new(&self.state_root);
+        let volume_data = |name: &str| volumes.ensure(name).map_err(|e| e.to_string());
+        let populate = req
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountSpec::Volume { source, target, .. } => Some(populate::Request {
+                    state_root: self.state_root.clone(),
+                    name: source.clone(),
+                    target: PathBuf::from(target),
+                }),
+                _ => None,
+            })
+            .collect();
         let config = spec::build(&ConfigInputs {
             hostname: req.hostname.clone(),
             process: req.process.clone(),
@@ -108,7 +126,7 @@ impl LinuxRuntime {
             user_mounts: req
                 .mounts
                 .iter()
-                .map(spec::user_mount)
+                .map(|m| spec::user_mount(m, &volume_data))
                 .collect::<Result<_, _>>()
                 .map_err(RuntimeError::StartFailed)?,
             cgroup: cgroup.clone(),
@@ -127,6 +145,7 @@ impl LinuxRuntime {
             state_path: paths.state(),
             cgroup,
             home: Some(user.home),
+            populate,
         };
         state::write_json(&paths.shim_config(), &shim).map_err(|e| fail(e.to_string()))?;
         state::write_json(&paths.record(), &record).map_err(|e| fail(e.to_string()))?;
@@ -213,9 +232,16 @@ impl LinuxRuntime {
             }
             _ => ObservedState::Lost,
         };
+        let usage = match &state {
+            ObservedState::Running(_) => {
+                cgroups::Layout::host().usage(&cgroups::container_path(&self.instance, name))
+            }
+            _ => None,
+        };
         Some(Observed {
             name: name.to_owned(),
             annotations: spec.annotations().clone().unwrap_or_default(),
+            usage,
             state,
             restart_count: record.restart_count,
             started_at: record.started_at,
@@ -321,6 +347,7 @@ impl LinuxRuntime {
                     restart_count: 0,
                     started_at: None,
                     log_path: self.paths(&name).log(),
+                    usage: None,
                 }),
             }
         }

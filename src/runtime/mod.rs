@@ -42,7 +42,7 @@ pub struct StartRequest {
     /// [`process::resolve_capabilities`]: bounding, effective and permitted sets.
     pub capabilities: Vec<String>,
     pub limits: Limits,
-    /// Bind and tmpfs mounts (`spec.mounts`; named volumes are not supported yet).
+    /// `spec.mounts`: named volumes, binds and tmpfs, in mount order.
     pub mounts: Vec<crate::manifest::MountSpec>,
     /// Ports to publish (with `networks`).
     pub ports: Vec<crate::manifest::PortSpec>,
@@ -62,6 +62,18 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// Maximum number of processes.
     pub pids: Option<u64>,
+}
+
+/// What a running container uses, from its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Working set: memory in use minus inactive file cache (what counts toward an OOM kill).
+    pub memory_bytes: u64,
+    /// CPU time used since the start, user and system, in seconds.
+    pub cpu_seconds: f64,
+    /// Processes (and threads) in the container.
+    pub pids: u64,
 }
 
 /// Which network namespace a container gets.
@@ -96,6 +108,8 @@ pub struct Observed {
     /// Seconds since the epoch of the latest start.
     pub started_at: Option<i64>,
     pub log_path: PathBuf,
+    /// Resource usage while it runs.
+    pub usage: Option<Usage>,
 }
 
 /// Errors of the runtime, named for the failed operation.

@@ -36,6 +36,9 @@ pub struct ShimConfig {
     pub cgroup: String,
     /// `HOME` to add when the config's env lacks one (resolved from the image's passwd).
     pub home: Option<String>,
+    /// Named volumes to fill from the image before they are mounted (first mount only).
+    #[serde(default)]
+    pub populate: Vec<crate::volumes::populate::Request>,
 }
 
 /// The container's init, as the host sees it.

@@ -279,6 +279,10 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     rootfs::make_root_slave().map_err(e)?;
     fs::create_dir_all(&rootfs).map_err(|err| format!("create {}: {err}", rootfs.display()))?;
     rootfs::mount_overlay(&shim.lower, &shim.upper, &shim.work, &rootfs).map_err(e)?;
+    // Before the volumes hide the image's content at their mount points.
+    for req in &shim.populate {
+        crate::volumes::populate::populate(req, &rootfs).map_err(|e| e.to_string())?;
+    }
     for m in spec.mounts().iter().flatten() {
         rootfs::mount_one(&rootfs, m).map_err(e)?;
         if m.destination() == Path::new("/dev") {

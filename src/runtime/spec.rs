@@ -82,9 +82,13 @@ fn resources(
     b.build()
 }
 
-/// The OCI mount for a manifest bind or tmpfs mount. A bind source must exist on the host:
-/// wharf never creates host paths on the user's behalf (Docker's `--mount` rule).
-pub fn user_mount(m: &crate::manifest::MountSpec) -> Result<Mount, String> {
+/// The OCI mount for a manifest mount. A bind source must exist on the host: wharf never
+/// creates host paths on the user's behalf (Docker's `--mount` rule). A named volume is
+/// a bind of its data folder, `volume_data(name)`.
+pub fn user_mount(
+    m: &crate::manifest::MountSpec,
+    volume_data: &dyn Fn(&str) -> Result<PathBuf, String>,
+) -> Result<Mount, String> {
     use crate::manifest::MountSpec;
     let mut out = Mount::default();
     match m {
@@ -117,10 +121,19 @@ pub fn user_mount(m: &crate::manifest::MountSpec) -> Result<Mount, String> {
             out.set_source(Some(PathBuf::from("tmpfs")));
             out.set_options(Some(options));
         }
-        MountSpec::Volume { source, .. } => {
-            return Err(format!(
-                "named volume {source}: not supported yet (use a bind mount or tmpfs)"
-            ))
+        MountSpec::Volume {
+            source,
+            target,
+            read_only,
+        } => {
+            let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+            if *read_only {
+                options.push("ro".into());
+            }
+            out.set_destination(PathBuf::from(target));
+            out.set_typ(Some("bind".into()));
+            out.set_source(Some(volume_data(source)?));
+            out.set_options(Some(options));
         }
     }
     Ok(out)

@@ -102,6 +102,7 @@ impl Runtime for FakeRuntime {
                 restart_count,
                 started_at: Some(running.started_at),
                 log_path: "/dev/null".into(),
+                usage: None,
             },
         );
         Ok(running)

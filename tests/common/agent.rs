@@ -91,6 +91,21 @@ impl Agent {
         }
     }
 
+    /// Pulls `image` into the agent's store from the host side (the agent's namespace
+    /// cannot reach the registry on the host's loopback).
+    pub fn pre_pull(&self, image: &str) {
+        let state = self.state.display().to_string();
+        let (code, out) = wharf(&[
+            "pull",
+            "--state",
+            &state,
+            "--insecure-registry",
+            &registry(),
+            image,
+        ]);
+        assert_eq!(code, 0, "pre-pull {image}: {out}");
+    }
+
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -99,18 +114,8 @@ impl Agent {
             .unwrap();
         // The registry is on the host's loopback, out of the agent's namespace: pull the
         // test image beforehand (IfNotPresent then finds it in the store).
-        let image = self.state.join("images/refs");
-        if !image.exists() {
-            let state = self.state.display().to_string();
-            let (code, out) = wharf(&[
-                "pull",
-                "--state",
-                &state,
-                "--insecure-registry",
-                &registry(),
-                &busybox(),
-            ]);
-            assert_eq!(code, 0, "pre-pull {}: {out}", busybox());
+        if !self.state.join("images/refs").exists() {
+            self.pre_pull(&busybox());
         }
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns.display()))

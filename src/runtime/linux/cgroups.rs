@@ -121,26 +121,107 @@ fn missing(path: &str, controller: &str) -> CgroupError {
     }
 }
 
-/// How many processes of the cgroup the kernel's OOM killer has killed: `oom_kill` in
-/// `memory.oom_control` (v1) or `memory.events` (v2). 0 when unknown.
+/// How many processes of the cgroup the kernel's OOM killer has killed (0 when unknown).
 pub fn oom_kills(path: &str) -> u64 {
-    let v2 = hierarchies::is_cgroup2_unified_mode();
-    let file = if v2 {
-        PathBuf::from("/sys/fs/cgroup")
-            .join(path)
-            .join("memory.events")
-    } else {
-        PathBuf::from("/sys/fs/cgroup/memory")
-            .join(path)
-            .join("memory.oom_control")
-    };
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    Layout::host().oom_kills(path)
+}
+
+/// Where a cgroup's files are: the host's hierarchy, or a fake root in tests (so the v2
+/// reading is tested on these v1 machines).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+    v2: bool,
+}
+
+impl Layout {
+    /// The host's `/sys/fs/cgroup`, v1 or v2 as mounted.
+    pub fn host() -> Self {
+        Layout {
+            root: PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT),
+            v2: hierarchies::is_cgroup2_unified_mode(),
+        }
+    }
+
+    /// A hierarchy mounted at `root`: unified (v2) or one folder per controller (v1).
+    pub fn at(root: &Path, v2: bool) -> Self {
+        Layout {
+            root: root.to_owned(),
+            v2,
+        }
+    }
+
+    fn file(&self, controller: &str, path: &str, name: &str) -> PathBuf {
+        if self.v2 {
+            self.root.join(path).join(name)
+        } else {
+            self.root.join(controller).join(path).join(name)
+        }
+    }
+
+    fn read(&self, controller: &str, path: &str, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.file(controller, path, name)).ok()
+    }
+
+    /// `oom_kill` of `memory.oom_control` (v1) or `memory.events` (v2); 0 when unknown.
+    pub fn oom_kills(&self, path: &str) -> u64 {
+        let name = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        self.read("memory", path, name)
+            .and_then(|text| keyed(&text, "oom_kill"))
+            .unwrap_or(0)
+    }
+
+    /// What the container uses now; `None` when its cgroup is gone. Memory is the working
+    /// set, as kubelet and `docker stats` report it: usage minus inactive file cache,
+    /// which the kernel reclaims before it would OOM-kill.
+    pub fn usage(&self, path: &str) -> Option<crate::runtime::Usage> {
+        let (usage, inactive_key, cpu_seconds) = if self.v2 {
+            let cpu = self.read("cpu", path, "cpu.stat")?;
+            (
+                self.read("memory", path, "memory.current")?,
+                "inactive_file",
+                keyed(&cpu, "usage_usec").unwrap_or(0) as f64 / 1e6,
+            )
+        } else {
+            let cpu = self.read("cpuacct", path, "cpuacct.usage")?;
+            (
+                self.read("memory", path, "memory.usage_in_bytes")?,
+                "total_inactive_file",
+                cpu.trim().parse::<u64>().unwrap_or(0) as f64 / 1e9,
+            )
+        };
+        let usage: u64 = usage.trim().parse().ok()?;
+        let inactive = self
+            .read("memory", path, "memory.stat")
+            .and_then(|t| keyed(&t, inactive_key))
+            .unwrap_or(0);
+        Some(crate::runtime::Usage {
+            memory_bytes: usage.saturating_sub(inactive),
+            cpu_seconds,
+            pids: self
+                .read("pids", path, "pids.current")
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
         })
-        .unwrap_or(0)
+    }
+
+    /// Names of the container cgroups under `wharf/<instance>`, read from the memory (v1)
+    /// or unified (v2) hierarchy, so orphans can be found even without state files.
+    pub fn list_containers(&self, instance: &str) -> Vec<String> {
+        list_dirs(&self.file("memory", &instance_path(instance), ""))
+    }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`key value` per line).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Removes the cgroup at `path`; not found is success. A cgroup cannot be removed while
@@ -199,15 +280,9 @@ pub fn procs(path: &str) -> Vec<i32> {
     cg.procs().into_iter().map(|p| p.pid as i32).collect()
 }
 
-/// Names of the container cgroups under `wharf/<instance>`, read from the memory (v1)
-/// or unified (v2) hierarchy, so orphans can be found even without state files.
+/// Names of this instance's container cgroups on the host.
 pub fn list_containers(instance: &str) -> Vec<String> {
-    let base = if hierarchies::is_cgroup2_unified_mode() {
-        PathBuf::from("/sys/fs/cgroup")
-    } else {
-        PathBuf::from("/sys/fs/cgroup/memory")
-    };
-    list_dirs(&base.join("wharf").join(instance))
+    Layout::host().list_containers(instance)
 }
 
 fn list_dirs(dir: &Path) -> Vec<String> {
@@ -221,4 +296,132 @@ fn list_dirs(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// A cgroup v2 hierarchy at a temp dir, for `cgroups-rs` (which otherwise only knows
+    /// `/sys/fs/cgroup`): the controllers it would find on a v2 host.
+    #[derive(Debug)]
+    struct FakeV2(PathBuf);
+
+    impl cgroups_rs::Hierarchy for FakeV2 {
+        fn subsystems(&self) -> Vec<cgroups_rs::Subsystem> {
+            use cgroups_rs::{cpu::CpuController, memory::MemController, pid::PidController};
+            vec![
+                cgroups_rs::Subsystem::Mem(MemController::new(self.0.clone(), true)),
+                cgroups_rs::Subsystem::Cpu(CpuController::new(self.0.clone(), true)),
+                cgroups_rs::Subsystem::Pid(PidController::new(self.0.clone(), true)),
+            ]
+        }
+        fn root(&self) -> PathBuf {
+            self.0.clone()
+        }
+        fn root_control_group(&self) -> Cgroup {
+            Cgroup::load(Box::new(FakeV2(self.0.clone())), "")
+        }
+        fn parent_control_group(&self, path: &str) -> Cgroup {
+            let parent = Path::new(path).parent().unwrap_or(Path::new(""));
+            Cgroup::load(
+                Box::new(FakeV2(self.0.clone())),
+                parent.to_string_lossy().as_ref(),
+            )
+        }
+        fn v2(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn v2_limits_are_written_to_the_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        let path = container_path("abcd", "web");
+        let cg = Cgroup::new(Box::new(FakeV2(root.path().to_owned())), path.as_str()).unwrap();
+        // What the kernel puts in a new v2 cgroup (cgroups-rs reads it to keep the period).
+        fs::write(root.path().join(&path).join("cpu.max"), "max 100000\n").unwrap();
+        apply_limits(
+            &cg,
+            &path,
+            &Limits {
+                memory: Some(64 << 20),
+                cpu_quota: Some((150_000, 100_000)),
+                pids: Some(100),
+            },
+        )
+        .unwrap();
+        let dir = root.path().join(&path);
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap().trim().to_owned();
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(read("pids.max"), "100");
+        assert!(!dir.join("memory.memsw.limit_in_bytes").exists(), "v1 only");
+        assert!(
+            !dir.join("memory.swap.max").exists(),
+            "swap left as the host has it"
+        );
+    }
+
+    #[test]
+    fn v2_usage_oom_kills_and_listing_read_the_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wharf/abcd/web");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("memory.current"), "10485760\n").unwrap();
+        fs::write(
+            dir.join("memory.stat"),
+            "anon 1\ninactive_file 2097152\nactive_file 3\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\n",
+        )
+        .unwrap();
+        fs::write(dir.join("pids.current"), "3\n").unwrap();
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        let layout = Layout::at(root.path(), true);
+        let u = layout.usage("wharf/abcd/web").unwrap();
+        assert_eq!(u.memory_bytes, 8 << 20);
+        assert_eq!(u.cpu_seconds, 2.5);
+        assert_eq!(u.pids, 3);
+        assert_eq!(layout.oom_kills("wharf/abcd/web"), 1);
+        assert_eq!(layout.list_containers("abcd"), ["web"]);
+        assert!(layout.usage("wharf/abcd/gone").is_none());
+    }
+
+    #[test]
+    fn v1_usage_reads_one_folder_per_controller() {
+        let root = tempfile::tempdir().unwrap();
+        let p = "wharf/abcd/web";
+        for c in ["memory", "cpuacct", "pids"] {
+            fs::create_dir_all(root.path().join(c).join(p)).unwrap();
+        }
+        let w =
+            |c: &str, f: &str, v: &str| fs::write(root.path().join(c).join(p).join(f), v).unwrap();
+        w("memory", "memory.usage_in_bytes", "5000\n");
+        w(
+            "memory",
+            "memory.stat",
+            "cache 10\ninactive_file 7\ntotal_inactive_file 1000\n",
+        );
+        w(
+            "memory",
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        w("cpuacct", "cpuacct.usage", "1500000000\n");
+        w("pids", "pids.current", "7\n");
+        let layout = Layout::at(root.path(), false);
+        let u = layout.usage(p).unwrap();
+        assert_eq!((u.memory_bytes, u.cpu_seconds, u.pids), (4000, 1.5, 7));
+        assert_eq!(layout.oom_kills(p), 2);
+        assert_eq!(layout.list_containers("abcd"), ["web"]);
+    }
 }

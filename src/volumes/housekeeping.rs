@@ -1,0 +1,119 @@
+//! The agent's volume task: after every reconcile pass, brings the volumes on disk to the
+//! manifests (create, forget, delete once unused) and publishes `/v1/volumes`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{Action, Declared, VolumeStore};
+use crate::reconciler::status::{StatusSnapshot, VolumeStatus};
+use crate::runtime::records::rfc3339;
+
+/// How long a measured size is shown before the tree is walked again.
+const SIZE_TTL: Duration = Duration::from_secs(10);
+
+/// Runs until `status` closes. Nothing is deleted before the first reconcile pass has
+/// published which containers exist (an empty snapshot would make every volume look
+/// unused).
+pub async fn run(
+    store: VolumeStore,
+    mut status: watch::Receiver<Arc<StatusSnapshot>>,
+    mut declared: watch::Receiver<Declared>,
+    out: watch::Sender<Vec<VolumeStatus>>,
+) {
+    if status.changed().await.is_err() {
+        return;
+    }
+    let mut sizes: HashMap<String, (u64, Instant)> = HashMap::new();
+    loop {
+        let snapshot = status.borrow_and_update().clone();
+        let decl = declared.borrow_and_update().clone();
+        let store_c = store.clone();
+        let mut sizes_c = std::mem::take(&mut sizes);
+        let result = tokio::task::spawn_blocking(move || {
+            let list = pass(&store_c, &snapshot, &decl, &mut sizes_c);
+            (list, sizes_c)
+        })
+        .await;
+        match result {
+            Ok((list, kept)) => {
+                sizes = kept;
+                out.send_replace(list);
+            }
+            Err(e) => tracing::warn!(error = %e, "volume housekeeping task"),
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            changed = declared.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// One round: sync, then the statuses. Blocking.
+fn pass(
+    store: &VolumeStore,
+    snapshot: &StatusSnapshot,
+    declared: &Declared,
+    sizes: &mut HashMap<String, (u64, Instant)>,
+) -> Vec<VolumeStatus> {
+    let in_use: BTreeSet<String> = snapshot
+        .containers
+        .iter()
+        .flat_map(|c| c.volumes.iter().cloned())
+        .collect();
+    for result in store.sync(declared, &in_use) {
+        match result {
+            Ok(Action::Create { name, record }) => {
+                tracing::info!(volume = %name, policy = ?record.reclaim_policy, "volume created")
+            }
+            Ok(Action::Update { name, record }) if record.delete_requested => {
+                tracing::info!(volume = %name, "volume to be deleted once no container mounts it")
+            }
+            Ok(Action::Update { name, record }) if !record.declared => {
+                tracing::info!(volume = %name, "volume manifest removed; data retained")
+            }
+            Ok(Action::Update { .. }) => {}
+            Ok(Action::Delete { name }) => tracing::info!(volume = %name, "volume deleted"),
+            Err(e) => tracing::warn!(error = %e, "volume sync"),
+        }
+    }
+    let on_disk = store.list();
+    sizes.retain(|name, _| on_disk.contains_key(name));
+    on_disk
+        .into_iter()
+        .map(|(name, r)| {
+            let size = match sizes.get(&name) {
+                Some((size, at)) if at.elapsed() < SIZE_TTL => *size,
+                _ => {
+                    let size = store.usage(&name);
+                    sizes.insert(name.clone(), (size, Instant::now()));
+                    size
+                }
+            };
+            VolumeStatus {
+                path: store.data_path(&name).display().to_string(),
+                size,
+                reclaim_policy: r.reclaim_policy,
+                declared: r.declared,
+                source: declared.sources.get(&name).cloned(),
+                state: if r.delete_requested {
+                    "deleting"
+                } else {
+                    "ready"
+                }
+                .to_owned(),
+                populated: r.populated,
+                created_at: (r.created_at > 0).then(|| rfc3339(r.created_at)),
+                used_by: snapshot
+                    .containers
+                    .iter()
+                    .filter(|c| c.volumes.contains(&name))
+                    .map(|c| c.name.clone())
+                    .collect(),
+                name,
+            }
+        })
+        .collect()
+}

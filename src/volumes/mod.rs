@@ -1,0 +1,313 @@
+//! Named volumes: one folder per volume under `<state>/volumes/<name>/`, holding the
+//! data (`data/`, what containers mount) and a small record (`volume.json`: reclaim
+//! policy, whether a manifest declares it, whether it was populated, a pending delete).
+//!
+//! Docker's model, with Kubernetes' reclaim policy on top: a volume is created by a
+//! `Volume` manifest or implicitly (`Retain`) by the first container mounting it; it is
+//! populated from the image the first time it is mounted ([`populate`]); removing a
+//! `Retain` volume's manifest only forgets it, removing a `Delete` one deletes the data
+//! once no container, declared or still present, mounts it. Data is never deleted by
+//! surprise: nothing is forgotten or deleted while some manifest file is broken without
+//! a last good version ([`plan`] takes `complete`).
+//!
+//! Every structural change (create, record update, populate, delete) happens under one
+//! `flock` on `volumes/.lock`, shared by the agent and the shims of every container.
+
+pub mod housekeeping;
+pub mod populate;
+mod sync;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::ReclaimPolicy;
+use crate::state;
+
+pub use sync::{plan, Action, Declared};
+
+/// A failed volume operation, naming the volume.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume {name}: {op} {path}: {source}")]
+    Io {
+        name: String,
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("volume {name}: {message}")]
+    Populate { name: String, message: String },
+}
+
+/// What `volume.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Record {
+    pub reclaim_policy: ReclaimPolicy,
+    /// A `Volume` manifest declares it (false: created implicitly, or forgotten).
+    pub declared: bool,
+    /// Its `Delete` manifest went away: the data goes once no container mounts it.
+    pub delete_requested: bool,
+    /// It was mounted once, and filled from the image if the image had content there.
+    pub populated: bool,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// The volumes of one state root.
+#[derive(Debug, Clone)]
+pub struct VolumeStore {
+    root: PathBuf,
+}
+
+/// An exclusive hold on every volume's structure; released on drop.
+pub struct Guard {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl VolumeStore {
+    /// The store under `<state_root>/volumes`.
+    pub fn new(state_root: &Path) -> Self {
+        VolumeStore {
+            root: state_root.join("volumes"),
+        }
+    }
+
+    /// `<root>/<name>`: the record and the data.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// What containers mount.
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("data")
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("volume.json")
+    }
+
+    fn io(name: &str, op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> VolumeError {
+        let (name, path) = (name.to_owned(), path.to_owned());
+        move |source| VolumeError::Io {
+            name,
+            op,
+            path,
+            source,
+        }
+    }
+
+    /// Takes the store lock (blocking).
+    pub fn lock(&self) -> Result<Guard, VolumeError> {
+        let path = self.root.join(".lock");
+        fs::create_dir_all(&self.root).map_err(Self::io("", "create", &self.root))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Self::io("", "open", &path))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Self::io("", "lock", &path)(e.into()))?;
+        Ok(Guard { _lock: lock })
+    }
+
+    /// The record of `name`; `None` if the volume does not exist.
+    pub fn record(&self, name: &str) -> Result<Option<Record>, VolumeError> {
+        let path = self.record_path(name);
+        state::read_json(&path).map_err(Self::io(name, "read", &path))
+    }
+
+    /// Writes the record of `name` (with the lock held).
+    pub fn write_record(&self, _guard: &Guard, name: &str, r: &Record) -> Result<(), VolumeError> {
+        let path = self.record_path(name);
+        state::write_json(&path, r).map_err(Self::io(name, "write", &path))
+    }
+
+    /// Creates `name` if it does not exist, with `record` (with the lock held). Returns
+    /// its data path.
+    pub fn create(
+        &self,
+        guard: &Guard,
+        name: &str,
+        record: &Record,
+    ) -> Result<PathBuf, VolumeError> {
+        let data = self.data_path(name);
+        if self.record(name)?.is_none() {
+            // The data folder may survive from a volume whose record was lost: keep it.
+            fs::create_dir_all(&data).map_err(Self::io(name, "create", &data))?;
+            let record = Record {
+                created_at: now(),
+                ..record.clone()
+            };
+            self.write_record(guard, name, &record)?;
+        }
+        Ok(data)
+    }
+
+    /// The volume a container mounts: created implicitly (`Retain`, undeclared) if it
+    /// does not exist yet. Returns its data path.
+    pub fn ensure(&self, name: &str) -> Result<PathBuf, VolumeError> {
+        let guard = self.lock()?;
+        self.create(&guard, name, &Record::default())
+    }
+
+    /// Every volume on disk with its record, by name. A folder without a readable record
+    /// is listed with a default one (it is kept, never deleted, as `Retain`).
+    pub fn list(&self) -> BTreeMap<String, Record> {
+        let mut out = BTreeMap::new();
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.path().is_dir() {
+                continue;
+            }
+            let record = self.record(&name).ok().flatten().unwrap_or_default();
+            out.insert(name, record);
+        }
+        out
+    }
+
+    /// Deletes `name` and its data (with the lock held).
+    pub fn delete(&self, _guard: &Guard, name: &str) -> Result<(), VolumeError> {
+        let dir = self.dir(name);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::io(name, "remove", &dir)(e)),
+        }
+    }
+
+    /// Brings the volumes on disk to the declared ones: creates declared volumes, forgets
+    /// (`Retain`) or schedules for deletion (`Delete`) those whose manifest went away,
+    /// and deletes scheduled volumes that `in_use` no longer names. Blocking; returns
+    /// what it did, for the log.
+    pub fn sync(
+        &self,
+        declared: &Declared,
+        in_use: &BTreeSet<String>,
+    ) -> Vec<Result<Action, VolumeError>> {
+        let guard = match self.lock() {
+            Ok(g) => g,
+            Err(e) => return vec![Err(e)],
+        };
+        let actions = plan(&self.list(), declared, in_use);
+        actions
+            .into_iter()
+            .map(|action| {
+                match &action {
+                    Action::Create { name, record } => {
+                        self.create(&guard, name, record)?;
+                    }
+                    Action::Update { name, record } => self.write_record(&guard, name, record)?,
+                    Action::Delete { name } => self.delete(&guard, name)?,
+                }
+                Ok(action)
+            })
+            .collect()
+    }
+
+    /// Bytes on disk under the volume's data (allocated blocks, as `du`), hard links
+    /// counted once. Blocking: walks the tree.
+    pub fn usage(&self, name: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = BTreeSet::new();
+        let mut total = 0;
+        let mut stack = vec![self.data_path(name)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.path().symlink_metadata() else {
+                    continue;
+                };
+                if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                total += meta.blocks() * 512;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        total
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sync::declared;
+    use super::*;
+
+    #[test]
+    fn a_declared_volume_is_created_and_a_retained_one_outlives_its_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path());
+        let none = BTreeSet::new();
+        let done = store.sync(&declared(&[("data", ReclaimPolicy::Retain)]), &none);
+        assert_eq!(done.len(), 1);
+        fs::write(store.data_path("data").join("f"), b"kept").unwrap();
+        assert!(store.record("data").unwrap().unwrap().declared);
+
+        store.sync(&declared(&[]), &none);
+        let record = store.record("data").unwrap().unwrap();
+        assert!(!record.declared, "forgotten");
+        assert!(!record.delete_requested);
+        assert_eq!(
+            fs::read(store.data_path("data").join("f")).unwrap(),
+            b"kept"
+        );
+    }
+
+    #[test]
+    fn a_delete_volume_goes_only_once_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path());
+        let users = BTreeSet::from(["data".to_string()]);
+        store.sync(&declared(&[("data", ReclaimPolicy::Delete)]), &users);
+        store.sync(&declared(&[]), &users);
+        assert!(store.record("data").unwrap().unwrap().delete_requested);
+        assert!(store.data_path("data").exists());
+        store.sync(&declared(&[]), &BTreeSet::new());
+        assert!(!store.dir("data").exists());
+    }
+
+    #[test]
+    fn an_implicit_volume_is_retained_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path());
+        let data = store.ensure("cache").unwrap();
+        assert!(data.is_dir());
+        let list = store.list();
+        assert_eq!(list["cache"].reclaim_policy, ReclaimPolicy::Retain);
+        assert!(!list["cache"].declared);
+        store.sync(&declared(&[]), &BTreeSet::new());
+        assert!(data.is_dir(), "an implicit volume is never deleted");
+    }
+
+    #[test]
+    fn usage_counts_blocks_and_hard_links_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path());
+        let data = store.ensure("d").unwrap();
+        fs::write(data.join("a"), vec![1u8; 64 * 1024]).unwrap();
+        let one = store.usage("d");
+        assert!(one >= 64 * 1024, "{one}");
+        fs::hard_link(data.join("a"), data.join("b")).unwrap();
+        assert_eq!(store.usage("d"), one);
+    }
+}
