@@ -498,7 +498,7 @@ async fn only_get_and_head_are_allowed_and_unknown_paths_are_404() {
         );
     }
 
-    for path in ["/", "/v1", "/v1/volumes", "/v1/containers/web/logs/extra"] {
+    for path in ["/", "/v1", "/v1/secrets", "/v1/containers/web/logs/extra"] {
         let (status, content_type, body) = get(&server, path).await;
         assert_eq!(status, 404, "{path}");
         assert!(

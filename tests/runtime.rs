@@ -4,117 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use wharf::runtime::{
-    LinuxRuntime, ObservedState, ProcessPlan, Runtime, RuntimeError, StartRequest,
-};
+use wharf::runtime::{ObservedState, Runtime, RuntimeError};
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    rt: LinuxRuntime,
-    layer: std::path::PathBuf,
-    instance: String,
-}
-
-fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let layer = common::busybox_layer(tmp.path());
-    let instance = common::unique("rt");
-    let rt = LinuxRuntime::new(
-        &tmp.path().join("state"),
-        &tmp.path().join("run"),
-        &instance,
-        env!("CARGO_BIN_EXE_wharf").into(),
-    );
-    Fixture {
-        _tmp: tmp,
-        rt,
-        layer,
-        instance,
-    }
-}
-
-impl Fixture {
-    /// The log of container `name` once it contains `needle` (polled for 10 s).
-    fn wait_log(&self, name: &str, needle: &str) -> String {
-        let path = self
-            ._tmp
-            .path()
-            .join("state/containers")
-            .join(name)
-            .join("container.log");
-        common::wait_for(10, &format!("{needle:?} in the log of {name}"), || {
-            let l = std::fs::read_to_string(&path).ok()?;
-            l.contains(needle).then_some(l)
-        })
-    }
-
-    /// The observed container `name` once `done` holds for it (polled for `secs`).
-    fn wait_observed<T>(
-        &self,
-        name: &str,
-        secs: u64,
-        done: impl Fn(&wharf::runtime::Observed) -> Option<T>,
-    ) -> T {
-        common::wait_for(secs, &format!("container {name}"), || {
-            let list = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(self.rt.list())
-            })
-            .ok()?;
-            list.iter().find(|o| o.name == name).and_then(&done)
-        })
-    }
-}
-
-/// The exit record of an exited container.
-fn exited(o: &wharf::runtime::Observed) -> Option<wharf::runtime::ExitRecord> {
-    match &o.state {
-        ObservedState::Exited(e) => Some(e.clone()),
-        _ => None,
-    }
-}
-
-fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
-    StartRequest {
-        name: name.into(),
-        hostname: format!("{name}-host"),
-        process: ProcessPlan {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
-            cwd: "/work".into(),
-            user: "0:0".into(),
-        },
-        layers: vec![f.layer.clone()],
-        read_only_rootfs: false,
-        network: wharf::runtime::NetworkMode::Private,
-        etc_files: Vec::new(),
-        networks: Vec::new(),
-        ports: Vec::new(),
-        capabilities: wharf::runtime::process::resolve_capabilities(&[], &[]),
-        limits: wharf::runtime::Limits::default(),
-        mounts: Vec::new(),
-        annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
-        fresh: true,
-    }
-}
-
-/// Removes the container whatever happens, so a failing test leaves nothing behind.
-struct Cleanup<'a>(&'a LinuxRuntime, &'a str);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let rt = self.0.clone();
-        let name = self.1.to_owned();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(rt.remove(&name))
-        })
-        .join();
-    }
-}
+use common::runtime::{exited, fixture, request, Cleanup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_runs_in_new_namespaces_with_the_image_rootfs_and_logs() {
@@ -491,6 +386,7 @@ async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_t
         MountSpec::Tmpfs {
             target: "/scratch".into(),
             size: Some(8 << 20),
+            mode: Some(0o750),
         },
     ];
     f.rt.start(req).await.unwrap();
@@ -500,6 +396,7 @@ async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_t
         "{log}"
     );
     assert!(log.contains("size=8192k"), "{log}");
+    assert!(log.contains("mode=750"), "{log}");
     assert_eq!(
         std::fs::read_to_string(host.join("out")).unwrap(),
         "written\n"

@@ -4,6 +4,9 @@
 //! `/v1/containers`; a scrape costs one small registry per request.
 
 use prometheus_client::encoding::text::encode;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -49,6 +52,46 @@ pub fn render(snapshot: &StatusSnapshot) -> Result<String, std::fmt::Error> {
         "wharf_container_running",
         "1 while the container's process runs",
         running,
+    );
+
+    // Usage of running containers, from their cgroups (absent when not running).
+    let memory = Family::<Labels, Gauge>::default();
+    let pids = Family::<Labels, Gauge>::default();
+    let cpu = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    for c in &snapshot.containers {
+        let Some(u) = &c.usage else { continue };
+        let labels = vec![("container", c.name.clone())];
+        memory.get_or_create(&labels).set(u.memory_bytes as i64);
+        pids.get_or_create(&labels).set(u.pids as i64);
+        // A fresh registry per scrape: the counter holds exactly the cgroup's total.
+        cpu.get_or_create(&labels).inc_by(u.cpu_seconds);
+    }
+    registry.register(
+        "wharf_container_memory_working_set_bytes",
+        "Memory in use minus inactive file cache",
+        memory,
+    );
+    registry.register(
+        "wharf_container_pids",
+        "Processes and threads in the container",
+        pids,
+    );
+    registry.register(
+        "wharf_container_cpu_usage_seconds",
+        "CPU time used by the container since it started",
+        cpu,
+    );
+
+    let volume_bytes = Family::<Labels, Gauge>::default();
+    for v in &snapshot.volumes {
+        volume_bytes
+            .get_or_create(&vec![("volume", v.name.clone())])
+            .set(v.size as i64);
+    }
+    registry.register(
+        "wharf_volume_bytes",
+        "Bytes on disk of a named volume",
+        volume_bytes,
     );
 
     let manifest_errors = Family::<Labels, Gauge>::default();
@@ -104,11 +147,14 @@ mod tests {
             volumes: Vec::new(),
             log_path: None,
         };
+        let mut a = c("a", ContainerState::Running);
+        a.usage = Some(crate::runtime::Usage {
+            memory_bytes: 4096,
+            cpu_seconds: 1.5,
+            pids: 3,
+        });
         let snapshot = StatusSnapshot {
-            containers: vec![
-                c("a", ContainerState::Running),
-                c("b", ContainerState::Failed),
-            ],
+            containers: vec![a, c("b", ContainerState::Failed)],
             ..Default::default()
         };
         let text = render(&snapshot).unwrap();
@@ -127,6 +173,17 @@ mod tests {
         assert!(
             text.contains("wharf_container_running{container=\"b\"} 0"),
             "{text}"
+        );
+        for line in [
+            "wharf_container_memory_working_set_bytes{container=\"a\"} 4096",
+            "wharf_container_pids{container=\"a\"} 3",
+            "wharf_container_cpu_usage_seconds_total{container=\"a\"} 1.5",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("wharf_container_pids{container=\"b\"}"),
+            "no usage for a container that does not run: {text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

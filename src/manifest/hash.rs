@@ -44,9 +44,6 @@ impl Container {
         {
             out.push("update");
         }
-        if s.privileged {
-            out.push("privileged");
-        }
         out
     }
 }

@@ -52,7 +52,7 @@ spec:
   mounts:
     - "data:/var/lib/api"
     - "/etc/api:/etc/api:ro"
-    - {type: tmpfs, target: /tmp, size: 64Mi}
+    - {type: tmpfs, target: /tmp, size: 64Mi, mode: "1770"}
     - {type: volume, source: cache, target: /cache, readOnly: false}
     - {type: bind, source: /srv/site, target: /srv/site, readOnly: true}
   resources:
@@ -101,7 +101,8 @@ spec:
         s.mounts[2],
         MountSpec::Tmpfs {
             target: "/tmp".into(),
-            size: Some(64 << 20)
+            size: Some(64 << 20),
+            mode: Some(0o1770),
         }
     );
     assert_eq!(s.resources.as_ref().unwrap().cpus, Some(1.5));
@@ -250,6 +251,12 @@ fn mounts_and_networks_are_checked() {
     assert!(e[3].contains("use type: bind"));
     assert!(e[4].contains("unknown field \"readOnly\" in tmpfs mount"));
     assert!(e[5].contains("two mounts have the target /x"));
+    let e = errors(&spec(
+        "  image: busybox\n  mounts: [{type: tmpfs, target: /t, mode: 0o700}, {type: tmpfs, target: /u, mode: \"rwx\"}, {type: tmpfs, target: /v, mode: 17777}]\n",
+    ));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].contains("tmpfs mode must be octal"), "{}", e[0]);
+    assert!(e[1].contains("found \"17777\""), "{}", e[1]);
 }
 
 #[test]

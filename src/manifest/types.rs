@@ -220,6 +220,9 @@ pub enum MountSpec {
         /// Size limit in bytes; `None`: the kernel's default (half the RAM).
         #[serde(skip_serializing_if = "Option::is_none", default)]
         size: Option<u64>,
+        /// Permission bits of its root; `None`: 1777, as Docker.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        mode: Option<u32>,
     },
 }
 

@@ -510,11 +510,15 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 networks.clone()
             },
             ports: spec.ports.clone(),
-            capabilities: spec
-                .capabilities
-                .as_ref()
-                .map(|c| crate::runtime::process::resolve_capabilities(&c.add, &c.drop))
-                .unwrap_or_else(|| crate::runtime::process::resolve_capabilities(&[], &[])),
+            capabilities: if spec.privileged {
+                crate::runtime::process::resolve_capabilities(&["ALL".to_owned()], &[])
+            } else {
+                spec.capabilities
+                    .as_ref()
+                    .map(|c| crate::runtime::process::resolve_capabilities(&c.add, &c.drop))
+                    .unwrap_or_else(|| crate::runtime::process::resolve_capabilities(&[], &[]))
+            },
+            privileged: spec.privileged,
             limits: spec
                 .resources
                 .as_ref()

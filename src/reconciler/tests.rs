@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::status::{ContainerState, StatusSnapshot};
-use super::{ImageInfo, Images, Reconciler};
+use super::{keys, ImageInfo, Images, Reconciler};
 use crate::manifest::{DesiredState, Loader, PullPolicy, SourceFile};
 use crate::runtime::testing::FakeRuntime;
 use crate::runtime::{ImageConfig, Runtime};
@@ -131,6 +131,33 @@ async fn an_unsupported_field_fails_only_its_container_and_says_so() {
         .unwrap()
         .contains("not supported yet: spec.healthcheck"));
     assert_eq!(rt.calls(), ["start b sh"]);
+}
+
+#[tokio::test]
+async fn privileged_gets_every_capability_and_volumes_are_recorded_on_the_container() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let d = desired(&[
+        (
+            "a.yaml",
+            &container(
+                "a",
+                "busybox",
+                "  privileged: true\n  mounts: [\"data:/data\", \"/srv:/srv\"]\n",
+            ),
+        ),
+        ("b.yaml", &container("b", "busybox", "")),
+    ]);
+    let s = converge(&mut r, &d).await;
+    let a = rt.last_request("a").unwrap();
+    assert!(a.privileged);
+    assert!(a.capabilities.contains(&"CAP_SYS_ADMIN".to_string()));
+    assert_eq!(a.annotations[keys::VOLUMES], "data");
+    let status = s.container("a").unwrap();
+    assert_eq!(status.volumes, ["data"]);
+    let b = rt.last_request("b").unwrap();
+    assert!(!b.privileged);
+    assert!(!b.capabilities.contains(&"CAP_SYS_ADMIN".to_string()));
 }
 
 #[tokio::test]

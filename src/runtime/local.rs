@@ -130,6 +130,7 @@ impl LinuxRuntime {
                 .collect::<Result<_, _>>()
                 .map_err(RuntimeError::StartFailed)?,
             cgroup: cgroup.clone(),
+            privileged: req.privileged,
             annotations: req.annotations.clone(),
         })
         .map_err(|e| fail(format!("build OCI config: {e}")))?;
@@ -146,6 +147,7 @@ impl LinuxRuntime {
             cgroup,
             home: Some(user.home),
             populate,
+            seccomp: !req.privileged,
         };
         state::write_json(&paths.shim_config(), &shim).map_err(|e| fail(e.to_string()))?;
         state::write_json(&paths.record(), &record).map_err(|e| fail(e.to_string()))?;

@@ -42,6 +42,8 @@ pub struct StartRequest {
     /// [`process::resolve_capabilities`]: bounding, effective and permitted sets.
     pub capabilities: Vec<String>,
     pub limits: Limits,
+    /// Docker's `--privileged` (with every capability in `capabilities`).
+    pub privileged: bool,
     /// `spec.mounts`: named volumes, binds and tmpfs, in mount order.
     pub mounts: Vec<crate::manifest::MountSpec>,
     /// Ports to publish (with `networks`).

@@ -121,7 +121,11 @@ pub fn resolve_capabilities(add: &[String], drop: &[String]) -> Vec<String> {
             .collect()
     };
     if add.iter().any(|a| a == "ALL") {
-        set.extend(caps::all().into_iter().map(|c| c.to_string()));
+        // Every capability this process may pass on: a capability outside its bounding
+        // set (a restricted host, or one the kernel lacks) cannot be granted, and asking
+        // for it would fail the start.
+        let all = caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| caps::all());
+        set.extend(all.into_iter().map(|c| c.to_string()));
     }
     set.extend(add.iter().filter(|a| *a != "ALL").cloned());
     set.into_iter().collect()

@@ -39,6 +39,9 @@ pub struct ShimConfig {
     /// Named volumes to fill from the image before they are mounted (first mount only).
     #[serde(default)]
     pub populate: Vec<crate::volumes::populate::Request>,
+    /// Install Docker's default seccomp profile before exec (off when privileged).
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 /// The container's init, as the host sees it.

@@ -117,8 +117,7 @@ fn parent(
     let start_time = proc::start_time(pid).unwrap_or(0);
     if !setup_error.is_empty() {
         let _ = waitpid(child, None);
-        let _ = cgroups::remove(&shim.cgroup);
-        write_exit(shim, 127, None, Some(setup_error.clone()));
+        finish(shim, 127, None, Some(setup_error.clone()));
         return Err(setup_error);
     }
 
@@ -155,11 +154,9 @@ fn parent(
         }
     };
     let _ = log.sync_all();
-    write_exit(shim, code, signal, None);
+    // The state file goes after the exit record: a reader always finds one of the two.
+    finish(shim, code, signal, None);
     let _ = fs::remove_file(&shim.state_path);
-    if let Err(e) = cgroups::remove(&shim.cgroup) {
-        eprintln!("{e}");
-    }
     Ok(())
 }
 
@@ -184,16 +181,23 @@ fn copy_output(mut out: File, log: &mut File) {
     }
 }
 
-fn write_exit(shim: &ShimConfig, exit_code: i32, signal: Option<i32>, error: Option<String>) {
+/// Removes the container's cgroup, then records its exit. In that order: once the exit is
+/// recorded the agent may start the container again, in a cgroup of the same path, which
+/// a late removal would pull out from under it.
+fn finish(shim: &ShimConfig, exit_code: i32, signal: Option<i32>, error: Option<String>) {
+    // Read before the cgroup is removed: a SIGKILL with an OOM kill recorded in the
+    // container's memory cgroup is the kernel enforcing its limit.
+    let oom_killed = signal == Some(9) && cgroups::oom_kills(&shim.cgroup) > 0;
+    if let Err(e) = cgroups::remove(&shim.cgroup) {
+        eprintln!("{e}");
+    }
     let record = ExitRecord {
         run: shim.run,
         exit_code,
         signal,
         finished_at: now(),
         error,
-        // Read before the cgroup is removed: a SIGKILL with an OOM kill recorded in the
-        // container's memory cgroup is the kernel enforcing its limit.
-        oom_killed: signal == Some(9) && cgroups::oom_kills(&shim.cgroup) > 0,
+        oom_killed,
     };
     if let Err(e) = state::write_json(&shim.exit_path, &record) {
         eprintln!("record exit: {e}");
@@ -212,6 +216,21 @@ fn limits(spec: &Spec) -> cgroups::Limits {
             .as_ref()
             .and_then(|c| Some((c.quota()?, c.period().unwrap_or(100_000)))),
         pids: r.pids().as_ref().map(|p| p.limit()),
+        devices: r
+            .devices()
+            .iter()
+            .flatten()
+            .map(|d| cgroups::DeviceRule {
+                allow: d.allow(),
+                typ: d
+                    .typ()
+                    .map(|t| t.as_str().chars().next().unwrap_or('a'))
+                    .unwrap_or('a'),
+                major: d.major(),
+                minor: d.minor(),
+                access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+            })
+            .collect(),
     }
 }
 
@@ -286,7 +305,8 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     for m in spec.mounts().iter().flatten() {
         rootfs::mount_one(&rootfs, m).map_err(e)?;
         if m.destination() == Path::new("/dev") {
-            rootfs::populate_dev(&rootfs).map_err(e)?;
+            let extra = spec.linux().as_ref().and_then(|l| l.devices().clone());
+            rootfs::populate_dev(&rootfs, extra.as_deref().unwrap_or_default()).map_err(e)?;
         }
     }
     if has_namespace(spec, LinuxNamespaceType::Network) && join_net.is_none() {
@@ -353,6 +373,19 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     // Rust ignores SIGPIPE at startup and ignored signals survive execve: restore the
     // default, and an empty signal mask, as a fresh process expects.
     reset_signals();
+    // Last, right before execve: the filter must allow only what the container may do,
+    // not what setting it up needed. (Installing it sets no_new_privs too.)
+    if shim.seccomp {
+        let caps: Vec<String> = capabilities
+            .as_ref()
+            .and_then(|c| c.bounding().clone())
+            .into_iter()
+            .flatten()
+            .map(|c| c.to_string())
+            .collect();
+        let program = super::linux::seccomp::default_profile(&caps).map_err(|e| e.to_string())?;
+        super::linux::seccomp::install(&program).map_err(|e| e.to_string())?;
+    }
 
     let c = |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains a NUL byte"));
     let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;

@@ -33,6 +33,9 @@ pub struct ConfigInputs {
     pub user_mounts: Vec<Mount>,
     /// Relative cgroup path.
     pub cgroup: String,
+    /// Docker's `--privileged`: every capability (the caller's list), no seccomp and no
+    /// `no_new_privs`, nothing masked, `/sys` and cgroups writable, the host's devices.
+    pub privileged: bool,
     pub annotations: HashMap<String, String>,
 }
 
@@ -55,15 +58,115 @@ fn capabilities(
         .build()
 }
 
+/// The device cgroup rules: everything denied but creating nodes (`m`), then read-write
+/// access to the standard devices, as Docker and runc allow by default
+/// (`null`, `zero`, `full`, `random`, `urandom`, `tty`, `console`, `ptmx`, `pts/*`,
+/// `net/tun`). A privileged container may use every device.
+fn device_rules(
+    privileged: bool,
+) -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, oci_spec::OciSpecError> {
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let rule = |allow: bool, typ, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .typ(typ)
+            .access(access.to_owned());
+        if let Some(m) = major {
+            b = b.major(m);
+        }
+        if let Some(m) = minor {
+            b = b.minor(m);
+        }
+        b.build()
+    };
+    if privileged {
+        return Ok(vec![rule(true, LinuxDeviceType::A, None, None, "rwm")?]);
+    }
+    let mut rules = vec![
+        rule(false, LinuxDeviceType::A, None, None, "rwm")?,
+        rule(true, LinuxDeviceType::C, None, None, "m")?,
+        rule(true, LinuxDeviceType::B, None, None, "m")?,
+    ];
+    for (major, minor) in [
+        (1, Some(3)),
+        (1, Some(5)),
+        (1, Some(7)),
+        (1, Some(8)),
+        (1, Some(9)),
+        (5, Some(0)),
+        (5, Some(1)),
+        (5, Some(2)),
+        (136, None),
+        (10, Some(200)),
+    ] {
+        rules.push(rule(true, LinuxDeviceType::C, Some(major), minor, "rwm")?);
+    }
+    Ok(rules)
+}
+
+/// The host's device nodes (char and block, under `/dev` and its subfolders but `pts`,
+/// `shm` and `mqueue`), for a privileged container, as Docker gives it.
+fn host_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
+    use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceType};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from("/dev")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                if !matches!(path.to_str(), Some("/dev/pts" | "/dev/shm" | "/dev/mqueue")) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let typ = if kind.is_char_device() {
+                LinuxDeviceType::C
+            } else if kind.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            // The standard nodes are created anyway; /dev/console and ptmx are special.
+            if matches!(path.to_str(), Some("/dev/console" | "/dev/ptmx")) {
+                continue;
+            }
+            let rdev = meta.rdev();
+            if let Ok(d) = LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(typ)
+                .major(libc::major(rdev) as i64)
+                .minor(libc::minor(rdev) as i64)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+            {
+                out.push(d);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
+}
+
 /// `linux.resources` for the limits: memory in bytes, CPU as a CFS quota per 100 ms
-/// period (`cpus: 1.5` is 150 ms), pids.
+/// period (`cpus: 1.5` is 150 ms), pids, and the device rules.
 fn resources(
     l: &super::Limits,
+    privileged: bool,
 ) -> Result<oci_spec::runtime::LinuxResources, oci_spec::OciSpecError> {
     use oci_spec::runtime::{
         LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
     };
-    let mut b = LinuxResourcesBuilder::default();
+    let mut b = LinuxResourcesBuilder::default().devices(device_rules(privileged)?);
     if let Some(bytes) = l.memory {
         b = b.memory(LinuxMemoryBuilder::default().limit(bytes as i64).build()?);
     }
@@ -111,8 +214,9 @@ pub fn user_mount(
             out.set_source(Some(PathBuf::from(source)));
             out.set_options(Some(options));
         }
-        MountSpec::Tmpfs { target, size } => {
-            let mut options = vec!["nosuid".to_string(), "nodev".into(), "mode=1777".into()];
+        MountSpec::Tmpfs { target, size, mode } => {
+            let mode = format!("mode={:o}", mode.unwrap_or(0o1777));
+            let mut options = vec!["nosuid".to_string(), "nodev".into(), mode];
             if let Some(bytes) = size {
                 options.push(format!("size={bytes}"));
             }
@@ -154,8 +258,9 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
         .env(inputs.process.env.clone())
         .cwd(PathBuf::from(&inputs.process.cwd))
         .capabilities(capabilities(&inputs.capabilities)?)
-        // Seccomp comes with the rest of the isolation work (issue 5).
-        .no_new_privileges(false)
+        // A setuid binary cannot gain privileges (issue 5 asks for it; Kubernetes'
+        // allowPrivilegeEscalation: false). Privileged containers keep Docker's default.
+        .no_new_privileges(!inputs.privileged)
         .build()?;
     spec.set_process(Some(process));
     spec.set_hostname(Some(inputs.hostname.clone()));
@@ -166,14 +271,22 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
             .build()?,
     ));
 
-    // The default template also mounts `/sys/fs/cgroup`; on a cgroup v1 host that needs
-    // one mount per controller, which comes with resource limits. Leave it out for now.
+    // The template's `/sys` and `/sys/fs/cgroup` (the container's own cgroup, through its
+    // cgroup namespace) are read-only; a privileged container may write them.
     let mounts: Vec<Mount> = spec
         .mounts()
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|m| m.destination() != &PathBuf::from("/sys/fs/cgroup"))
+        .map(|mut m| {
+            if inputs.privileged
+                && matches!(m.destination().to_str(), Some("/sys" | "/sys/fs/cgroup"))
+            {
+                let options = m.options().clone().unwrap_or_default();
+                m.set_options(Some(options.into_iter().filter(|o| o != "ro").collect()));
+            }
+            m
+        })
         .chain(inputs.file_mounts.iter().map(|(source, target)| {
             let mut m = Mount::default();
             m.set_destination(target.clone());
@@ -216,10 +329,23 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         )
-        .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
-        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+        .masked_paths(if inputs.privileged {
+            Vec::new()
+        } else {
+            default_linux.masked_paths().clone().unwrap_or_default()
+        })
+        .readonly_paths(if inputs.privileged {
+            Vec::new()
+        } else {
+            default_linux.readonly_paths().clone().unwrap_or_default()
+        })
+        .devices(if inputs.privileged {
+            host_devices()
+        } else {
+            Vec::new()
+        })
         .cgroups_path(PathBuf::from(&inputs.cgroup))
-        .resources(resources(&inputs.limits)?)
+        .resources(resources(&inputs.limits, inputs.privileged)?)
         .build()?;
     spec.set_linux(Some(linux));
     spec.set_annotations(Some(inputs.annotations.clone()));
@@ -229,6 +355,7 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn inputs() -> ConfigInputs {
         ConfigInputs {
@@ -257,6 +384,7 @@ mod tests {
             file_mounts: vec![("/state/web/etc/hosts".into(), "/etc/hosts".into())],
             user_mounts: Vec::new(),
             cgroup: "wharf/abc/web".into(),
+            privileged: false,
             annotations: HashMap::from([("io.wharf.spec-hash".into(), "h".into())]),
         }
     }
@@ -276,7 +404,7 @@ mod tests {
         for d in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/sys"] {
             assert!(dests.contains(&PathBuf::from(d)), "{d} missing");
         }
-        assert!(!dests.contains(&PathBuf::from("/sys/fs/cgroup")));
+        assert!(dests.contains(&PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
         assert_eq!(spec.process().as_ref().unwrap().user().uid(), 1);
     }
@@ -306,6 +434,71 @@ mod tests {
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(150_000));
         assert_eq!(r.cpu().as_ref().unwrap().period(), Some(100_000));
         assert_eq!(r.pids().as_ref().unwrap().limit(), 512);
+    }
+
+    #[test]
+    fn the_default_profile_masks_paths_and_limits_devices_and_privileged_lifts_it() {
+        let spec = build(&inputs()).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/kcore".to_string()));
+        assert!(linux
+            .readonly_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/sys".to_string()));
+        let rules = |linux: &oci_spec::runtime::Linux| {
+            linux
+                .resources()
+                .as_ref()
+                .unwrap()
+                .devices()
+                .clone()
+                .unwrap()
+        };
+        let nnp = |spec: &Spec| spec.process().as_ref().unwrap().no_new_privileges();
+        assert_eq!(nnp(&spec), Some(true));
+        let rules_default = rules(linux);
+        assert!(!rules_default[0].allow(), "deny all first");
+        assert!(rules_default
+            .iter()
+            .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)));
+        let sys = |spec: &Spec, d: &str| {
+            spec.mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.destination() == Path::new(d))
+                .unwrap()
+                .options()
+                .clone()
+                .unwrap()
+        };
+        assert!(sys(&spec, "/sys").contains(&"ro".to_string()));
+        assert!(sys(&spec, "/sys/fs/cgroup").contains(&"ro".to_string()));
+
+        let spec = build(&ConfigInputs {
+            privileged: true,
+            ..inputs()
+        })
+        .unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.masked_paths().as_ref().unwrap().is_empty());
+        assert!(linux.readonly_paths().as_ref().unwrap().is_empty());
+        assert_eq!(nnp(&spec), Some(false));
+        let rules = rules(linux);
+        assert!(rules.len() == 1 && rules[0].allow());
+        assert!(linux
+            .devices()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|d| d.path() == Path::new("/dev/null")));
+        assert!(!sys(&spec, "/sys").contains(&"ro".to_string()));
+        assert!(!sys(&spec, "/sys/fs/cgroup").contains(&"ro".to_string()));
     }
 
     #[test]

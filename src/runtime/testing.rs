@@ -20,6 +20,7 @@ use super::{
 pub struct FakeRuntime {
     containers: Mutex<BTreeMap<String, Observed>>,
     calls: Mutex<Vec<String>>,
+    requests: Mutex<Vec<StartRequest>>,
     next_pid: Mutex<i32>,
 }
 
@@ -27,6 +28,12 @@ impl FakeRuntime {
     /// The calls so far: `start NAME ARGS…`, `stop NAME SIGNAL`, `remove NAME`.
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().expect("calls").clone()
+    }
+
+    /// The latest start request for `name`.
+    pub fn last_request(&self, name: &str) -> Option<StartRequest> {
+        let requests = self.requests.lock().expect("requests");
+        requests.iter().rev().find(|r| r.name == name).cloned()
     }
 
     /// Makes the container's process exit with `code`, as if it ended on its own.
@@ -66,6 +73,7 @@ impl Runtime for FakeRuntime {
 
     async fn start(&self, req: StartRequest) -> Result<Running, RuntimeError> {
         self.record(format!("start {} {}", req.name, req.process.args.join(" ")));
+        self.requests.lock().expect("requests").push(req.clone());
         let program = req.process.args.first().cloned().unwrap_or_default();
         if program.starts_with("missing") {
             return Err(RuntimeError::StartFailed(format!(
@@ -154,6 +162,7 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         ports: Vec::new(),
         capabilities: super::process::resolve_capabilities(&[], &[]),
         limits: super::Limits::default(),
+        privileged: false,
         mounts: Vec::new(),
         annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
         fresh: true,

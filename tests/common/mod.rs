@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod crun;
 pub mod fixture;
 pub mod net;
+pub mod runtime;
 
 use std::path::{Path, PathBuf};
 
@@ -83,4 +85,11 @@ pub fn ns(pid: i32, kind: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
         .map(|p| p.display().to_string())
         .unwrap_or_default()
+}
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
 }

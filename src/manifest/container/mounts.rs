@@ -116,7 +116,7 @@ fn decode_mount_long(cx: &mut Ctx, node: &Node) -> Option<MountSpec> {
         ],
     )?;
     let known: &[&str] = match kind {
-        Type::Tmpfs => &["type", "target", "size"],
+        Type::Tmpfs => &["type", "target", "size", "mode"],
         _ => &["type", "source", "target", "readOnly"],
     };
     let what = match kind {
@@ -129,7 +129,20 @@ fn decode_mount_long(cx: &mut Ctx, node: &Node) -> Option<MountSpec> {
     let target = checked(cx, target_node, "target", check::absolute_path)?;
     if kind == Type::Tmpfs {
         let size = f.get("size").and_then(|n| size(cx, n, "size"));
-        return Some(MountSpec::Tmpfs { target, size });
+        let mode = match f.get("mode") {
+            Some(n) => {
+                let text = string(cx, n, "mode")?;
+                match octal_mode(&text) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        cx.error(n.pos, e);
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        return Some(MountSpec::Tmpfs { target, size, mode });
     }
     let read_only = f
         .get("readOnly")
@@ -147,4 +160,16 @@ fn decode_mount_long(cx: &mut Ctx, node: &Node) -> Option<MountSpec> {
         _ => mount_with_source(&source, &target, read_only),
     };
     result.map_err(|e| cx.error(source_node.pos, e)).ok()
+}
+
+/// A permission mode written in octal, as `chmod` and Docker's `tmpfs-mode` take it:
+/// `1777`, `"0755"`, `0o700`.
+fn octal_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!(
+            "tmpfs mode must be octal permission bits such as \"1777\" or \"0755\", found {text:?}"
+        )),
+    }
 }

@@ -71,9 +71,22 @@ pub fn add_process(cg: &Cgroup, path: &str, pid: i32) -> Result<(), CgroupError>
         })
 }
 
+/// One device cgroup rule: allow or deny `typ` (`a`, `c`, `b`) `major:minor` (`None`:
+/// any) with `access` (`rwm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub typ: char,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
+}
+
 /// Resource limits of a container (from the OCI config's `linux.resources`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
+    /// Device access rules, in order (v1 devices controller).
+    pub devices: Vec<DeviceRule>,
     /// Hard memory limit in bytes.
     pub memory: Option<i64>,
     /// CFS quota and period in microseconds (`cpus: 1.5` is 150000 per 100000).
@@ -106,10 +119,45 @@ pub fn apply_limits(cg: &Cgroup, path: &str, limits: &Limits) -> Result<(), Cgro
         cpu.set_cfs_quota_and_period(Some(quota), Some(period))
             .map_err(|e| err("cpu quota", e))?;
     }
+    if !limits.devices.is_empty() && !cg.v2() {
+        apply_device_rules(cg, path, &limits.devices)?;
+    }
     if let Some(n) = limits.pids {
         let pids: &PidController = cg.controller_of().ok_or_else(|| missing(path, "pids"))?;
         pids.set_pid_max(MaxValue::Value(n))
             .map_err(|e| err("pids limit", e))?;
+    }
+    Ok(())
+}
+
+/// Writes the device rules into the v1 devices controller. (On v2 device access is an
+/// eBPF program attached to the cgroup, which wharf does not load yet: there, only the
+/// device nodes the container gets limit it; see docs/isolation.md.)
+fn apply_device_rules(cg: &Cgroup, path: &str, rules: &[DeviceRule]) -> Result<(), CgroupError> {
+    use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
+    let devices: &DevicesController = cg.controller_of().ok_or_else(|| missing(path, "devices"))?;
+    for r in rules {
+        let typ = match r.typ {
+            'c' => DeviceType::Char,
+            'b' => DeviceType::Block,
+            _ => DeviceType::All,
+        };
+        let access: Vec<DevicePermissions> = r
+            .access
+            .chars()
+            .filter_map(DevicePermissions::from_char)
+            .collect();
+        let (major, minor) = (r.major.unwrap_or(-1), r.minor.unwrap_or(-1));
+        if r.allow {
+            devices.allow_device(typ, major, minor, &access)
+        } else {
+            devices.deny_device(typ, major, minor, &access)
+        }
+        .map_err(|source| CgroupError::SetLimit {
+            path: path.to_owned(),
+            what: format!("device rule {r:?}"),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -349,6 +397,7 @@ mod tests {
                 memory: Some(64 << 20),
                 cpu_quota: Some((150_000, 100_000)),
                 pids: Some(100),
+                devices: Vec::new(),
             },
         )
         .unwrap();

@@ -2,9 +2,11 @@
 //!
 //! All `unsafe` of the runtime lives in this file, each block with its reason.
 
+pub mod cgroupfs;
 pub mod cgroups;
 pub mod proc;
 pub mod rootfs;
+pub mod seccomp;
 
 use nix::unistd::ForkResult;
 

@@ -40,7 +40,7 @@ pub enum RootfsError {
     SymlinkTarget { target: PathBuf, link: PathBuf },
 }
 
-fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> RootfsError {
+pub(super) fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> RootfsError {
     let (what, target) = (what.to_owned(), target.to_owned());
     move |source| RootfsError::Mount {
         what,
@@ -49,7 +49,7 @@ fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> RootfsErro
     }
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RootfsError {
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RootfsError {
     let path = path.to_owned();
     move |source| RootfsError::Io { op, path, source }
 }
@@ -174,6 +174,10 @@ pub fn mount_one(root: &Path, m: &Mount) -> Result<(), RootfsError> {
     let options = m.options().clone().unwrap_or_default();
     let (flags, data) = parse_options(&options, &target)?;
     let typ = m.typ().clone().unwrap_or_default();
+    if typ == "cgroup" {
+        check_target(root, &target, false)?;
+        return super::cgroupfs::mount_view(&target, flags);
+    }
     let source = m
         .source()
         .clone()
@@ -227,9 +231,39 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-/// Creates the default device nodes and the `/dev` symlinks in `<root>/dev`.
-pub fn populate_dev(root: &Path) -> Result<(), RootfsError> {
+/// Creates the default device nodes, the config's `extra` ones (a privileged container's
+/// host devices) and the `/dev` symlinks in `<root>/dev`.
+pub fn populate_dev(
+    root: &Path,
+    extra: &[oci_spec::runtime::LinuxDevice],
+) -> Result<(), RootfsError> {
     let dev = root.join("dev");
+    for d in extra {
+        let path = join_in_root(root, d.path());
+        if path.symlink_metadata().is_ok() {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        let kind = match d.typ() {
+            oci_spec::runtime::LinuxDeviceType::B => SFlag::S_IFBLK,
+            _ => SFlag::S_IFCHR,
+        };
+        mknod(
+            &path,
+            kind,
+            Mode::from_bits_truncate(d.file_mode().unwrap_or(0o600)),
+            makedev(d.major() as u64, d.minor() as u64),
+        )
+        .map_err(|e| io_err("mknod", &path)(e.into()))?;
+        fs::set_permissions(
+            &path,
+            fs::Permissions::from_mode(d.file_mode().unwrap_or(0o600)),
+        )
+        .map_err(io_err("chmod", &path))?;
+        std::os::unix::fs::lchown(&path, d.uid(), d.gid()).map_err(io_err("chown", &path))?;
+    }
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
         if !path.exists() {
@@ -251,6 +285,8 @@ pub fn populate_dev(root: &Path) -> Result<(), RootfsError> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
+        // runc's (and so Docker's) link; masked like its target.
+        ("core", "/proc/kcore"),
     ] {
         let path = dev.join(link);
         if path.symlink_metadata().is_err() {
