@@ -366,6 +366,7 @@ async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_t
         source: source.display().to_string(),
         target: target.into(),
         read_only,
+        create_host_path: false,
     };
 
     let name = "mounts";
@@ -421,4 +422,21 @@ async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_t
     assert!(err.contains("does not exist on the host"), "{err}");
     assert!(!missing.exists());
     let _ = f.rt.remove("nosource").await;
+
+    // Unless asked: `createHostPath: true` makes the folder.
+    let name = "createsource";
+    let _c3 = Cleanup(&f.rt, name);
+    let mut req = request(&f, name, &["sh", "-c", "echo made > /m/file; echo done"]);
+    req.mounts = vec![MountSpec::Bind {
+        source: missing.display().to_string(),
+        target: "/m".into(),
+        read_only: false,
+        create_host_path: true,
+    }];
+    f.rt.start(req).await.unwrap();
+    f.wait_log(name, "done");
+    assert_eq!(
+        std::fs::read_to_string(missing.join("file")).unwrap(),
+        "made\n"
+    );
 }

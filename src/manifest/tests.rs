@@ -54,7 +54,7 @@ spec:
     - "/etc/api:/etc/api:ro"
     - {type: tmpfs, target: /tmp, size: 64Mi, mode: "1770"}
     - {type: volume, source: cache, target: /cache, readOnly: false}
-    - {type: bind, source: /srv/site, target: /srv/site, readOnly: true}
+    - {type: bind, source: /srv/site, target: /srv/site, readOnly: true, createHostPath: true}
   resources:
     memory: 256Mi
     cpus: 1.5
@@ -94,6 +94,14 @@ spec:
         &s.mounts[1],
         MountSpec::Bind {
             read_only: true,
+            create_host_path: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        &s.mounts[4],
+        MountSpec::Bind {
+            create_host_path: true,
             ..
         }
     ));

@@ -212,6 +212,10 @@ pub enum MountSpec {
         /// Mount read-only.
         #[serde(skip_serializing_if = "is_default", default)]
         read_only: bool,
+        /// Create the host folder (root-owned, 0755) if it is missing, as Kubernetes'
+        /// `hostPath.type: DirectoryOrCreate`; otherwise a missing source is an error.
+        #[serde(skip_serializing_if = "is_default", default)]
+        create_host_path: bool,
     },
     /// A tmpfs.
     Tmpfs {

@@ -199,11 +199,16 @@ pub fn user_mount(
             source,
             target,
             read_only,
+            create_host_path,
         } => {
             if std::fs::metadata(source).is_err() {
-                return Err(format!(
-                    "bind mount source {source} does not exist on the host; create it or fix spec.mounts"
-                ));
+                if !create_host_path {
+                    return Err(format!(
+                        "bind mount source {source} does not exist on the host; create it, set createHostPath: true, or fix spec.mounts"
+                    ));
+                }
+                std::fs::create_dir_all(source)
+                    .map_err(|e| format!("create bind mount source {source}: {e}"))?;
             }
             let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
             if *read_only {

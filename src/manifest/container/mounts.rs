@@ -68,6 +68,7 @@ fn mount_with_source(source: &str, target: &str, read_only: bool) -> Result<Moun
             source: source.into(),
             target: target.into(),
             read_only,
+            create_host_path: false,
         });
     }
     if source.starts_with('.') || source.contains('/') {
@@ -117,7 +118,8 @@ fn decode_mount_long(cx: &mut Ctx, node: &Node) -> Option<MountSpec> {
     )?;
     let known: &[&str] = match kind {
         Type::Tmpfs => &["type", "target", "size", "mode"],
-        _ => &["type", "source", "target", "readOnly"],
+        Type::Bind => &["type", "source", "target", "readOnly", "createHostPath"],
+        Type::Volume => &["type", "source", "target", "readOnly"],
     };
     let what = match kind {
         Type::Tmpfs => "tmpfs mount",
@@ -159,7 +161,27 @@ fn decode_mount_long(cx: &mut Ctx, node: &Node) -> Option<MountSpec> {
         )),
         _ => mount_with_source(&source, &target, read_only),
     };
-    result.map_err(|e| cx.error(source_node.pos, e)).ok()
+    let create = f
+        .get("createHostPath")
+        .and_then(|n| boolean(cx, n, "createHostPath"))
+        .unwrap_or(false);
+    result
+        .map(|m| match m {
+            MountSpec::Bind {
+                source,
+                target,
+                read_only,
+                ..
+            } => MountSpec::Bind {
+                source,
+                target,
+                read_only,
+                create_host_path: create,
+            },
+            other => other,
+        })
+        .map_err(|e| cx.error(source_node.pos, e))
+        .ok()
 }
 
 /// A permission mode written in octal, as `chmod` and Docker's `tmpfs-mode` take it:
