@@ -190,3 +190,72 @@ async fn drop_all_cannot_chown_and_privileged_lifts_every_restriction() {
     assert!(got["dev"].split(' ').any(|d| d == disk), "{}", got["dev"]);
     assert_eq!(got["cgroup memory"], "33554432", "limits still apply");
 }
+
+/// Removes a test cgroup folder (once its processes are gone).
+struct CgroupDir(std::path::PathBuf);
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn device_rules_on_cgroup_v2_are_enforced_by_the_kernel_through_ebpf() {
+    if !common::privileged("device_bpf") {
+        return;
+    }
+    use wharf::runtime::linux::cgroups::DeviceRule;
+    // A cgroup2 hierarchy: the host's (v2), or the unified one of a v1 hybrid host, where
+    // a device program applies just the same.
+    let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|r| {
+            std::path::Path::new(r).join("cgroup.procs").exists()
+                && std::fs::read_to_string("/proc/self/mountinfo")
+                    .unwrap()
+                    .lines()
+                    .any(|l| l.split(' ').nth(4) == Some(r) && l.contains(" - cgroup2 "))
+        })
+        .expect("a cgroup2 hierarchy (v2, or the unified one of a hybrid host)");
+    let dir =
+        CgroupDir(std::path::Path::new(root).join(format!("wharf-devtest-{}", std::process::id())));
+    std::fs::create_dir(&dir.0).unwrap();
+    let rule = |allow, typ, major, minor, access: &str| DeviceRule {
+        allow,
+        typ,
+        major,
+        minor,
+        access: access.into(),
+    };
+    let rules = [
+        rule(false, 'a', None, None, "rwm"),
+        rule(true, 'c', None, None, "m"),
+        rule(true, 'b', None, None, "m"),
+        rule(true, 'c', Some(1), Some(3), "rwm"),
+        rule(true, 'c', Some(1), Some(5), "rwm"),
+    ];
+    wharf::runtime::linux::attach_device_program(
+        &dir.0,
+        &wharf::runtime::linux::devices_bpf::program(&rules),
+    )
+    .unwrap();
+    let (major, minor) = host_disk();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs
+         echo \"zero: $(head -c 3 /dev/zero | wc -c)\"
+         head -c 1 /dev/urandom >/dev/null 2>&1; echo \"urandom: $?\"
+         mknod /tmp/wharf-devtest-disk-$$ b {major} {minor} && echo mknod: ok
+         head -c 1 /tmp/wharf-devtest-disk-$$ >/dev/null 2>&1; echo \"disk: $?\"
+         rm -f /tmp/wharf-devtest-disk-$$",
+        dir.0.display()
+    );
+    let out = std::process::Command::new("/bin/busybox")
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    let got = parse(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(got.get("zero").map(String::as_str), Some("3"), "{got:?}");
+    assert_eq!(got["urandom"], "1", "not in the rules: refused");
+    assert_eq!(got["mknod"], "ok", "making a node is allowed");
+    assert_eq!(got["disk"], "1", "opening a host disk is refused");
+}

@@ -29,6 +29,8 @@ pub enum CgroupError {
     },
     #[error("cgroup {path} has no {controller} controller on this host")]
     MissingController { path: String, controller: String },
+    #[error("device rules of cgroup {path}: {message}")]
+    Devices { path: String, message: String },
     #[error("remove cgroup {path}: {source}")]
     Remove {
         path: String,
@@ -119,8 +121,17 @@ pub fn apply_limits(cg: &Cgroup, path: &str, limits: &Limits) -> Result<(), Cgro
         cpu.set_cfs_quota_and_period(Some(quota), Some(period))
             .map_err(|e| err("cpu quota", e))?;
     }
-    if !limits.devices.is_empty() && !cg.v2() {
-        apply_device_rules(cg, path, &limits.devices)?;
+    if !limits.devices.is_empty() {
+        if cg.v2() {
+            let dir = Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(path);
+            super::attach_device_program(&dir, &super::devices_bpf::program(&limits.devices))
+                .map_err(|e| CgroupError::Devices {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+        } else {
+            apply_device_rules(cg, path, &limits.devices)?;
+        }
     }
     if let Some(n) = limits.pids {
         let pids: &PidController = cg.controller_of().ok_or_else(|| missing(path, "pids"))?;
@@ -130,9 +141,8 @@ pub fn apply_limits(cg: &Cgroup, path: &str, limits: &Limits) -> Result<(), Cgro
     Ok(())
 }
 
-/// Writes the device rules into the v1 devices controller. (On v2 device access is an
-/// eBPF program attached to the cgroup, which wharf does not load yet: there, only the
-/// device nodes the container gets limit it; see docs/isolation.md.)
+/// Writes the device rules into the v1 devices controller. (On v2 they become an eBPF
+/// program attached to the cgroup: `devices_bpf`.)
 fn apply_device_rules(cg: &Cgroup, path: &str, rules: &[DeviceRule]) -> Result<(), CgroupError> {
     use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
     let devices: &DevicesController = cg.controller_of().ok_or_else(|| missing(path, "devices"))?;

@@ -4,6 +4,7 @@
 
 pub mod cgroupfs;
 pub mod cgroups;
+pub mod devices_bpf;
 pub mod proc;
 pub mod rootfs;
 pub mod seccomp;
@@ -80,4 +81,121 @@ pub fn exit_now(code: i32) -> ! {
     unsafe {
         libc::_exit(code)
     }
+}
+
+/// One eBPF instruction, the kernel's `struct bpf_insn`: opcode, destination register
+/// (low 4 bits of `regs`) and source register (high 4 bits), offset, immediate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BpfInsn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_LOAD`, up to `expected_attach_type`.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_ATTACH`.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// Loads `program` as a cgroup device program and attaches it to the cgroup v2 folder
+/// `cgroup` (alongside any other: `BPF_F_ALLOW_MULTI`). The attachment holds the program;
+/// it goes when the cgroup is removed. A verifier refusal comes back with its log.
+pub fn attach_device_program(cgroup: &std::path::Path, program: &[BpfInsn]) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let license = b"Apache-2.0\0";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: program.len() as u32,
+        insns: program.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    attr.prog_name[..11].copy_from_slice(b"wharf_devcg");
+    // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute of the size passed; the pointers
+    // in it (instructions, license, log buffer) point to live buffers of the lengths
+    // given, which outlive the call; the kernel writes only into `log`, within log_size.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut attr as *mut BpfProgLoad,
+            std::mem::size_of::<BpfProgLoad>(),
+        )
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        let end = log.iter().position(|b| *b == 0).unwrap_or(0);
+        let text = String::from_utf8_lossy(&log[..end]);
+        return Err(std::io::Error::new(
+            err.kind(),
+            format!("load device program: {err}: {}", text.trim()),
+        ));
+    }
+    // SAFETY: a successful BPF_PROG_LOAD returns a new file descriptor we own.
+    #[allow(unsafe_code)]
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let dir = std::fs::File::open(cgroup)?;
+    let attach = BpfProgAttach {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        replace_bpf_fd: 0,
+    };
+    // SAFETY: `attach` is a valid BPF_PROG_ATTACH attribute of the size passed, naming
+    // two open descriptors; the kernel only reads it.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attach as *const BpfProgAttach,
+            std::mem::size_of::<BpfProgAttach>(),
+        )
+    };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            err.kind(),
+            format!("attach device program to {}: {err}", cgroup.display()),
+        ));
+    }
+    Ok(())
 }
