@@ -144,6 +144,19 @@ fn a_volume_is_filled_from_the_image_survives_replacement_and_goes_by_its_policy
     });
     assert!(!srv.join("owned").exists(), "not refilled from the image");
 
+    // A killed and restarted agent adopts the container; the volume is as it was.
+    agent.kill();
+    agent.start();
+    let c = agent.wait_container("app", 30, "adopted", |c| c["state"] == "running");
+    assert_eq!(pid_of(&c), pid);
+    wait_volume(&agent, "srv", "srv listed again", |v| {
+        v.is_some_and(|v| v["usedBy"] == serde_json::json!(["app"]) && v["declared"] == true)
+    });
+    assert_eq!(
+        std::fs::read_to_string(srv.join("runs")).unwrap(),
+        "run1\nrun2\n"
+    );
+
     // The Delete manifest goes while the container still mounts it: nothing is deleted.
     std::fs::remove_file(agent.manifests.join("srv.yaml")).unwrap();
     wait_volume(&agent, "srv", "srv waiting for its user", |v| {
