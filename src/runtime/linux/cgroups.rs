@@ -57,7 +57,9 @@ pub fn ensure(path: &str) -> Result<Cgroup, CgroupError> {
             source,
         })?;
         attempts += 1;
-        if cg.exists() || attempts == 3 {
+        // In *every* hierarchy: cgroups-rs' `exists` is true if any one has it.
+        let complete = cg.subsystems().iter().all(|s| s.to_controller().exists());
+        if complete || attempts == 10 {
             return Ok(cg);
         }
     }
@@ -267,6 +269,24 @@ impl Layout {
         })
     }
 
+    /// `rmdir` of the cgroup at `path` in the unified hierarchy (v2) or in each
+    /// controller's (v1); the kernel refuses where it has processes or children.
+    fn remove_dirs(&self, path: &str) {
+        if self.v2 {
+            let _ = std::fs::remove_dir(self.root.join(path));
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            // `cpu` and `cpuacct` are symlinks to `cpu,cpuacct`: visit real folders once.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir(entry.path().join(path));
+            }
+        }
+    }
+
     /// Names of the container cgroups under `wharf/<instance>`, read from the memory (v1)
     /// or unified (v2) hierarchy, so orphans can be found even without state files.
     pub fn list_containers(&self, instance: &str) -> Vec<String> {
@@ -315,13 +335,12 @@ pub fn remove_parents_if_empty(instance: &str) {
     remove_if_empty("wharf");
 }
 
-/// Removes the cgroup at `path` if it exists and has no process; one attempt, errors
-/// ignored (the kernel refuses while it has child cgroups).
+/// Removes the cgroup at `path` in every hierarchy where it has neither a process nor a
+/// child cgroup; one attempt, errors ignored. A plain `rmdir`, never cgroups-rs' `delete`:
+/// on v1 that removes child cgroups recursively, and would take away a sibling
+/// container's cgroup created a moment ago, before its process joined it.
 fn remove_if_empty(path: &str) {
-    let cg = Cgroup::load(hierarchies::auto(), path);
-    if cg.exists() && cg.procs().is_empty() {
-        let _ = cg.delete();
-    }
+    Layout::host().remove_dirs(path);
 }
 
 /// The relative path of this instance's parent cgroup.
@@ -453,6 +472,22 @@ mod tests {
         assert_eq!(layout.oom_kills("wharf/abcd/web"), 1);
         assert_eq!(layout.list_containers("abcd"), ["web"]);
         assert!(layout.usage("wharf/abcd/gone").is_none());
+    }
+
+    #[test]
+    fn removing_an_empty_parent_keeps_a_child_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["memory", "pids"] {
+            fs::create_dir_all(root.path().join(c).join("wharf/abcd/web")).unwrap();
+            fs::create_dir_all(root.path().join(c).join("wharf/gone")).unwrap();
+        }
+        let layout = Layout::at(root.path(), false);
+        layout.remove_dirs("wharf/abcd");
+        layout.remove_dirs("wharf/gone");
+        for c in ["memory", "pids"] {
+            assert!(root.path().join(c).join("wharf/abcd/web").is_dir(), "{c}");
+            assert!(!root.path().join(c).join("wharf/gone").exists(), "{c}");
+        }
     }
 
     #[test]
