@@ -127,7 +127,10 @@ async fn the_default_profile_is_dockers_and_crun_agrees_on_the_same_config() {
     // crun runs the config wharf wrote, on the same layer: same answers (but seccomp,
     // which wharf installs itself rather than through the config).
     if !common::have("crun") {
-        assert!(!common::required(), "crun is missing (apt-get install crun)");
+        assert!(
+            !common::required(),
+            "crun is missing (apt-get install crun)"
+        );
         eprintln!("SKIP the crun comparison: crun is not installed");
         return;
     }
