@@ -92,6 +92,8 @@ struct Faults {
     basic: Option<(String, String)>,
     /// Require a bearer token from `/token`, which wants these basic credentials.
     bearer: Option<(String, String)>,
+    /// Answer this many blob uploads (the PUT closing an upload) with 500 first.
+    upload_500s: usize,
 }
 
 struct Fake {
@@ -100,6 +102,10 @@ struct Fake {
     faults: Mutex<Faults>,
     /// Requests per path (GET only), to check retries and single fetches.
     hits: Mutex<HashMap<String, usize>>,
+    /// Blobs pushed to it, by digest, and manifests by tag.
+    pushed: Mutex<HashMap<String, Vec<u8>>>,
+    /// Blob upload attempts (PUTs closing an upload).
+    uploads: Mutex<usize>,
 }
 
 struct Registry {
@@ -158,6 +164,8 @@ impl Registry {
             blobs,
             faults: Mutex::new(faults),
             hits: Mutex::new(HashMap::new()),
+            pushed: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(0),
         });
         let app = axum::Router::new().fallback(serve).with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -283,6 +291,20 @@ async fn serve(State(fake): State<Arc<Fake>>, req: Request) -> Response {
     let Some(rest) = path.strip_prefix(&format!("/v2/{REPO}/")) else {
         return error_envelope(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
     };
+    if method != Method::GET && method != Method::HEAD {
+        return receive(&fake, &method, rest, &req_uri_query, req).await;
+    }
+    if method == Method::HEAD {
+        if let Some(d) = rest.strip_prefix("blobs/") {
+            let known = fake.pushed.lock().unwrap().contains_key(d);
+            return if known {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            }
+            .into_response();
+        }
+    }
     if rest.starts_with("manifests/") {
         if faults.manifest_500s > 0 {
             fake.faults.lock().unwrap().manifest_500s -= 1;
@@ -338,6 +360,66 @@ async fn serve(State(fake): State<Arc<Fake>>, req: Request) -> Response {
             .unwrap();
     }
     whole(blob)
+}
+
+/// The push side of the distribution API: an upload session (`POST blobs/uploads/`),
+/// a monolithic `PUT …?digest=` with the whole blob (checked), a manifest `PUT`.
+async fn receive(fake: &Fake, method: &Method, rest: &str, query: &str, req: Request) -> Response {
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    if *method == Method::POST && rest == "blobs/uploads/" {
+        return Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .header(
+                header::LOCATION,
+                format!("/v2/{REPO}/blobs/uploads/session-1"),
+            )
+            .body(Body::empty())
+            .unwrap();
+    }
+    if *method == Method::PUT && rest.starts_with("blobs/uploads/") {
+        *fake.uploads.lock().unwrap() += 1;
+        {
+            let mut faults = fake.faults.lock().unwrap();
+            if faults.upload_500s > 0 {
+                faults.upload_500s -= 1;
+                return (StatusCode::INTERNAL_SERVER_ERROR, "try later").into_response();
+            }
+        }
+        let Some(d) = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("digest="))
+            .map(|d| d.replace("%3A", ":"))
+        else {
+            return error_envelope(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
+        };
+        if digest(&body) != d {
+            return error_envelope(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
+        }
+        fake.pushed.lock().unwrap().insert(d.clone(), body);
+        return Response::builder()
+            .status(StatusCode::CREATED)
+            .header(header::LOCATION, format!("/v2/{REPO}/blobs/{d}"))
+            .body(Body::empty())
+            .unwrap();
+    }
+    if *method == Method::PUT {
+        if let Some(tag) = rest.strip_prefix("manifests/") {
+            let d = digest(&body);
+            fake.pushed
+                .lock()
+                .unwrap()
+                .insert(format!("manifest:{tag}"), body);
+            return Response::builder()
+                .status(StatusCode::CREATED)
+                .header("Docker-Content-Digest", d)
+                .body(Body::empty())
+                .unwrap();
+        }
+    }
+    error_envelope(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
 }
 
 /// Half a body, then either a long stall or an error that makes the server drop the
@@ -540,6 +622,33 @@ async fn server_error_then_success_is_retried() {
     let image = store.pull(&reg.reference()).await.unwrap();
     assert_eq!(image.layers.len(), 2);
     assert_eq!(reg.hits("manifests/latest"), 2);
+}
+
+#[tokio::test]
+async fn a_push_streams_each_blob_and_retries_a_failed_upload() {
+    let reg = Registry::start(Faults {
+        upload_500s: 1,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = reg.store(dir.path(), None, None);
+    let image = store.pull(&reg.reference()).await.unwrap();
+    let target = format!("{}/{REPO}:pushed", reg.addr);
+    store.tag(&reg.reference(), &target).unwrap();
+    let digest = store.push(&target).await.unwrap();
+    assert_eq!(digest, image.digest, "the same manifest, byte for byte");
+    let pushed = reg.fake.pushed.lock().unwrap().clone();
+    for d in reg.layers.iter().chain([&reg.config]) {
+        assert_eq!(
+            pushed.get(d.as_str()),
+            reg.fake.blobs.get(d.as_str()),
+            "{d}"
+        );
+    }
+    assert_eq!(pushed["manifest:pushed"], reg.fake.manifest);
+    // Three blobs, one upload answered 500 and tried again.
+    assert_eq!(*reg.fake.uploads.lock().unwrap(), 4);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! manifest goes up as the exact bytes we stored when pulling or importing — never
 //! re-serialised — so its digest on the registry is the digest we report.
 
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
 
@@ -13,6 +14,7 @@ use super::auth::{credentials_for, docker_config_path};
 use super::config::OCI_MANIFEST;
 use super::content::sha256_digest;
 use super::reference::{normalize_reference, pinned_digest};
+use super::retry::{classify, Backoff};
 use super::store::{read_record, ImageRecord, ImageStore};
 use super::ImageError;
 
@@ -74,7 +76,7 @@ impl ImageStore {
                     reason: e.to_string(),
                 })?;
         let registry = &self.inner().registry;
-        let client = super::pull::new_client(registry.insecure.clone());
+        let client = super::pull::push_client(registry.insecure.clone());
         let config_path = docker_config_path(registry.docker_config.as_deref());
         let auth: RegistryAuth = credentials_for(
             target.registry(),
@@ -92,31 +94,40 @@ impl ImageStore {
                 source,
             }
         };
-        client
-            .auth(&target, &auth, RegistryOperation::Push)
-            .await
-            .map_err(fail("authenticate for", ""))?;
+        retrying("authenticate", || {
+            client.auth(&target, &auth, RegistryOperation::Push)
+        })
+        .await
+        .map_err(fail("authenticate for", ""))?;
 
         for (digest, what) in &blobs {
-            if client
-                .blob_exists(&target, digest)
+            if retrying(what, || client.blob_exists(&target, digest))
                 .await
                 .map_err(fail(what, digest))?
             {
                 tracing::debug!(%digest, "registry has the blob already");
                 continue;
             }
-            // Whole blob in memory: oci-client's streaming upload cannot fall back to a
-            // monolithic PUT for registries that reject chunks. Layers are tens of MB.
             let path = content.blob_path(digest);
-            let bytes = tokio::fs::read(&path)
-                .await
-                .map_err(|source| ImageError::ReadBlob { path, source })?;
-            tracing::debug!(%digest, size = bytes.len(), "uploading blob");
-            client
-                .push_blob(&target, bytes, digest)
-                .await
-                .map_err(fail(what, digest))?;
+            let size = std::fs::metadata(&path)
+                .map_err(|source| ImageError::ReadBlob {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
+            tracing::debug!(%digest, size, "uploading blob");
+            // Streamed from the file (a fresh stream per try): memory stays flat
+            // whatever the layer's size.
+            retrying(what, || async {
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(OciDistributionError::IoError)?;
+                client
+                    .push_blob_stream(&target, file_stream(file), digest, Some(size))
+                    .await
+            })
+            .await
+            .map_err(fail(what, digest))?;
         }
 
         let media_type = manifest_media_type(&manifest);
@@ -127,13 +138,57 @@ impl ImageStore {
             }
         })?;
         let manifest_digest = sha256_digest(&manifest);
-        client
-            .push_manifest_raw(&target, manifest, content_type)
-            .await
-            .map_err(fail("manifest", &manifest_digest))?;
+        retrying("manifest", || {
+            client.push_manifest_raw(&target, manifest.clone(), content_type.clone())
+        })
+        .await
+        .map_err(fail("manifest", &manifest_digest))?;
         tracing::info!(reference = %normalised, digest = %manifest_digest, "pushed");
         Ok(manifest_digest)
     }
+}
+
+/// Runs a registry request until it succeeds, fails for good, or the retry budget is
+/// spent: transient failures (5xx, 429, connection errors, timeouts) are retried with the
+/// pull's backoff.
+async fn retrying<T, F, Fut>(what: &str, mut f: F) -> Result<T, OciDistributionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+{
+    let backoff = Backoff::default();
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if classify(&e).is_transient() && attempt < backoff.attempts => {
+                let delay = backoff.delay_with_jitter(attempt);
+                tracing::warn!(%what, attempt, error = %e, "push request failed, retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The file's content as a stream of 256 KiB chunks; ends at the first error.
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(OciDistributionError::IoError(e)), None)),
+        }
+    })
 }
 
 /// The manifest's own `mediaType`; OCI manifests may omit it (image-spec says it

@@ -47,7 +47,7 @@ use super::{Image, ImageError};
 mod layer;
 mod registry;
 
-pub(crate) use registry::new_client;
+pub(crate) use registry::push_client;
 pub use registry::RegistryConfig;
 use registry::{client_with, Endpoint};
 

@@ -97,20 +97,29 @@ impl RegistryConfig {
     }
 }
 
-/// A client that speaks plain HTTP to `insecure` registries and HTTPS (rustls, ring) to
-/// every other one.
-pub(crate) fn new_client(insecure: Vec<String>) -> oci_client::Client {
-    client_with(insecure, None)
+/// A client for pushing: blobs go up in one streamed `PUT` (the distribution spec's
+/// monolithic upload, which every registry takes), never held in memory whole.
+pub(crate) fn push_client(insecure: Vec<String>) -> oci_client::Client {
+    oci_client::Client::new(ClientConfig {
+        use_monolithic_push: true,
+        ..config(insecure, None)
+    })
 }
 
+/// A client that speaks plain HTTP to `plain_http` registries and HTTPS (rustls, ring) to
+/// every other one.
 pub(super) fn client_with(
     plain_http: Vec<String>,
     timeout: Option<Duration>,
 ) -> oci_client::Client {
+    oci_client::Client::new(config(plain_http, timeout))
+}
+
+fn config(plain_http: Vec<String>, timeout: Option<Duration>) -> ClientConfig {
     // reqwest's rustls needs a process-wide crypto provider; we build without aws-lc
     // (see pitfalls.md). Another part of wharf may have installed it first: fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    oci_client::Client::new(ClientConfig {
+    ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain_http),
         // We resolve indexes ourselves (see `resolve`), so never let the client pick.
         platform_resolver: None,
@@ -118,7 +127,7 @@ pub(super) fn client_with(
         read_timeout: Some(timeout.unwrap_or(DEFAULT_TIMEOUT)),
         user_agent: concat!("wharf/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
-    })
+    }
 }
 
 /// One place to pull from: a mirror (the reference carries the mirror host) or the
