@@ -35,6 +35,8 @@ pub enum Command {
     /// Table of containers from one or more agents.
     #[command(alias = "ps")]
     Status(HostArgs),
+    /// Table of named volumes from one or more agents: policy, state, size, users, path.
+    Volumes(HostArgs),
     /// Print a container's logs.
     Logs {
         name: String,

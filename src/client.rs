@@ -15,7 +15,7 @@ use reqwest::{StatusCode, Url};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::reconciler::status::ContainerStatus;
+use crate::reconciler::status::{ContainerStatus, VolumeStatus};
 
 /// Giving up on connecting quickly matters with several hosts: one dead host must not
 /// hold the whole table for long.
@@ -154,13 +154,17 @@ impl Target {
         }
     }
 
-    async fn containers(&self) -> Result<Vec<ContainerStatus>, ClientError> {
-        let url = self.url(&["v1", "containers"]);
+    /// A JSON array the agent serves at `segments` (`["v1", "containers"]`).
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+    ) -> Result<Vec<T>, ClientError> {
+        let url = self.url(segments);
         let Some(response) = self.get(url, Some(REQUEST_TIMEOUT)).await? else {
             return Err(ClientError::Http {
                 host: self.name.clone(),
                 status: 404,
-                message: "no /v1/containers here: is this a wharf agent?".to_owned(),
+                message: format!("no /{} here: is this a wharf agent?", segments.join("/")),
             });
         };
         response
@@ -226,31 +230,78 @@ pub async fn status(hosts: &[String]) -> Result<(), ClientError> {
 }
 
 /// [`status`] writing the table to `out` and per-host failures to `err`.
-///
-/// With one host its failure is the result. With several, a failing host is reported
-/// on `err` and the others are still shown; the result is `NoneReachable` (exit 3) only
-/// if no host answered, and the first other failure if some host failed otherwise.
 pub async fn status_to(
     hosts: &[String],
     out: &mut impl io::Write,
     err: &mut impl io::Write,
 ) -> Result<(), ClientError> {
+    let now = OffsetDateTime::now_utc();
+    list_to(
+        hosts,
+        &["v1", "containers"],
+        |c: &ContainerStatus| c.name.clone(),
+        |rows, with_host| render_table(rows, with_host, now),
+        out,
+        err,
+    )
+    .await
+}
+
+/// `wharf volumes`: a table of the named volumes of every host.
+pub async fn volumes(hosts: &[String]) -> Result<(), ClientError> {
+    volumes_to(hosts, &mut io::stdout(), &mut io::stderr()).await
+}
+
+/// [`volumes`] writing the table to `out` and per-host failures to `err`.
+pub async fn volumes_to(
+    hosts: &[String],
+    out: &mut impl io::Write,
+    err: &mut impl io::Write,
+) -> Result<(), ClientError> {
+    list_to(
+        hosts,
+        &["v1", "volumes"],
+        |v: &VolumeStatus| v.name.clone(),
+        render_volumes,
+        out,
+        err,
+    )
+    .await
+}
+
+/// Asks every host for the list at `segments` at once, sorts each host's items by `key`
+/// and writes `render(rows, several hosts)` to `out`.
+///
+/// With one host its failure is the result. With several, a failing host is reported
+/// on `err` and the others are still shown; the result is `NoneReachable` (exit 3) only
+/// if no host answered, and the first other failure if some host failed otherwise.
+async fn list_to<T>(
+    hosts: &[String],
+    segments: &'static [&'static str],
+    key: impl Fn(&T) -> String,
+    render: impl FnOnce(&[(String, T)], bool) -> String,
+    out: &mut impl io::Write,
+    err: &mut impl io::Write,
+) -> Result<(), ClientError>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
     let targets = parse_targets(hosts)?;
     // Ask all hosts at once; awaiting the handles in order keeps the output order.
     let handles: Vec<_> = targets
         .into_iter()
-        .map(|t| tokio::spawn(async move { (t.name.clone(), t.containers().await) }))
+        .map(|t| tokio::spawn(async move { (t.name.clone(), t.list::<T>(segments).await) }))
         .collect();
-    let mut rows: Vec<(String, ContainerStatus)> = Vec::new();
+    let mut rows: Vec<(String, T)> = Vec::new();
     let mut failures = Vec::new();
     let mut answered = 0usize;
     for handle in handles {
-        let (host, result) = handle.await.expect("status fetch task panicked");
+        let (host, result) = handle.await.expect("list fetch task panicked");
         match result {
-            Ok(mut containers) => {
+            Ok(mut items) => {
                 answered += 1;
-                containers.sort_by(|a, b| a.name.cmp(&b.name));
-                rows.extend(containers.into_iter().map(|c| (host.clone(), c)));
+                items.sort_by_key(|i| key(i));
+                rows.extend(items.into_iter().map(|i| (host.clone(), i)));
             }
             Err(e) => failures.push(e),
         }
@@ -263,8 +314,7 @@ pub async fn status_to(
     for failure in &failures {
         report(err, failure);
     }
-    let now = OffsetDateTime::now_utc();
-    write_all(out, render_table(&rows, hosts.len() > 1, now).as_bytes())?;
+    write_all(out, render(&rows, hosts.len() > 1).as_bytes())?;
     if answered == 0 {
         return Err(ClientError::NoneReachable {
             hosts: hosts.to_vec(),
@@ -277,6 +327,39 @@ pub async fn status_to(
         Some(other) => Err(other),
         None => Ok(()),
     }
+}
+
+/// The volumes table: name, policy, state, size, users, path; HOST for several hosts.
+fn render_volumes(rows: &[(String, VolumeStatus)], with_host: bool) -> String {
+    let mut header = vec!["NAME", "POLICY", "STATE", "SIZE", "USED-BY", "PATH"];
+    if with_host {
+        header.insert(0, "HOST");
+    }
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for (host, v) in rows {
+        let state = if v.declared || v.state != "ready" {
+            v.state.clone()
+        } else {
+            format!("{} (undeclared)", v.state)
+        };
+        let mut line = vec![
+            v.name.clone(),
+            format!("{:?}", v.reclaim_policy),
+            state,
+            crate::images::progress::human_bytes(v.size),
+            if v.used_by.is_empty() {
+                "-".to_owned()
+            } else {
+                v.used_by.join(",")
+            },
+            v.path.clone(),
+        ];
+        if with_host {
+            line.insert(0, host.clone());
+        }
+        lines.push(line);
+    }
+    crate::table::aligned(&lines, 3)
 }
 
 /// The status table: aligned columns, a HOST column only for several hosts.
@@ -316,32 +399,7 @@ fn render_table(
         }
         lines.push(line);
     }
-    let columns = lines[0].len();
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            lines
-                .iter()
-                .map(|l| l[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut text = String::new();
-    for line in &lines {
-        let mut row = String::new();
-        for (i, cell) in line.iter().enumerate() {
-            if i + 1 == columns {
-                row.push_str(cell);
-            } else {
-                let pad = widths[i] - cell.chars().count();
-                row.push_str(cell);
-                row.extend(std::iter::repeat_n(' ', pad + 3));
-            }
-        }
-        text.push_str(row.trim_end());
-        text.push('\n');
-    }
-    text
+    crate::table::aligned(&lines, 3)
 }
 
 /// Time since `started_at`, short like `kubectl get`'s AGE: 45s, 12m, 5h, 3d.
@@ -541,6 +599,40 @@ mod tests {
             volumes: Vec::new(),
             log_path: None,
         }
+    }
+
+    #[test]
+    fn volumes_table_shows_policy_state_size_and_users() {
+        let v = |name: &str, declared: bool, state: &str, used: &[&str]| VolumeStatus {
+            name: name.into(),
+            path: format!("/var/lib/wharf/volumes/{name}/data"),
+            size: 3 << 20,
+            reclaim_policy: crate::manifest::ReclaimPolicy::Delete,
+            declared,
+            source: None,
+            state: state.into(),
+            populated: true,
+            created_at: None,
+            used_by: used.iter().map(|u| u.to_string()).collect(),
+        };
+        let rows = vec![
+            ("h".to_string(), v("data", true, "ready", &["db", "web"])),
+            ("h".to_string(), v("old", false, "deleting", &[])),
+            ("h".to_string(), v("cache", false, "ready", &[])),
+        ];
+        let table = render_volumes(&rows, false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("NAME    POLICY   STATE"), "{table}");
+        assert!(
+            lines[1].contains("Delete") && lines[1].contains("db,web"),
+            "{table}"
+        );
+        assert!(lines[1].contains("3.1 MB"), "{table}");
+        assert!(
+            lines[2].contains("deleting") && lines[2].contains(" - "),
+            "{table}"
+        );
+        assert!(lines[3].contains("ready (undeclared)"), "{table}");
     }
 
     #[test]

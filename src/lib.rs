@@ -14,5 +14,6 @@ pub mod net;
 pub mod reconciler;
 pub mod runtime;
 pub mod state;
+pub mod table;
 pub mod units;
 pub mod volumes;

@@ -69,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(host) => client(wharf::client::status(&host.hosts)),
+        Command::Volumes(host) => client(wharf::client::volumes(&host.hosts)),
         Command::Logs {
             name,
             tail,

@@ -123,6 +123,20 @@ fn a_volume_is_filled_from_the_image_survives_replacement_and_goes_by_its_policy
     .unwrap();
     assert_eq!(v["reclaimPolicy"], "Retain");
     assert_eq!(v["declared"], false, "created implicitly by the mount");
+    let (code, out) = common::agent::wharf(&["volumes", "--host", &agent.addr]);
+    assert_eq!(code, 0, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("srv "))
+        .unwrap_or_else(|| panic!("{out}"));
+    for cell in ["Delete", "ready", "app", &srv.display().to_string()] {
+        assert!(row.contains(cell), "{cell} in {row}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("opq ") && l.contains("(undeclared)")),
+        "{out}"
+    );
 
     // Usage comes from the container's cgroup.
     let c = agent.wait_container("app", 10, "usage", |c| {

@@ -98,18 +98,8 @@ pub fn list(args: &StoreArgs, json: bool, out: &mut impl Write) -> Result<(), Im
             ]);
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        writeln!(out, "{}", line.join("  ").trim_end()).map_err(write_err)?;
-    }
-    Ok(())
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    write!(out, "{}", crate::table::aligned(&rows, 2)).map_err(write_err)
 }
 
 /// `wharf image tag SRC DEST`.
