@@ -96,10 +96,18 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         ));
     }
     for dir in [&args.state, &args.run_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| AgentError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
+        // Root only: container layers and volumes hold whatever a container's root put
+        // there, set-id binaries and device nodes included (Docker's CVE-2021-41091).
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|source| AgentError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
     }
     let _lock = lock_state(&args.state)?;
     let instance = instance_id(&args.state);
@@ -271,6 +279,15 @@ fn declared_volumes(desired: &manifest::DesiredState) -> Declared {
             .frozen
             .iter()
             .filter_map(|key| key.strip_prefix("Volume/").map(str::to_owned))
+            .collect(),
+        mounted: desired
+            .containers
+            .values()
+            .flat_map(|c| c.object.spec.mounts.iter())
+            .filter_map(|m| match m {
+                manifest::MountSpec::Volume { source, .. } => Some(source.clone()),
+                _ => None,
+            })
             .collect(),
         complete: desired.complete,
     }

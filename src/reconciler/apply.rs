@@ -510,8 +510,14 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 networks.clone()
             },
             ports: spec.ports.clone(),
+            // Privileged: every capability but those `capabilities.drop` names.
             capabilities: if spec.privileged {
-                crate::runtime::process::resolve_capabilities(&["ALL".to_owned()], &[])
+                let drop = spec
+                    .capabilities
+                    .as_ref()
+                    .map(|c| c.drop.clone())
+                    .unwrap_or_default();
+                crate::runtime::process::resolve_capabilities(&["ALL".to_owned()], &drop)
             } else {
                 spec.capabilities
                     .as_ref()

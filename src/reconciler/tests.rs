@@ -143,7 +143,7 @@ async fn privileged_gets_every_capability_and_volumes_are_recorded_on_the_contai
             &container(
                 "a",
                 "busybox",
-                "  privileged: true\n  mounts: [\"data:/data\", \"/srv:/srv\"]\n",
+                "  privileged: true\n  capabilities: {drop: [SYS_MODULE]}\n  mounts: [\"data:/data\", \"/srv:/srv\"]\n",
             ),
         ),
         ("b.yaml", &container("b", "busybox", "")),
@@ -152,6 +152,10 @@ async fn privileged_gets_every_capability_and_volumes_are_recorded_on_the_contai
     let a = rt.last_request("a").unwrap();
     assert!(a.privileged);
     assert!(a.capabilities.contains(&"CAP_SYS_ADMIN".to_string()));
+    assert!(
+        !a.capabilities.contains(&"CAP_SYS_MODULE".to_string()),
+        "dropped"
+    );
     assert_eq!(a.annotations[keys::VOLUMES], "data");
     let status = s.container("a").unwrap();
     assert_eq!(status.volumes, ["data"]);

@@ -125,7 +125,13 @@ pub fn resolve_capabilities(add: &[String], drop: &[String]) -> Vec<String> {
         // set (a restricted host, or one the kernel lacks) cannot be granted, and asking
         // for it would fail the start.
         let all = caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| caps::all());
-        set.extend(all.into_iter().map(|c| c.to_string()));
+        // `drop` still applies to "all" (Docker: `--cap-add ALL --cap-drop X`, and
+        // `privileged` with `drop`).
+        set.extend(
+            all.into_iter()
+                .map(|c| c.to_string())
+                .filter(|c| !drop.contains(c)),
+        );
     }
     set.extend(add.iter().filter(|a| *a != "ALL").cloned());
     set.into_iter().collect()

@@ -61,6 +61,21 @@ fn run(bundle: &Path) -> Result<(), String> {
         .map_err(|e| format!("load shim.json: {e}"))?
         .ok_or("shim.json is missing")?;
 
+    // Held as long as this process lives, which is as long as the container: the kernel
+    // then tells the agent a volume is in use, whatever its status snapshot says. (The
+    // child never drops its copy: dropping a Flock unlocks the shared open file; the child
+    // leaves by execve, which closes it, or by _exit.)
+    let _volumes_in_use = shim
+        .populate
+        .iter()
+        .map(|r| crate::volumes::VolumeStore::new(&r.state_root).hold(&r.name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    // A cgroup left by an earlier run (its shim killed before removing it) would keep that
+    // run's settings, on v2 its device program too: start from a fresh one.
+    if cgroups::procs(&shim.cgroup).is_empty() {
+        let _ = cgroups::remove(&shim.cgroup);
+    }
     let cg = cgroups::ensure(&shim.cgroup).map_err(|e| e.to_string())?;
     cgroups::apply_limits(&cg, &shim.cgroup, &limits(&spec)).map_err(|e| e.to_string())?;
     let log = OpenOptions::new()

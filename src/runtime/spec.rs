@@ -201,14 +201,26 @@ pub fn user_mount(
             read_only,
             create_host_path,
         } => {
-            if std::fs::metadata(source).is_err() {
-                if !create_host_path {
+            match std::fs::metadata(source) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && *create_host_path => {
+                    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(source)
+                        .and_then(|()| {
+                            // The mode given to mkdir passes through the umask.
+                            std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o755))
+                        })
+                        .map_err(|e| format!("create bind mount source {source}: {e}"))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(format!(
                         "bind mount source {source} does not exist on the host; create it, set createHostPath: true, or fix spec.mounts"
                     ));
                 }
-                std::fs::create_dir_all(source)
-                    .map_err(|e| format!("create bind mount source {source}: {e}"))?;
+                Err(e) => return Err(format!("bind mount source {source}: {e}")),
             }
             let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
             if *read_only {

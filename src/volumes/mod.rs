@@ -101,19 +101,57 @@ impl VolumeStore {
         }
     }
 
-    /// Takes the store lock (blocking).
-    pub fn lock(&self) -> Result<Guard, VolumeError> {
-        let path = self.root.join(".lock");
-        fs::create_dir_all(&self.root).map_err(Self::io("", "create", &self.root))?;
-        let file = fs::OpenOptions::new()
+    /// Creates the store's folders: only root may enter them, since a container's root
+    /// can put set-id binaries and device nodes in a volume (Docker's CVE-2021-41091).
+    fn ensure_root(&self) -> Result<(), VolumeError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let locks = self.root.join(".locks");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&locks)
+            .map_err(Self::io("(store)", "create", &locks))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+            .map_err(Self::io("(store)", "chmod", &self.root))
+    }
+
+    fn open_lock(&self, path: &Path, name: &str) -> Result<fs::File, VolumeError> {
+        self.ensure_root()?;
+        fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(Self::io("", "open", &path))?;
+            .open(path)
+            .map_err(Self::io(name, "open", path))
+    }
+
+    /// Takes the store lock (blocking).
+    pub fn lock(&self) -> Result<Guard, VolumeError> {
+        let path = self.root.join(".lock");
+        let file = self.open_lock(&path, "(store)")?;
         let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Self::io("", "lock", &path)(e.into()))?;
+            .map_err(|(_, e)| Self::io("(store)", "lock", &path)(e.into()))?;
         Ok(Guard { _lock: lock })
+    }
+
+    /// The in-use lock of `name`, taken shared (blocking) and held by a container's shim
+    /// for the container's whole life: the kernel's word that a running container mounts
+    /// the volume, whatever the agent's snapshot says. Kept in `.locks/`, outside the
+    /// volume's folder, so it outlives a delete.
+    pub fn hold(&self, name: &str) -> Result<nix::fcntl::Flock<fs::File>, VolumeError> {
+        let path = self.root.join(".locks").join(name);
+        let file = self.open_lock(&path, name)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
+            .map_err(|(_, e)| Self::io(name, "lock", &path)(e.into()))
+    }
+
+    /// Whether a running container holds `name` (its in-use lock is taken).
+    fn held(&self, name: &str) -> bool {
+        let path = self.root.join(".locks").join(name);
+        let Ok(file) = self.open_lock(&path, name) else {
+            return true; // unknown: assume in use, delete nothing
+        };
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
     }
 
     /// The record of `name`; `None` if the volume does not exist.
@@ -138,10 +176,14 @@ impl VolumeStore {
     ) -> Result<PathBuf, VolumeError> {
         let data = self.data_path(name);
         if self.record(name)?.is_none() {
-            // The data folder may survive from a volume whose record was lost: keep it.
+            self.ensure_root()?;
+            // The data folder may survive from a volume whose record was lost: keep it,
+            // and never fill it from an image (a container may have it mounted).
+            let existed = data.exists();
             fs::create_dir_all(&data).map_err(Self::io(name, "create", &data))?;
             let record = Record {
                 created_at: now(),
+                populated: record.populated || existed,
                 ..record.clone()
             };
             self.write_record(guard, name, &record)?;
@@ -157,7 +199,8 @@ impl VolumeStore {
     }
 
     /// Every volume on disk with its record, by name. A folder without a readable record
-    /// is listed with a default one (it is kept, never deleted, as `Retain`).
+    /// is listed as an undeclared `Retain` volume already populated: kept, never deleted,
+    /// never filled.
     pub fn list(&self) -> BTreeMap<String, Record> {
         let mut out = BTreeMap::new();
         let Ok(entries) = fs::read_dir(&self.root) else {
@@ -168,19 +211,40 @@ impl VolumeStore {
             if name.starts_with('.') || !entry.path().is_dir() {
                 continue;
             }
-            let record = self.record(&name).ok().flatten().unwrap_or_default();
+            let record = self.record(&name).ok().flatten().unwrap_or(Record {
+                populated: true,
+                ..Default::default()
+            });
             out.insert(name, record);
         }
         out
     }
 
-    /// Deletes `name` and its data (with the lock held).
+    /// Deletes `name` and its data (with the lock held): renamed away at once (a delete
+    /// cut short never leaves a half volume listed as ready), then removed. The rest of a
+    /// removal cut short is finished by [`VolumeStore::remove_trash`].
     pub fn delete(&self, _guard: &Guard, name: &str) -> Result<(), VolumeError> {
         let dir = self.dir(name);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Self::io(name, "remove", &dir)(e)),
+        let trash = self.root.join(format!(".trash-{name}-{}", now()));
+        match fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Self::io(name, "move to trash", &dir)(e)),
+        }
+        fs::remove_dir_all(&trash).map_err(Self::io(name, "remove", &trash))
+    }
+
+    /// Removes what deletes cut short left in the store's trash.
+    pub fn remove_trash(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".trash-") {
+                if let Err(e) = fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "remove volume trash");
+                }
+            }
         }
     }
 
@@ -197,7 +261,13 @@ impl VolumeStore {
             Ok(g) => g,
             Err(e) => return vec![Err(e)],
         };
-        let actions = plan(&self.list(), declared, in_use);
+        self.remove_trash();
+        // A running container holding a volume's in-use lock counts as a user even if
+        // the snapshot missed it (it started after the snapshot was taken).
+        let on_disk = self.list();
+        let mut in_use = in_use.clone();
+        in_use.extend(on_disk.keys().filter(|n| self.held(n)).cloned());
+        let actions = plan(&on_disk, declared, &in_use);
         actions
             .into_iter()
             .map(|action| {
@@ -206,6 +276,13 @@ impl VolumeStore {
                         self.create(&guard, name, record)?;
                     }
                     Action::Update { name, record } => self.write_record(&guard, name, record)?,
+                    // Checked again at the last moment: a container may have started.
+                    Action::Delete { name } if self.held(name) => {
+                        return Err(VolumeError::Populate {
+                            name: name.clone(),
+                            message: "not deleted: a container started with it".into(),
+                        })
+                    }
                     Action::Delete { name } => self.delete(&guard, name)?,
                 }
                 Ok(action)
@@ -284,6 +361,48 @@ mod tests {
         assert!(store.data_path("data").exists());
         store.sync(&declared(&[]), &BTreeSet::new());
         assert!(!store.dir("data").exists());
+    }
+
+    #[test]
+    fn a_volume_a_running_container_holds_is_not_deleted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path());
+        let none = BTreeSet::new();
+        store.sync(&declared(&[("data", ReclaimPolicy::Delete)]), &none);
+        let mode = dir
+            .path()
+            .join("volumes")
+            .metadata()
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "root only");
+        // A shim holds it; the agent's snapshot does not know that container yet.
+        let hold = store.hold("data").unwrap();
+        store.sync(&declared(&[]), &none);
+        assert!(store.data_path("data").is_dir());
+        assert!(store.record("data").unwrap().unwrap().delete_requested);
+        drop(hold);
+        store.sync(&declared(&[]), &none);
+        assert!(!store.dir("data").exists());
+        let left: Vec<_> = fs::read_dir(dir.path().join("volumes"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".trash"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_folder_without_a_record_is_kept_and_never_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(dir.path());
+        fs::create_dir_all(store.data_path("old")).unwrap();
+        let listed = &store.list()["old"];
+        assert!(listed.populated && !listed.declared);
+        store.ensure("old").unwrap();
+        assert!(store.record("old").unwrap().unwrap().populated);
     }
 
     #[test]

@@ -36,7 +36,12 @@ pub fn populate(req: &Request, rootfs: &Path) -> Result<(), VolumeError> {
     let store = VolumeStore::new(&req.state_root);
     let guard = store.lock()?;
     let data = store.create(&guard, &req.name, &Default::default())?;
-    let mut record = store.record(&req.name)?.unwrap_or_default();
+    // An unreadable record: the volume's history is unknown, so it is not filled (a
+    // container may be using it).
+    let mut record = match store.record(&req.name) {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => return Ok(()),
+    };
     if record.populated {
         return Ok(());
     }
@@ -96,12 +101,17 @@ fn image_dir(rootfs: &Path, target: &Path) -> Result<Option<PathBuf>, String> {
 }
 
 /// Copies the content of `from` into the existing empty directory `to`, then gives `to`
-/// the owner and mode of `from`.
+/// the owner and mode of `from`. An error names the entry it failed on.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     let mut links = HashMap::new();
     copy_dir_content(from, to, &mut links)?;
     let meta = from.symlink_metadata()?;
-    copy_attributes(from, to, &meta)
+    copy_attributes(from, to, &meta).map_err(|e| at(to, e))
+}
+
+/// `e` with the path it happened at.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 fn copy_dir_content(
@@ -109,57 +119,64 @@ fn copy_dir_content(
     to: &Path,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> io::Result<()> {
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let meta = src.symlink_metadata()?;
-        let kind = meta.file_type();
-        if !kind.is_dir() && meta.nlink() > 1 {
-            if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                fs::hard_link(first, &dst)?;
-                continue;
-            }
-            links.insert((meta.dev(), meta.ino()), dst.clone());
-        }
-        if kind.is_dir() {
-            fs::create_dir(&dst)?;
-            copy_dir_content(&src, &dst, links)?;
-        } else if kind.is_symlink() {
-            symlink(fs::read_link(&src)?, &dst)?;
-        } else if kind.is_file() {
-            let mut input = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&src)?;
-            let mut output = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&dst)?;
-            // std uses copy_file_range where it can.
-            io::copy(&mut input, &mut output)?;
-        } else {
-            use std::os::unix::fs::FileTypeExt;
-            let sflag = if kind.is_char_device() {
-                SFlag::S_IFCHR
-            } else if kind.is_block_device() {
-                SFlag::S_IFBLK
-            } else if kind.is_fifo() {
-                SFlag::S_IFIFO
-            } else {
-                continue; // a socket is no content
-            };
-            let rdev = meta.rdev();
-            mknod(
-                &dst,
-                sflag,
-                Mode::from_bits_truncate(0o600),
-                makedev(libc::major(rdev) as u64, libc::minor(rdev) as u64),
-            )?;
-        }
-        copy_attributes(&src, &dst, &meta)?;
+    for entry in fs::read_dir(from).map_err(|e| at(from, e))? {
+        let entry = entry.map_err(|e| at(from, e))?;
+        copy_entry(&entry.path(), &to.join(entry.file_name()), links)?;
     }
     Ok(())
+}
+
+/// Copies one entry (a directory with its content); errors name the entry.
+fn copy_entry(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
+    let here = |e| at(src, e);
+    let meta = src.symlink_metadata().map_err(here)?;
+    let kind = meta.file_type();
+    if !kind.is_dir() && meta.nlink() > 1 {
+        if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+            return fs::hard_link(first, dst).map_err(here);
+        }
+        links.insert((meta.dev(), meta.ino()), dst.to_path_buf());
+    }
+    if kind.is_dir() {
+        fs::create_dir(dst).map_err(here)?;
+        copy_dir_content(src, dst, links)?;
+    } else if kind.is_symlink() {
+        symlink(fs::read_link(src).map_err(here)?, dst).map_err(here)?;
+    } else if kind.is_file() {
+        let mut input = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(src)
+            .map_err(here)?;
+        let mut output = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dst)
+            .map_err(here)?;
+        // std uses copy_file_range where it can.
+        io::copy(&mut input, &mut output).map_err(here)?;
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        let sflag = if kind.is_char_device() {
+            SFlag::S_IFCHR
+        } else if kind.is_block_device() {
+            SFlag::S_IFBLK
+        } else if kind.is_fifo() {
+            SFlag::S_IFIFO
+        } else {
+            return Ok(()); // a socket is no content
+        };
+        let rdev = meta.rdev();
+        mknod(
+            dst,
+            sflag,
+            Mode::from_bits_truncate(0o600),
+            makedev(libc::major(rdev) as u64, libc::minor(rdev) as u64),
+        )
+        .map_err(|e| here(e.into()))?;
+    }
+    copy_attributes(src, dst, &meta).map_err(here)
 }
 
 /// Owner, then mode (chown clears set-id bits), xattrs, then times (last: the rest
@@ -177,7 +194,15 @@ fn copy_attributes(src: &Path, dst: &Path, meta: &fs::Metadata) -> io::Result<()
                 continue;
             }
             if let Ok(Some(value)) = xattr::get(src, &name) {
-                xattr::set(dst, &name, &value)?;
+                match xattr::set(dst, &name, &value) {
+                    Ok(()) => {}
+                    // The state filesystem may not take this namespace (user.* on some
+                    // filesystems, a foreign security label): the content still counts.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP | libc::EPERM)) => {
+                        eprintln!("{}: xattr {name:?} not kept: {e}", dst.display());
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }

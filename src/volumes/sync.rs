@@ -26,6 +26,8 @@ pub struct Declared {
     pub sources: BTreeMap<String, String>,
     /// Names declared twice: whatever exists for them is left exactly as it is.
     pub frozen: BTreeSet<String>,
+    /// Volumes the declared containers mount: in use, even before any of them runs.
+    pub mounted: BTreeSet<String>,
     /// False while some manifest file is invalid without a last good version: it may
     /// declare volumes, so nothing is forgotten or deleted.
     pub complete: bool,
@@ -87,7 +89,8 @@ pub fn plan(
                     ..r.clone()
                 },
             };
-            if record.delete_requested && !in_use.contains(name) {
+            let used = in_use.contains(name) || declared.mounted.contains(name);
+            if record.delete_requested && !used {
                 actions.push(Action::Delete { name: name.clone() });
             } else {
                 actions.push(Action::Update {
@@ -95,7 +98,7 @@ pub fn plan(
                     record,
                 });
             }
-        } else if r.delete_requested && !in_use.contains(name) {
+        } else if r.delete_requested && !in_use.contains(name) && !declared.mounted.contains(name) {
             actions.push(Action::Delete { name: name.clone() });
         }
     }
@@ -189,6 +192,19 @@ mod tests {
         };
         let actions = plan(&on_disk, &incomplete, &names(&[]));
         assert!(matches!(&actions[..], [Action::Create { name, .. }] if name == "c"));
+    }
+
+    #[test]
+    fn a_volume_a_declared_container_mounts_is_not_deleted_before_it_runs() {
+        // One edit removes the Delete volume and adds a container mounting it: the
+        // status snapshot does not know the container yet, the manifests do.
+        let on_disk = disk(&[("a", Delete, true, false)]);
+        let d = Declared {
+            mounted: names(&["a"]),
+            ..declared(&[])
+        };
+        let actions = plan(&on_disk, &d, &names(&[]));
+        assert!(matches!(&actions[..], [Action::Update { record, .. }] if record.delete_requested));
     }
 
     #[test]
