@@ -10,8 +10,10 @@
 //! surprise: nothing is forgotten or deleted while some manifest file is broken without
 //! a last good version ([`plan`] takes `complete`).
 //!
-//! Every structural change (create, record update, populate, delete) happens under one
-//! `flock` on `volumes/.lock`, shared by the agent and the shims of every container.
+//! Every record change (create, update, delete) happens under one `flock` on
+//! `volumes/.lock`, shared by the agent and the shims of every container; a first fill
+//! from an image runs under the volume's own lock (`.locks/<name>.fill`), and a running
+//! container's shim holds `.locks/<name>` shared for the container's life.
 
 pub mod housekeeping;
 pub mod populate;
@@ -142,6 +144,14 @@ impl VolumeStore {
         let path = self.root.join(".locks").join(name);
         let file = self.open_lock(&path, name)?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
+            .map_err(|(_, e)| Self::io(name, "lock", &path)(e.into()))
+    }
+
+    /// The lock a first fill of `name` from an image holds (blocking, exclusive).
+    pub fn fill_lock(&self, name: &str) -> Result<nix::fcntl::Flock<fs::File>, VolumeError> {
+        let path = self.root.join(".locks").join(format!("{name}.fill"));
+        let file = self.open_lock(&path, name)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| Self::io(name, "lock", &path)(e.into()))
     }
 

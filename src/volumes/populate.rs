@@ -32,19 +32,32 @@ pub struct Request {
 }
 
 /// Populates the volume of `req` from `rootfs` if this is its first mount.
+///
+/// The store lock is held only to read and write the record: the copy itself runs under
+/// the volume's own fill lock, so a large image directory delays nothing else. Nobody
+/// mounts the volume meanwhile (a container mounts it only after its own `populate`,
+/// which waits on the fill lock), and nobody deletes it (the shim starting this container
+/// holds its in-use lock).
 pub fn populate(req: &Request, rootfs: &Path) -> Result<(), VolumeError> {
     let store = VolumeStore::new(&req.state_root);
-    let guard = store.lock()?;
-    let data = store.create(&guard, &req.name, &Default::default())?;
     // An unreadable record: the volume's history is unknown, so it is not filled (a
     // container may be using it).
-    let mut record = match store.record(&req.name) {
-        Ok(Some(r)) => r,
-        Ok(None) | Err(_) => return Ok(()),
+    let needs_fill = |store: &VolumeStore| -> Result<Option<PathBuf>, VolumeError> {
+        let guard = store.lock()?;
+        let data = store.create(&guard, &req.name, &Default::default())?;
+        Ok(match store.record(&req.name) {
+            Ok(Some(r)) if !r.populated => Some(data),
+            _ => None,
+        })
     };
-    if record.populated {
+    if needs_fill(&store)?.is_none() {
         return Ok(());
     }
+    let _filling = store.fill_lock(&req.name)?;
+    // Another container may have filled it while this one waited.
+    let Some(data) = needs_fill(&store)? else {
+        return Ok(());
+    };
     let fail = |message: String| VolumeError::Populate {
         name: req.name.clone(),
         message,
@@ -70,6 +83,8 @@ pub fn populate(req: &Request, rootfs: &Path) -> Result<(), VolumeError> {
             }
         }
     }
+    let guard = store.lock()?;
+    let mut record = store.record(&req.name)?.unwrap_or_default();
     record.populated = true;
     store.write_record(&guard, &req.name, &record)
 }
@@ -264,6 +279,28 @@ mod tests {
         fs::create_dir(&data).unwrap();
         populate(&req, rootfs.path()).unwrap();
         assert_eq!(fs::read_dir(&data).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn two_first_mounts_at_once_fill_the_volume_once() {
+        let state = tempfile::tempdir().unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        tree(rootfs.path());
+        let req = Request {
+            state_root: state.path().to_owned(),
+            name: "shared".into(),
+            target: "/etc/app".into(),
+        };
+        let results: Vec<_> = std::thread::scope(|s| {
+            let a = s.spawn(|| populate(&req, rootfs.path()));
+            let b = s.spawn(|| populate(&req, rootfs.path()));
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        for r in results {
+            r.unwrap(); // the second copy would fail on "file exists"
+        }
+        let data = VolumeStore::new(state.path()).data_path("shared");
+        assert_eq!(fs::read(data.join("conf")).unwrap(), b"x=1");
     }
 
     #[test]
