@@ -73,7 +73,7 @@ fn run(bundle: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // A cgroup left by an earlier run (its shim killed before removing it) would keep that
     // run's settings, on v2 its device program too: start from a fresh one.
-    if cgroups::procs(&shim.cgroup).is_empty() {
+    if cgroups::Layout::host().exists(&shim.cgroup) && cgroups::procs(&shim.cgroup).is_empty() {
         let _ = cgroups::remove(&shim.cgroup);
     }
     let cg = cgroups::ensure(&shim.cgroup).map_err(|e| e.to_string())?;

@@ -269,6 +269,11 @@ impl Layout {
         })
     }
 
+    /// Whether the cgroup at `path` exists (in the memory hierarchy on v1): one `stat`.
+    pub fn exists(&self, path: &str) -> bool {
+        self.file("memory", path, "").is_dir()
+    }
+
     /// `rmdir` of the cgroup at `path` in the unified hierarchy (v2) or in each
     /// controller's (v1); the kernel refuses where it has processes or children.
     fn remove_dirs(&self, path: &str) {
