@@ -283,11 +283,7 @@ fn declared_volumes(desired: &manifest::DesiredState) -> Declared {
         mounted: desired
             .containers
             .values()
-            .flat_map(|c| c.object.spec.mounts.iter())
-            .filter_map(|m| match m {
-                manifest::MountSpec::Volume { source, .. } => Some(source.clone()),
-                _ => None,
-            })
+            .flat_map(|c| c.object.volume_names().map(str::to_owned))
             .collect(),
         complete: desired.complete,
     }

@@ -586,18 +586,10 @@ mod tests {
             state: ContainerState::Running,
             pid: Some(42),
             image: "127.0.0.1:5099/test/busybox:latest".to_owned(),
-            image_digest: None,
             restart_count: 2,
-            exit_code: None,
             started_at: Some("2026-11-27T21:00:00Z".to_owned()),
-            finished_at: None,
             source: Some("web.yaml".to_owned()),
-            spec_hash: None,
-            message: None,
-            addresses: Vec::new(),
-            usage: None,
-            volumes: Vec::new(),
-            log_path: None,
+            ..Default::default()
         }
     }
 

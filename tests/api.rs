@@ -31,16 +31,11 @@ fn container(name: &str, log_path: Option<PathBuf>) -> ContainerStatus {
         image: "127.0.0.1:5099/test/busybox:latest".to_owned(),
         image_digest: Some("sha256:abc".to_owned()),
         restart_count: 1,
-        exit_code: None,
         started_at: Some("2026-11-27T21:00:00Z".to_owned()),
-        finished_at: None,
         source: Some(format!("{name}.yaml")),
         spec_hash: Some("h1".to_owned()),
-        message: None,
-        addresses: Vec::new(),
-        usage: None,
-        volumes: Vec::new(),
         log_path,
+        ..Default::default()
     }
 }
 

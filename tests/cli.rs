@@ -1,18 +1,8 @@
 //! The command line, as a user runs it: `wharf validate` output and exit codes.
 
-use std::process::Command;
+mod common;
 
-fn wharf(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::agent::wharf_full as wharf;
 
 #[test]
 fn validate_prints_every_error_as_file_line_column_and_exits_1() {

@@ -132,20 +132,9 @@ mod tests {
         let c = |name: &str, state| ContainerStatus {
             name: name.into(),
             state,
-            pid: None,
             image: "busybox".into(),
-            image_digest: None,
             restart_count: 2,
-            exit_code: None,
-            started_at: None,
-            finished_at: None,
-            source: None,
-            spec_hash: None,
-            message: None,
-            addresses: Vec::new(),
-            usage: None,
-            volumes: Vec::new(),
-            log_path: None,
+            ..Default::default()
         };
         let mut a = c("a", ContainerState::Running);
         a.usage = Some(crate::runtime::Usage {

@@ -230,6 +230,16 @@ pub enum MountSpec {
     },
 }
 
+impl Container {
+    /// The named volumes it mounts, in mount order.
+    pub fn volume_names(&self) -> impl Iterator<Item = &str> {
+        self.spec.mounts.iter().filter_map(|m| match m {
+            MountSpec::Volume { source, .. } => Some(source.as_str()),
+            _ => None,
+        })
+    }
+}
+
 impl MountSpec {
     /// The path in the container.
     pub fn target(&self) -> &str {

@@ -241,18 +241,6 @@ fn unsupported_message(fields: &[&str]) -> String {
     )
 }
 
-/// The named volumes `c` mounts, in mount order.
-fn volume_names(c: &Container) -> Vec<String> {
-    c.spec
-        .mounts
-        .iter()
-        .filter_map(|m| match m {
-            crate::manifest::MountSpec::Volume { source, .. } => Some(source.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn container_status(
     name: &str,
     desired: Option<&Sourced<Container>>,
@@ -291,7 +279,9 @@ fn container_status(
         usage: observed.and_then(|o| o.usage),
         volumes: {
             // What it mounts now and what its next version will mount: both are in use.
-            let mut v: Vec<String> = desired.map(|c| volume_names(&c.object)).unwrap_or_default();
+            let mut v: Vec<String> = desired
+                .map(|c| c.object.volume_names().map(str::to_owned).collect())
+                .unwrap_or_default();
             if let Some(names) = observed.and_then(|o| o.annotations.get(keys::VOLUMES)) {
                 v.extend(
                     names
@@ -485,7 +475,10 @@ impl<R: Runtime, I: Images> Task<R, I> {
             (keys::IMAGE.to_owned(), spec.image.clone()),
             (keys::IMAGE_DIGEST.to_owned(), image.digest.clone()),
             (keys::STOP_SIGNAL.to_owned(), stop_signal),
-            (keys::VOLUMES.to_owned(), volume_names(&c.object).join(",")),
+            (
+                keys::VOLUMES.to_owned(),
+                c.object.volume_names().collect::<Vec<_>>().join(","),
+            ),
         ]);
         let networks: Vec<String> = spec
             .networks

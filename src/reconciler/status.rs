@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// A container's phase, as in `interfaces.md`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerState {
     /// Waiting: image pull, dependencies, backoff.
+    #[default]
     Pending,
     Running,
     /// Stopped and not to be restarted by its policy.
@@ -29,7 +30,7 @@ impl std::fmt::Display for ContainerState {
 }
 
 /// One container object of `/v1/containers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,

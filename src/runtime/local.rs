@@ -101,7 +101,7 @@ impl LinuxRuntime {
         // image by the shim before they are mounted.
         let volumes = VolumeStore::new(&self.state_root);
         let volume_data = |name: &str| volumes.ensure(name).map_err(|e| e.to_string());
-        let populate = req
+        let mounted_volumes = req
             .mounts
             .iter()
             .filter_map(|m| match m {
@@ -146,7 +146,7 @@ impl LinuxRuntime {
             state_path: paths.state(),
             cgroup,
             home: Some(user.home),
-            populate,
+            volumes: mounted_volumes,
             seccomp: !req.privileged,
         };
         state::write_json(&paths.shim_config(), &shim).map_err(|e| fail(e.to_string()))?;

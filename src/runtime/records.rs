@@ -36,9 +36,10 @@ pub struct ShimConfig {
     pub cgroup: String,
     /// `HOME` to add when the config's env lacks one (resolved from the image's passwd).
     pub home: Option<String>,
-    /// Named volumes to fill from the image before they are mounted (first mount only).
+    /// The named volumes it mounts: held in use by the shim for the container's life,
+    /// filled from the image before they are mounted (first mount only).
     #[serde(default)]
-    pub populate: Vec<crate::volumes::populate::Request>,
+    pub volumes: Vec<crate::volumes::populate::Request>,
     /// Install Docker's default seccomp profile before exec (off when privileged).
     #[serde(default)]
     pub seccomp: bool,

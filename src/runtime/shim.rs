@@ -66,7 +66,7 @@ fn run(bundle: &Path) -> Result<(), String> {
     // child never drops its copy: dropping a Flock unlocks the shared open file; the child
     // leaves by execve, which closes it, or by _exit.)
     let _volumes_in_use = shim
-        .populate
+        .volumes
         .iter()
         .map(|r| crate::volumes::VolumeStore::new(&r.state_root).hold(&r.name))
         .collect::<Result<Vec<_>, _>>()
@@ -314,7 +314,7 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     fs::create_dir_all(&rootfs).map_err(|err| format!("create {}: {err}", rootfs.display()))?;
     rootfs::mount_overlay(&shim.lower, &shim.upper, &shim.work, &rootfs).map_err(e)?;
     // Before the volumes hide the image's content at their mount points.
-    for req in &shim.populate {
+    for req in &shim.volumes {
         crate::volumes::populate::populate(req, &rootfs).map_err(|e| e.to_string())?;
     }
     for m in spec.mounts().iter().flatten() {

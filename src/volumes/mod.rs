@@ -42,7 +42,7 @@ pub enum VolumeError {
         source: io::Error,
     },
     #[error("volume {name}: {message}")]
-    Populate { name: String, message: String },
+    Failed { name: String, message: String },
 }
 
 /// What `volume.json` holds.
@@ -117,14 +117,23 @@ impl VolumeStore {
             .map_err(Self::io("(store)", "chmod", &self.root))
     }
 
+    /// Opens (creating) a lock file; makes the store's folders only the first time.
     fn open_lock(&self, path: &Path, name: &str) -> Result<fs::File, VolumeError> {
-        self.ensure_root()?;
-        fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(Self::io(name, "open", path))
+        let open = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+        };
+        match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_root()?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(Self::io(name, "open", path))
     }
 
     /// Takes the store lock (blocking).
@@ -288,7 +297,7 @@ impl VolumeStore {
                     Action::Update { name, record } => self.write_record(&guard, name, record)?,
                     // Checked again at the last moment: a container may have started.
                     Action::Delete { name } if self.held(name) => {
-                        return Err(VolumeError::Populate {
+                        return Err(VolumeError::Failed {
                             name: name.clone(),
                             message: "not deleted: a container started with it".into(),
                         })

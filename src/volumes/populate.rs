@@ -58,7 +58,7 @@ pub fn populate(req: &Request, rootfs: &Path) -> Result<(), VolumeError> {
     let Some(data) = needs_fill(&store)? else {
         return Ok(());
     };
-    let fail = |message: String| VolumeError::Populate {
+    let fail = |message: String| VolumeError::Failed {
         name: req.name.clone(),
         message,
     };

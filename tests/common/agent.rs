@@ -282,6 +282,12 @@ pub fn alive(pid: i32) -> bool {
 
 /// Runs the wharf binary; returns its exit code and stdout.
 pub fn wharf(args: &[&str]) -> (i32, String) {
+    let (code, out, _) = wharf_full(args);
+    (code, out)
+}
+
+/// Runs the wharf binary; returns its exit code, stdout and stderr.
+pub fn wharf_full(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(args)
         .output()
@@ -289,5 +295,6 @@ pub fn wharf(args: &[&str]) -> (i32, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

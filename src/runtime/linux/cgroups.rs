@@ -195,12 +195,15 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The host's `/sys/fs/cgroup`, v1 or v2 as mounted.
+    /// The host's `/sys/fs/cgroup`, v1 or v2 as mounted (looked up once per process:
+    /// it is read for every running container at every relist).
     pub fn host() -> Self {
-        Layout {
+        static HOST: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+        HOST.get_or_init(|| Layout {
             root: PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT),
             v2: hierarchies::is_cgroup2_unified_mode(),
-        }
+        })
+        .clone()
     }
 
     /// A hierarchy mounted at `root`: unified (v2) or one folder per controller (v1).

@@ -727,12 +727,17 @@ mod tests {
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
-    /// Whether `tool` runs here; tests that need it are skipped (with a note) otherwise.
+    /// Whether `tool` runs here; tests that need it are skipped (with a note) otherwise,
+    /// but fail under `WHARF_REQUIRE_PRIVILEGED=1` (CI must not skip silently).
     fn have(tool: &str) -> bool {
         let found = sh_unfiltered(&format!("command -v {tool}"))
             .status
             .success();
         if !found {
+            assert!(
+                std::env::var("WHARF_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+                "{tool} is not installed and WHARF_REQUIRE_PRIVILEGED=1"
+            );
             eprintln!("skipped: {tool} is not installed");
         }
         found
