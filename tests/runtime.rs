@@ -127,6 +127,69 @@ async fn exit_code_is_recorded_and_a_restart_keeps_the_log() {
     assert_eq!(std::fs::read_to_string(&o.log_path).unwrap(), "run\nrun\n");
 }
 
+/// A remove issued while the init is dead but its shim is still recording the exit
+/// waits for the shim: removing the folder under a shim writing `exit.json` failed with
+/// "Directory not empty" (a CI flake). The shim is played by a `sleep` this test owns,
+/// so the window stays open as long as the test wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_waits_for_a_shim_still_recording_the_exit() {
+    use wharf::runtime::linux::proc;
+    use wharf::runtime::records::{ExitRecord, Paths, Running};
+    let f = fixture();
+    let name = "exiting";
+    let paths = Paths::new(
+        &f._tmp.path().join("state"),
+        &f._tmp.path().join("run"),
+        name,
+    );
+    let mut shim = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let mut init = std::process::Command::new("true").spawn().unwrap();
+    let init_pid = init.id() as i32;
+    init.wait().unwrap();
+    let shim_pid = shim.id() as i32;
+    let running = Running {
+        run: 7,
+        pid: init_pid,
+        start_time: 1,
+        started_at: 0,
+        shim_pid,
+        shim_start_time: proc::start_time(shim_pid).unwrap(),
+    };
+    std::fs::create_dir_all(&paths.dir).unwrap();
+    std::fs::create_dir_all(&paths.run_dir).unwrap();
+    std::fs::write(paths.state(), serde_json::to_vec(&running).unwrap()).unwrap();
+    std::fs::write(paths.log(), "bye\n").unwrap();
+
+    let rt = std::sync::Arc::new(f.rt);
+    let remove = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.remove(name).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waited = !remove.is_finished();
+    // The "shim" records the exit (into the folder the old code had already removed)
+    // and ends.
+    std::fs::create_dir_all(&paths.dir).unwrap();
+    let exit = ExitRecord {
+        run: 7,
+        exit_code: 0,
+        signal: None,
+        finished_at: 0,
+        error: None,
+        oom_killed: false,
+    };
+    std::fs::write(paths.exit(), serde_json::to_vec(&exit).unwrap()).unwrap();
+    shim.kill().unwrap();
+    shim.wait().unwrap();
+    let removed = remove.await.unwrap();
+    assert!(waited, "the remove did not wait for the shim");
+    removed.unwrap();
+    assert!(!paths.dir.exists() && !paths.run_dir.exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_command_fails_with_dockers_message() {
     if !common::privileged("missing_command_fails") {

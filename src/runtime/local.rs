@@ -251,48 +251,57 @@ impl LinuxRuntime {
         })
     }
 
-    fn running(&self, name: &str) -> Option<Running> {
-        let paths = self.paths(name);
-        let r: Running = state::read_json(&paths.state()).ok().flatten()?;
-        proc::is_alive(r.pid, r.start_time).then_some(r)
-    }
-
     /// Blocking stop: signal, grace, SIGKILL, then wait for the shim's exit record.
+    ///
+    /// Also waits when the init has already died but its shim is still recording the
+    /// exit: removing the container's folder under a shim that is writing `exit.json`
+    /// fails with "Directory not empty" (seen in CI).
     fn stop_blocking(
         &self,
         name: &str,
         signal: Signal,
         grace: Duration,
     ) -> Result<(), RuntimeError> {
-        let Some(r) = self.running(name) else {
+        let paths = self.paths(name);
+        let Some(r): Option<Running> = state::read_json(&paths.state()).ok().flatten() else {
             return Ok(());
         };
         let fail = |message: String| RuntimeError::Stop {
             name: name.to_owned(),
             message,
         };
-        proc::signal_if_same(r.pid, r.start_time, signal)
-            .map_err(|e| fail(format!("{signal}: {e}")))?;
-        let deadline = Instant::now() + grace;
-        while proc::is_alive(r.pid, r.start_time) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        let recorded = || {
+            let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
+            exit.is_some_and(|e| e.run == r.run)
+        };
+        let init_alive = || proc::is_alive(r.pid, r.start_time);
+        let shim_alive = || r.shim_pid > 0 && proc::is_alive(r.shim_pid, r.shim_start_time);
+        if recorded() {
+            return Ok(());
         }
-        if proc::is_alive(r.pid, r.start_time) {
-            proc::signal_if_same(r.pid, r.start_time, Signal::SIGKILL)
-                .map_err(|e| fail(format!("SIGKILL: {e}")))?;
+        if init_alive() {
+            proc::signal_if_same(r.pid, r.start_time, signal)
+                .map_err(|e| fail(format!("{signal}: {e}")))?;
+            let deadline = Instant::now() + grace;
+            while init_alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if init_alive() {
+                proc::signal_if_same(r.pid, r.start_time, Signal::SIGKILL)
+                    .map_err(|e| fail(format!("SIGKILL: {e}")))?;
+            }
         }
         // The shim writes the exit record once it has reaped the init and drained the
-        // log; wait for it so the caller sees the final state.
-        let paths = self.paths(name);
+        // log; wait for it so the caller sees the final state. A shim that died without
+        // one (killed) leaves nothing to wait for.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
-            if exit.is_some_and(|e| e.run == r.run) {
+            if recorded() || !(init_alive() || shim_alive()) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        if proc::is_alive(r.pid, r.start_time) {
+        if init_alive() {
             return Err(fail("still running after SIGKILL".into()));
         }
         Ok(())
