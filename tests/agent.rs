@@ -38,7 +38,7 @@ fn a_yaml_file_becomes_a_container_an_edit_replaces_it_and_removal_removes_it() 
     assert!(std::path::Path::new(&format!("/proc/{pid}/root/bin/busybox")).exists());
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert_eq!(cmdline, b"sleep\x001000\x00");
-    let logs = common::wait_for(10, "log line", || {
+    let logs = common::wait_for(30, "log line", || {
         agent
             .get("/v1/containers/web/logs")
             .filter(|(_, b)| b.contains("started"))
@@ -75,7 +75,7 @@ fn a_yaml_file_becomes_a_container_an_edit_replaces_it_and_removal_removes_it() 
         c["state"] == "running" && c["pid"].as_i64() != Some(pid as i64)
     });
     assert_ne!(c2["specHash"], c["specHash"]);
-    common::wait_for(10, "old process gone", || (!alive(pid)).then_some(()));
+    common::wait_for(30, "old process gone", || (!alive(pid)).then_some(()));
     let pid2 = pid_of(&c2);
 
     // An invalid edit keeps it running and reports the line.
@@ -83,7 +83,7 @@ fn a_yaml_file_becomes_a_container_an_edit_replaces_it_and_removal_removes_it() 
         "web.yaml",
         &container_yaml("web", "exec sleep 1002", "  imagePullPolicyy: Always\n"),
     );
-    let manifests = common::wait_for(10, "error reported", || {
+    let manifests = common::wait_for(30, "error reported", || {
         let (_, body) = agent.get("/v1/manifests")?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         let file = v

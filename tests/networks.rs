@@ -83,10 +83,10 @@ fn containers_reach_each_other_by_name_ports_are_published_and_a_restart_keeps_a
     assert_eq!(log.0, 200);
 
     // The published port answers on the agent host's loopback and on the container IP.
-    let answer = common::wait_for(10, "published port", || fetch(&agent, "127.0.0.1:18080"));
+    let answer = common::wait_for(30, "published port", || fetch(&agent, "127.0.0.1:18080"));
     assert_eq!(answer, "pong\n");
     // (The busybox server serves one connection at a time: retry while it relistens.)
-    let direct = common::wait_for(10, "container address", || {
+    let direct = common::wait_for(30, "container address", || {
         fetch(&agent, &format!("{ip}:8080"))
     });
     assert_eq!(direct, "pong\n");
@@ -133,7 +133,7 @@ fn containers_reach_each_other_by_name_ports_are_published_and_a_restart_keeps_a
 
     // Killed agent: the port keeps answering; restarted: same process, same address.
     agent.kill();
-    let while_down = common::wait_for(10, "port while the agent is down", || {
+    let while_down = common::wait_for(30, "port while the agent is down", || {
         fetch(&agent, "127.0.0.1:18080")
     });
     assert_eq!(while_down, "pong\n");
@@ -142,7 +142,7 @@ fn containers_reach_each_other_by_name_ports_are_published_and_a_restart_keeps_a
     assert_eq!(pid_of(&again), server_pid);
     assert_eq!(again["addresses"][0]["ip"], ip.as_str());
     assert_eq!(
-        common::wait_for(10, "port after restart", || fetch(
+        common::wait_for(30, "port after restart", || fetch(
             &agent,
             "127.0.0.1:18080"
         )),
@@ -159,7 +159,7 @@ fn containers_reach_each_other_by_name_ports_are_published_and_a_restart_keeps_a
         });
     }
     assert!(!alive(server_pid));
-    let remaining = common::wait_for(10, "links gone", || {
+    let remaining = common::wait_for(30, "links gone", || {
         let l = links(&agent);
         (l.len() == 2).then_some(l)
     });
@@ -279,7 +279,7 @@ fn host_none_multiple_networks_and_udp_ports_behave_as_with_docker() {
         .map(|a| a["network"].as_str().unwrap())
         .collect();
     assert_eq!(nets, ["default", "backend"], "{multi}");
-    let log = common::wait_for(10, "interfaces listed", || {
+    let log = common::wait_for(30, "interfaces listed", || {
         agent
             .get("/v1/containers/multi/logs")
             .filter(|(_, b)| b.contains("eth1"))
@@ -300,7 +300,7 @@ fn host_none_multiple_networks_and_udp_ports_behave_as_with_docker() {
         })
         .unwrap()
     });
-    let echoed = common::wait_for(10, "udp echo", || {
+    let echoed = common::wait_for(30, "udp echo", || {
         agent.in_netns(|| {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
             s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
@@ -325,7 +325,7 @@ fn host_none_multiple_networks_and_udp_ports_behave_as_with_docker() {
         ino(agent.netns.to_str().unwrap())
     );
     agent.wait_container("nonet", 60, "running", |c| c["state"] == "running");
-    let log = common::wait_for(10, "links listed", || {
+    let log = common::wait_for(30, "links listed", || {
         agent
             .get("/v1/containers/nonet/logs")
             .filter(|(_, b)| b.contains("lo"))
@@ -352,7 +352,7 @@ fn host_none_multiple_networks_and_udp_ports_behave_as_with_docker() {
         !rules.contains("dnat ip to"),
         "a published port is left: {rules}"
     );
-    let remaining = common::wait_for(10, "backend bridge removed", || {
+    let remaining = common::wait_for(30, "backend bridge removed", || {
         let l = links(&agent);
         (l.len() == 2).then_some(l)
     });

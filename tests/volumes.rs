@@ -97,7 +97,7 @@ fn a_volume_is_filled_from_the_image_survives_replacement_and_goes_by_its_policy
         "new3\n"
     );
     // The container writes into the volume, not its own layer.
-    common::wait_for(10, "first run recorded", || {
+    common::wait_for(30, "first run recorded", || {
         (std::fs::read_to_string(srv.join("runs")).ok()? == "run1\n").then_some(())
     });
     // A read-only volume is mounted read-only.
@@ -153,7 +153,7 @@ fn a_volume_is_filled_from_the_image_survives_replacement_and_goes_by_its_policy
         c["state"] == "running" && c["pid"].as_i64() != Some(pid as i64)
     });
     let pid = pid_of(&c);
-    common::wait_for(10, "second run recorded", || {
+    common::wait_for(30, "second run recorded", || {
         (std::fs::read_to_string(srv.join("runs")).ok()? == "run1\nrun2\n").then_some(())
     });
     assert!(!srv.join("owned").exists(), "not refilled from the image");

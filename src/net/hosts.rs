@@ -147,16 +147,13 @@ pub fn host_resolv_conf() -> io::Result<String> {
     Ok(main)
 }
 
-/// Replaces the content of `path` keeping its inode (created if missing): truncate,
-/// write, fsync. The file is bind-mounted into a running container, and a bind mount
+/// Replaces the content of `path` keeping its inode: truncate, write, fsync. A missing
+/// file stays missing (NotFound): its container is being removed, and creating it would
+/// race the removal of its folder. The file is bind-mounted into a running container, and a bind mount
 /// pins the inode, so the usual temp-file-and-rename would never be seen inside.
 /// A reader may briefly see a short file; resolvers re-read on the next lookup.
 pub fn write_in_place(path: &Path, content: &str) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let mut file = OpenOptions::new().write(true).truncate(false).open(path)?;
     file.set_len(0)?;
     file.write_all(content.as_bytes())?;
     file.sync_all()
@@ -245,6 +242,10 @@ mod tests {
     fn write_in_place_keeps_the_inode_and_replaces_the_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hosts");
+        let missing = write_in_place(&path, "x\n").unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        assert!(!path.exists());
+        std::fs::write(&path, "").unwrap();
         write_in_place(&path, "a much longer first content\n").unwrap();
         let inode = std::fs::metadata(&path).unwrap().ino();
         write_in_place(&path, "short\n").unwrap();

@@ -222,8 +222,11 @@ impl<R: Runtime> NetworkedRuntime<R> {
                 continue;
             };
             let content = st.nets.hosts_file(name, hostname.trim());
-            if let Err(e) = hosts::write_in_place(&etc.join("hosts"), &content) {
-                tracing::warn!(container = %name, error = %e, "update /etc/hosts");
+            match hosts::write_in_place(&etc.join("hosts"), &content) {
+                Ok(()) => {}
+                // Removed meanwhile (its remove runs outside this lock).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(container = %name, error = %e, "update /etc/hosts"),
             }
         }
     }

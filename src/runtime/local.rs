@@ -251,11 +251,13 @@ impl LinuxRuntime {
         })
     }
 
-    /// Blocking stop: signal, grace, SIGKILL, then wait for the shim's exit record.
+    /// Blocking stop: signal, grace, SIGKILL, then wait for the shim to record the exit
+    /// and end.
     ///
     /// Also waits when the init has already died but its shim is still recording the
-    /// exit: removing the container's folder under a shim that is writing `exit.json`
-    /// fails with "Directory not empty" (seen in CI).
+    /// exit: removing the container's folder under a shim writing `exit.json` fails with
+    /// "Directory not empty" (seen in CI), and a shim that has not ended still holds
+    /// its volumes' in-use locks.
     fn stop_blocking(
         &self,
         name: &str,
@@ -270,15 +272,9 @@ impl LinuxRuntime {
             name: name.to_owned(),
             message,
         };
-        let recorded = || {
-            let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
-            exit.is_some_and(|e| e.run == r.run)
-        };
         let init_alive = || proc::is_alive(r.pid, r.start_time);
+        // Records from before the shim recorded itself have no shim pid: the init alone.
         let shim_alive = || r.shim_pid > 0 && proc::is_alive(r.shim_pid, r.shim_start_time);
-        if recorded() {
-            return Ok(());
-        }
         if init_alive() {
             proc::signal_if_same(r.pid, r.start_time, signal)
                 .map_err(|e| fail(format!("{signal}: {e}")))?;
@@ -291,20 +287,24 @@ impl LinuxRuntime {
                     .map_err(|e| fail(format!("SIGKILL: {e}")))?;
             }
         }
-        // The shim writes the exit record once it has reaped the init and drained the
-        // log; wait for it so the caller sees the final state. A shim that died without
-        // one (killed) leaves nothing to wait for.
+        // The shim reaps the init, drains the log, removes the cgroup, records the exit
+        // and ends.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if recorded() || !(init_alive() || shim_alive()) {
-                return Ok(());
+        loop {
+            match (init_alive(), shim_alive()) {
+                (false, false) => return Ok(()),
+                (true, _) if Instant::now() >= deadline => {
+                    return Err(fail("still running after SIGKILL".into()))
+                }
+                (false, true) if Instant::now() >= deadline => {
+                    return Err(fail(format!(
+                        "its shim (pid {}) has not recorded the exit after 10s",
+                        r.shim_pid
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        if init_alive() {
-            return Err(fail("still running after SIGKILL".into()));
-        }
-        Ok(())
     }
 
     fn remove_blocking(&self, name: &str) -> Result<(), RuntimeError> {

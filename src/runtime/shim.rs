@@ -169,9 +169,10 @@ fn parent(
         }
     };
     let _ = log.sync_all();
-    // The state file goes after the exit record: a reader always finds one of the two.
+    // The state file stays: the exit record (same run) supersedes it, and once the exit
+    // is recorded the agent may start the next run, whose state file an unlink here
+    // could remove.
     finish(shim, code, signal, None);
-    let _ = fs::remove_file(&shim.state_path);
     Ok(())
 }
 

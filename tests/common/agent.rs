@@ -143,7 +143,7 @@ impl Agent {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        super::wait_for(20, "agent endpoint", || {
+        super::wait_for(30, "agent endpoint", || {
             self.get("/healthz").filter(|(s, _)| *s == 200)
         });
     }

@@ -40,7 +40,7 @@ impl Fixture {
             .join("state/containers")
             .join(name)
             .join("container.log");
-        super::wait_for(10, &format!("{needle:?} in the log of {name}"), || {
+        super::wait_for(30, &format!("{needle:?} in the log of {name}"), || {
             let l = std::fs::read_to_string(&path).ok()?;
             l.contains(needle).then_some(l)
         })
