@@ -122,7 +122,7 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Write an image as an OCI layout tar.
+    /// Write an image as an OCI layout tar (with docker save's manifest.json too).
     Export {
         reference: String,
         file: PathBuf,

@@ -109,6 +109,51 @@ async fn oci_archive_from_skopeo_imports_and_our_export_satisfies_skopeo() {
     let re = again.import_archive(&out).unwrap().remove(0);
     assert_eq!(re.digest, img.digest);
     assert_eq!(re.reference, img.reference);
+
+    // The same file is a `docker save` archive (its `manifest.json`, as Docker 25
+    // writes both): skopeo finds the image in it by its tag (`RepoTags`, Docker's
+    // short form), with the image's layers (by diff id), and copies it out.
+    let familiar = img.reference.trim_start_matches("docker.io/");
+    let by_tag = format!("docker-archive:{}:{familiar}", out.display());
+    let docker = skopeo(&["inspect", &by_tag]);
+    let docker: serde_json::Value = serde_json::from_slice(&docker).unwrap();
+    let config = skopeo(&[
+        "inspect",
+        "--config",
+        &format!("oci-archive:{}", out.display()),
+    ]);
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(docker["Layers"], config["rootfs"]["diff_ids"], "{docker}");
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        &by_tag,
+        &format!("oci:{}:docker", dir.display()),
+    ]);
+    // And our own importer, reading only `manifest.json`, gets the same image.
+    let docker_only = work.path().join("docker-only.tar");
+    without_member(&out, &docker_only, "index.json");
+    let third = ImageStore::open(&work.path().join("third"), vec![]).unwrap();
+    let via_docker = third.import_archive(&docker_only).unwrap().remove(0);
+    assert_eq!(via_docker.config, img.config);
+    assert_eq!(via_docker.reference, img.reference);
+}
+
+/// Copies the tar `from` to `to` without the member `skip`.
+fn without_member(from: &Path, to: &Path, skip: &str) {
+    let mut input = tar::Archive::new(std::fs::File::open(from).unwrap());
+    let mut output = tar::Builder::new(std::fs::File::create(to).unwrap());
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap() == Path::new(skip) {
+            continue;
+        }
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        output.append_data(&mut header, path, &mut entry).unwrap();
+    }
+    output.finish().unwrap();
 }
 
 #[test]

@@ -24,7 +24,7 @@ use super::config::{
     OCI_INDEX, OCI_MANIFEST,
 };
 use super::content::{digest_hex, sha256_digest, temp_name};
-use super::reference::{normalize_reference, pinned_digest, validate_digest};
+use super::reference::{familiar, normalize_reference, pinned_digest, validate_digest};
 use super::store::{ImageRecord, ImageStore, LayerRecord};
 use super::{Image, ImageError};
 
@@ -118,8 +118,9 @@ impl ImageStore {
     }
 
     /// Writes the image `reference` names as an OCI layout tar at `file` (replaced
-    /// atomically), which `skopeo copy oci-archive:FILE …` and [`ImageStore::import_archive`]
-    /// accept. For a multi-platform image, the platform manifest we have is exported
+    /// atomically) that also carries `docker save`'s `manifest.json`, as Docker 25's
+    /// `docker save` does: `skopeo copy oci-archive:FILE …`, `docker-archive:FILE`,
+    /// `docker load` and [`ImageStore::import_archive`] accept it. For a multi-platform image, the platform manifest we have is exported
     /// (the other platforms were never pulled), so its digest is the manifest's.
     pub fn export(&self, reference: &str, file: &Path) -> Result<(), ImageError> {
         let _lock = self.shared_lock()?;
@@ -157,6 +158,7 @@ impl ImageStore {
         }
 
         let mut annotations = BTreeMap::new();
+        let mut repo_tags = Vec::new();
         if !super::catalog::is_bare_digest(reference) {
             let norm = normalize_reference(reference)?;
             let name = norm.split('@').next().unwrap_or(&norm).to_string();
@@ -166,6 +168,7 @@ impl ImageStore {
                     ANNOTATION_REF_NAME.to_string(),
                     name[tag_start + i + 1..].to_string(),
                 );
+                repo_tags.push(familiar(&name).to_string());
             }
             annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name);
         }
@@ -180,6 +183,19 @@ impl ImageStore {
             }],
         };
         let index_bytes = serde_json::to_vec(&index).map_err(io::Error::other);
+        // `docker save`'s description too (Docker 25 writes both): `docker load` and
+        // tools reading docker-archive find the same blobs through it.
+        let blob_member = |d: &str| format!("blobs/sha256/{}", digest_hex(d));
+        let docker = [DockerManifestOut {
+            config: blob_member(&record.config_digest),
+            repo_tags,
+            layers: record
+                .layers
+                .iter()
+                .map(|l| blob_member(&l.digest))
+                .collect(),
+        }];
+        let docker_bytes = serde_json::to_vec(&docker).map_err(io::Error::other);
 
         let export_err = |path: &Path, source| ImageError::ExportImage {
             reference: reference.to_string(),
@@ -187,6 +203,7 @@ impl ImageStore {
             source,
         };
         let index_bytes = index_bytes.map_err(|e| export_err(file, e))?;
+        let docker_bytes = docker_bytes.map_err(|e| export_err(file, e))?;
         let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
         let file_name = file
             .file_name()
@@ -217,12 +234,7 @@ impl ImageStore {
                 let path = content.blob_path(d);
                 let f = File::open(&path)?;
                 let size = f.metadata()?.len();
-                add(
-                    &format!("blobs/sha256/{}", digest_hex(d)),
-                    &mut BufReader::new(f),
-                    size,
-                    false,
-                )?;
+                add(&blob_member(d), &mut BufReader::new(f), size, false)?;
             }
             let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
             add("oci-layout", &mut &layout[..], layout.len() as u64, false)?;
@@ -230,6 +242,12 @@ impl ImageStore {
                 "index.json",
                 &mut &index_bytes[..],
                 index_bytes.len() as u64,
+                false,
+            )?;
+            add(
+                "manifest.json",
+                &mut &docker_bytes[..],
+                docker_bytes.len() as u64,
                 false,
             )?;
             let out = b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
@@ -833,6 +851,15 @@ struct AnnotatedDescriptor {
 struct DockerManifestEntry {
     config: String,
     repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// The `docker save` `manifest.json` entry `export` writes.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifestOut {
+    config: String,
+    repo_tags: Vec<String>,
     layers: Vec<String>,
 }
 

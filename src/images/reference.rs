@@ -69,6 +69,22 @@ pub fn normalize_reference(s: &str) -> Result<String, ImageError> {
     Ok(out)
 }
 
+/// The short form Docker shows (and writes in `docker save`'s `RepoTags`) for a
+/// normalised reference: Docker Hub's `docker.io/` and `library/` prefixes dropped.
+pub fn familiar(normalized: &str) -> &str {
+    let hub = normalized
+        .strip_prefix(DEFAULT_DOMAIN)
+        .and_then(|r| r.strip_prefix('/'));
+    match hub {
+        // `library/` only goes from a one-component name (`library/a/b` keeps it).
+        Some(path) => match path.strip_prefix(OFFICIAL_REPO_PREFIX) {
+            Some(rest) if !rest.contains('/') => rest,
+            _ => path,
+        },
+        None => normalized,
+    }
+}
+
 /// Splits `name` into registry and repository path, applying Docker Hub's defaults.
 fn split_domain(name: &str) -> (String, String) {
     let (domain, path) = match name.split_once('/') {
@@ -161,6 +177,22 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn familiar_names_drop_docker_hubs_prefixes_only() {
+        for (norm, short) in [
+            ("docker.io/library/busybox:latest", "busybox:latest"),
+            ("docker.io/team/app:1", "team/app:1"),
+            ("docker.io/library/a/b:1", "library/a/b:1"),
+            (
+                "127.0.0.1:5099/test/busybox:latest",
+                "127.0.0.1:5099/test/busybox:latest",
+            ),
+            ("docker.iox/app:1", "docker.iox/app:1"),
+        ] {
+            assert_eq!(familiar(norm), short, "{norm}");
+        }
+    }
 
     #[test]
     fn references_normalise_as_docker_does() {
