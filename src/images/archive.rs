@@ -236,20 +236,14 @@ impl ImageStore {
                 let size = f.metadata()?.len();
                 add(&blob_member(d), &mut BufReader::new(f), size, false)?;
             }
-            let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-            add("oci-layout", &mut &layout[..], layout.len() as u64, false)?;
-            add(
-                "index.json",
-                &mut &index_bytes[..],
-                index_bytes.len() as u64,
-                false,
-            )?;
-            add(
-                "manifest.json",
-                &mut &docker_bytes[..],
-                docker_bytes.len() as u64,
-                false,
-            )?;
+            let layout: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+            for (member, bytes) in [
+                ("oci-layout", layout),
+                ("index.json", &index_bytes),
+                ("manifest.json", &docker_bytes),
+            ] {
+                add(member, &mut &bytes[..], bytes.len() as u64, false)?;
+            }
             let out = b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
             out.sync_all()?;
             fs::rename(&tmp, file)?;
