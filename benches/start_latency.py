@@ -15,35 +15,18 @@ Cleans up everything it creates: the agent (by its PID), containers, cgroups, te
 """
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def registry():
-    return os.environ.get("WHARF_TEST_REGISTRY", "127.0.0.1:5099")
-
-
-def instance_id(state):
-    return hashlib.sha256(os.path.realpath(state).encode()).hexdigest()[:8]
-
-
-def running_cmd(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_agent import (  # noqa: E402
+    ROOT, Agent, manifest, prepare, running_cmd, write_manifest)
 
 
 def wait_process(procs_file, cmdline, timeout=30.0):
@@ -61,52 +44,9 @@ def wait_process(procs_file, cmdline, timeout=30.0):
     raise TimeoutError(f"no process {cmdline!r} in {procs_file}")
 
 
-def get_json(addr, path):
-    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def write_manifest(folder, name, text):
-    tmp = os.path.join(folder, f".{name}.partial")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, os.path.join(folder, f"{name}.yaml"))
-
-
-def manifest(name, marker, network):
-    networks = "  networks: [none]\n" if network == "none" else ""
-    return (
-        "apiVersion: wharf/v1\nkind: Container\nmetadata:\n"
-        f"  name: {name}\nspec:\n  image: {registry()}/test/busybox:latest\n"
-        f"  command: [sleep, \"{marker}\"]\n  stopGracePeriod: 0s\n{networks}"
-    )
-
-
 def bench_wharf(wharf, runs, tmp):
-    """Runs the agent in a network namespace of its own (`unshare --net`), so the
-    bridge, veths and nftables table it makes vanish with it; the image is pulled
-    beforehand from the host side, where the registry is."""
-    manifests, state, run_dir = (os.path.join(tmp, d) for d in ("m", "s", "r"))
-    os.makedirs(manifests)
-    subprocess.run([wharf, "pull", "--state", state, "--insecure-registry", registry(),
-                    f"{registry()}/test/busybox:latest"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sock = os.path.join(tmp, "agent.sock")
-    log = open(os.path.join(tmp, "agent.log"), "w")
-    agent = subprocess.Popen(
-        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-         wharf, "agent", "--manifests", manifests, "--state", state, "--run-dir", run_dir,
-         "--listen", f"unix:{sock}"],
-        stdout=subprocess.DEVNULL, stderr=log)
+    agent = Agent(wharf, tmp)
     try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        inst = instance_id(state)
-        cg = f"/sys/fs/cgroup/memory/wharf/{inst}"
-        if not os.path.isdir("/sys/fs/cgroup/memory"):
-            cg = f"/sys/fs/cgroup/wharf/{inst}"
         samples = {"none": [], "default": []}
         # Run 0 of each warms up (not timed). Alternate the two kinds run by run, so
         # machine noise hits both alike.
@@ -115,22 +55,20 @@ def bench_wharf(wharf, runs, tmp):
             name = f"bench{i}"
             marker = f"{1000 + i}"
             t0 = time.monotonic()
-            write_manifest(manifests, name, manifest(name, marker, network))
-            t1 = wait_process(f"{cg}/{name}/cgroup.procs", b"sleep\0" + marker.encode() + b"\0")
+            write_manifest(agent.manifests, name, manifest(name, marker, network))
+            t1 = wait_process(f"{agent.cgroup}/{name}/cgroup.procs",
+                              b"sleep\0" + marker.encode() + b"\0")
             if i >= 2:
                 samples[network].append((t1 - t0) * 1000)
-            os.remove(os.path.join(manifests, f"{name}.yaml"))
+            os.remove(os.path.join(agent.manifests, f"{name}.yaml"))
             deadline = time.monotonic() + 30
-            # Removed: its records, then its network namespace file (detached last).
-            while (os.path.exists(os.path.join(state, "containers", name))
-                   or os.path.exists(os.path.join(run_dir, "netns", name))):
+            while not agent.gone(name):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not removed")
                 time.sleep(0.01)
-        layer = next(
-            os.path.join(state, "images", "layers", d)
-            for d in os.listdir(os.path.join(state, "images", "layers"))
-            if os.path.exists(os.path.join(state, "images", "layers", d, "bin", "busybox")))
+        layers = os.path.join(agent.state, "images", "layers")
+        layer = next(os.path.join(layers, d) for d in os.listdir(layers)
+                     if os.path.exists(os.path.join(layers, d, "bin", "busybox")))
         rss = None
         with open(f"/proc/{agent.pid}/status") as f:
             for line in f:
@@ -138,14 +76,7 @@ def bench_wharf(wharf, runs, tmp):
                     rss = line.split()[1]
         return samples, layer, rss
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=10)
-        log.close()
-        # Whatever a removal in flight left (the agent re-adopts or removes these on its
-        # next start; the bench cleans up now): namespace files are bind mounts.
-        netns = os.path.join(run_dir, "netns")
-        for f in os.listdir(netns) if os.path.isdir(netns) else []:
-            subprocess.run(["umount", os.path.join(netns, f)], check=False)
+        agent.stop()
 
 
 def bench_crun(layer, runs, tmp):
@@ -188,9 +119,7 @@ def main():
     ap.add_argument("--runs", type=int, default=25)
     ap.add_argument("--wharf", default=os.path.join(ROOT, "target", "release", "wharf"))
     args = ap.parse_args()
-    if not os.path.exists(args.wharf):
-        subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
-    subprocess.run([os.path.join(ROOT, "scripts", "test-registry.sh"), "start"], check=True)
+    prepare(args.wharf)
     tmp = tempfile.mkdtemp(prefix="wharf-bench-")
     try:
         all_samples, layer, rss = bench_wharf(args.wharf, args.runs, tmp)

@@ -15,7 +15,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode};
 use tokio::sync::watch;
 
 use super::yaml::MAX_FILE_BYTES;
@@ -35,14 +36,18 @@ pub struct SourceFile {
 /// Whether a file name is a manifest: `*.yaml`/`*.yml`, not hidden, not editor or
 /// backup junk (vim's `4913` and `*.swp`, emacs' `#*#` and `*~`, `*.bak`, `*.tmp`).
 fn is_manifest_name(name: &str) -> bool {
-    let junk = name.starts_with('.')
+    !is_ignored_name(name) && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Names a scan never reads, file or folder: hidden, editor and backup junk.
+fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.')
         || name.ends_with('~')
         || name == "4913"
         || (name.starts_with('#') && name.ends_with('#'))
         || [".swp", ".swx", ".bak", ".tmp"]
             .iter()
-            .any(|ext| name.ends_with(ext));
-    !junk && (name.ends_with(".yaml") || name.ends_with(".yml"))
+            .any(|ext| name.ends_with(ext))
 }
 
 /// Lists the manifest files under `root`, recursively, sorted by path. Hidden
@@ -147,13 +152,15 @@ impl Drop for WatchGuard {
     }
 }
 
+#[derive(Debug)]
 enum Wake {
     Changed,
     Stop,
 }
 
 /// Watches `root` and publishes a full snapshot ([`scan_dir`]) whenever it
-/// changes: on file events (recursive, debounced by [`DEBOUNCE`]) and every `rescan`.
+/// changes: on file events (recursive, once they have been quiet for [`SETTLE`]) and
+/// every `rescan`.
 /// A snapshot is published only when it differs from the last one.
 ///
 /// The receiver starts with the current snapshot. `root` may not exist yet: the
@@ -186,16 +193,16 @@ pub fn watch_dir(
     Ok((WatchGuard { stop: wake_tx }, rx))
 }
 
-/// Quiet time after a file event before the folder is scanned. Short, because it adds
-/// straight to the time from a saved file to a running container; a burst that outlasts
-/// it (a large git checkout) only costs an extra snapshot, since the latest one wins and
-/// reconciling is level-triggered.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Quiet time after the last file event before the folder is scanned. Short, because it
+/// adds straight to the time from a saved file to a running container; long enough that
+/// an editor's save (rename the old file away, write the new one) or a `git checkout`
+/// lands in one scan. A burst that outlasts it only costs an extra snapshot: the latest
+/// one wins and reconciling is level-triggered.
+pub const SETTLE: Duration = Duration::from_millis(10);
 
-type Debouncer = notify_debouncer_full::Debouncer<
-    notify::RecommendedWatcher,
-    notify_debouncer_full::RecommendedCache,
->;
+/// A stream of events that never goes quiet (a file written continuously) still gets a
+/// scan this often.
+const MAX_SETTLE: Duration = Duration::from_millis(250);
 
 fn run_watcher(
     root: PathBuf,
@@ -206,11 +213,11 @@ fn run_watcher(
 ) {
     // The watch is tied to the root's inode: if the folder is created later, or
     // replaced (deleted and re-created, or a symlink swapped), watch it again.
-    let mut watched: Option<((u64, u64), Debouncer)> = None;
+    let mut watched: Option<((u64, u64), notify::RecommendedWatcher)> = None;
     loop {
         let current = fs::metadata(&root).ok().map(|m| (m.dev(), m.ino()));
         if current.is_none() || watched.as_ref().map(|(id, _)| Some(*id)) != Some(current) {
-            watched = current.and_then(|id| start_watch(&root, events.clone()).map(|d| (id, d)));
+            watched = current.and_then(|id| start_watch(&root, events.clone()).map(|w| (id, w)));
         }
 
         let snapshot = scan_dir(&root);
@@ -227,32 +234,75 @@ fn run_watcher(
 
         match wake.recv_timeout(rescan) {
             Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            Ok(Wake::Changed) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        // Coalesce a burst: one scan covers every event queued so far.
-        loop {
-            match wake.try_recv() {
-                Ok(Wake::Changed) => continue,
-                Ok(Wake::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
-                Err(mpsc::TryRecvError::Empty) => break,
+            Ok(Wake::Changed) => {
+                if settle(&wake, SETTLE, MAX_SETTLE).is_none() {
+                    return;
+                }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
 }
 
-fn start_watch(root: &Path, events: mpsc::Sender<Wake>) -> Option<Debouncer> {
-    let handler = move |result: notify_debouncer_full::DebounceEventResult| {
-        if let Err(errors) = &result {
-            for e in errors {
-                tracing::warn!(error = %e, "manifest watcher error; the periodic rescan still runs");
-            }
+/// Waits until no event has come for `quiet` (at most `max`). `None`: stop.
+///
+/// Our own quiet period rather than notify-debouncer-full's: that one checks on a timer
+/// (every quarter of its timeout, forever, even with nothing to do) and reports a path
+/// only after timeout + a tick; here the thread sleeps until an event or the quiet
+/// period's end.
+fn settle(wake: &mpsc::Receiver<Wake>, quiet: Duration, max: Duration) -> Option<()> {
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Some(());
         }
-        let _ = events.send(Wake::Changed);
+        match wake.recv_timeout(quiet.min(left)) {
+            Ok(Wake::Changed) => continue,
+            Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => return Some(()),
+        }
+    }
+}
+
+/// Whether an event may change what a scan reads. inotify also reports opens and
+/// read-only closes (notify watches `IN_OPEN`), and every scan opens every file: waking
+/// on those made the watcher rescan the folder forever (a quarter of a core with 100
+/// manifests). Events on names a scan ignores (an editor's swap file, a temp file
+/// before its rename) do not count either.
+fn is_change(event: &notify::Event) -> bool {
+    let kind_counts = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     };
-    let started = notify_debouncer_full::new_debouncer(DEBOUNCE, None, handler)
-        .and_then(|mut d| d.watch(root, RecursiveMode::Recursive).map(|()| d));
+    let ignored = |p: &PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_ignored_name)
+    };
+    // No paths: a queue overflow or the like, which asks for a rescan.
+    kind_counts && (event.paths.is_empty() || !event.paths.iter().all(ignored))
+}
+
+fn start_watch(root: &Path, events: mpsc::Sender<Wake>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |result: notify::Result<notify::Event>| {
+        let changed = match &result {
+            Ok(event) => is_change(event),
+            Err(e) => {
+                tracing::warn!(error = %e, "manifest watcher error; the periodic rescan still runs");
+                true
+            }
+        };
+        if changed {
+            let _ = events.send(Wake::Changed);
+        }
+    };
+    let started = notify::recommended_watcher(handler).and_then(|mut w| {
+        notify::Watcher::watch(&mut w, root, RecursiveMode::Recursive).map(|()| w)
+    });
     match started {
-        Ok(d) => Some(d),
+        Ok(w) => Some(w),
         Err(e) => {
             // For example the inotify watch limit: degrade to the periodic rescan.
             tracing::warn!(root = %root.display(), error = %e, "cannot watch the manifests folder; relying on the periodic rescan");
@@ -273,6 +323,66 @@ mod tests {
 
     fn paths(files: &[SourceFile]) -> Vec<&str> {
         files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    /// The watcher's own scans open and read every file: those events must not wake
+    /// it (they did, and it rescanned forever), nor writes to names a scan ignores;
+    /// a write, and a rename onto a manifest name, must.
+    #[test]
+    fn only_changes_a_scan_can_see_wake_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "sub/web.yaml", "a");
+        let (tx, rx) = mpsc::channel();
+        let _watch = start_watch(dir.path(), tx).expect("inotify watch");
+        let quiet = |what: &str| {
+            let got = rx.recv_timeout(Duration::from_millis(300));
+            assert!(got.is_err(), "woken by {what}: {got:?}");
+        };
+        let woken = |what: &str| {
+            let got = rx.recv_timeout(Duration::from_secs(10));
+            assert!(matches!(got, Ok(Wake::Changed)), "{what}: {got:?}");
+            while rx.recv_timeout(Duration::from_millis(50)).is_ok() {}
+        };
+        for _ in 0..5 {
+            assert_eq!(scan_dir(dir.path()).len(), 1);
+        }
+        quiet("reads");
+        write(dir.path(), "sub/.api.yaml.partial", "b");
+        write(dir.path(), "sub/web.yaml.swp", "b");
+        quiet("junk files");
+        fs::rename(
+            dir.path().join("sub/.api.yaml.partial"),
+            dir.path().join("sub/api.yaml"),
+        )
+        .unwrap();
+        woken("rename onto a manifest name");
+        write(dir.path(), "sub/web.yaml", "b");
+        woken("a write");
+    }
+
+    /// A burst is one scan once quiet; a stream that never goes quiet still gets one.
+    /// (Wide margins: a loaded machine may pause the feeding thread.)
+    #[test]
+    fn settle_waits_for_quiet_but_not_forever() {
+        let (quiet, max) = (Duration::from_millis(300), Duration::from_millis(600));
+        let (tx, rx) = mpsc::channel();
+        let start = std::time::Instant::now();
+        let feeder = std::thread::spawn(move || {
+            while start.elapsed() < max * 2 {
+                let _ = tx.send(Wake::Changed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        assert!(settle(&rx, quiet, max).is_some());
+        let waited = start.elapsed();
+        assert!(waited >= max, "scanned mid-stream after {waited:?}");
+        assert!(waited < max * 2, "the stream was still going: {waited:?}");
+        feeder.join().unwrap();
+        while rx.try_recv().is_ok() {}
+        assert!(
+            settle(&rx, quiet, max).is_none(),
+            "the sender is gone: stop"
+        );
     }
 
     #[test]
