@@ -7,9 +7,10 @@
 //! can stop, crash or restart without touching any container, log line or exit code.
 //!
 //! Protocol with the agent: one JSON [`StartReport`] line on stdout, then stdout is
-//! closed. Protocol with the child: a "go" byte once the child is in its cgroup, and a
-//! close-on-exec pipe that carries an error message if setup or exec fails, or reaches
-//! EOF when `execve` succeeded (the classic self-pipe trick runc and crun use).
+//! closed. Protocol with the child: a close-on-exec pipe that carries an error message
+//! if setup or exec fails, or reaches EOF when `execve` succeeded (the classic self-pipe
+//! trick runc and crun use). The child moves itself into its cgroup first thing
+//! ([`cgroups::join_self`]: cheaper than the parent moving it).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -86,7 +87,7 @@ fn run(bundle: &Path) -> Result<(), String> {
 
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let join_cgroup = cgroups::self_join_files(&cg);
 
     // The next child is pid 1 of a new pid namespace; the shim itself stays outside.
     if has_namespace(&spec, LinuxNamespaceType::Pid) {
@@ -95,38 +96,28 @@ fn run(bundle: &Path) -> Result<(), String> {
 
     match fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop((out_r, status_r, go_w, log));
-            let err = child(&spec, &shim, go_r, &out_w);
+            drop((out_r, status_r, log));
+            let err = child(&spec, &shim, &join_cgroup, &out_w);
             let mut status = File::from(status_w);
             let _ = status.write_all(err.as_bytes());
             drop(status);
             super::linux::exit_now(127)
         }
         ForkResult::Parent { child } => {
-            drop((out_w, status_w, go_r));
-            parent(&shim, &cg, child, log, out_r, status_r, go_w)
+            drop((out_w, status_w));
+            parent(&shim, child, log, out_r, status_r)
         }
     }
 }
 
 fn parent(
     shim: &ShimConfig,
-    cg: &cgroups_rs::Cgroup,
     child: Pid,
     mut log: File,
     out_r: OwnedFd,
     status_r: OwnedFd,
-    go_w: OwnedFd,
 ) -> Result<(), String> {
     let pid = child.as_raw();
-    if let Err(e) = cgroups::add_process(cg, &shim.cgroup, pid) {
-        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        let _ = cgroups::remove(&shim.cgroup);
-        return Err(e.to_string());
-    }
-    let _ = File::from(go_w).write_all(b"g");
-
     let mut setup_error = String::new();
     let _ = File::from(status_r).read_to_string(&mut setup_error);
     let start_time = proc::start_time(pid).unwrap_or(0);
@@ -268,10 +259,11 @@ fn namespace_path(spec: &Spec, typ: LinuxNamespaceType) -> Option<PathBuf> {
 
 /// The child: waits to be placed in the cgroup, builds the container and execs. Returns
 /// only on failure, with the message for the agent.
-fn child(spec: &Spec, shim: &ShimConfig, go: OwnedFd, out_w: &OwnedFd) -> String {
-    let mut byte = [0u8; 1];
-    if !matches!(File::from(go).read(&mut byte), Ok(1)) {
-        return "shim went away before the container started".into();
+fn child(spec: &Spec, shim: &ShimConfig, join_cgroup: &[PathBuf], out_w: &OwnedFd) -> String {
+    // Before anything else: the cgroup namespace unshared below takes the cgroup this
+    // process is in as its root, and every process the container makes is accounted.
+    if let Err(e) = cgroups::join_self(join_cgroup) {
+        return e;
     }
     match setup(spec, shim, out_w) {
         Ok(never) => match never {},

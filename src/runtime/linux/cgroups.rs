@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cgroups_rs::{hierarchies, Cgroup, CgroupPid};
+use cgroups_rs::{hierarchies, Cgroup};
 
 /// Errors of cgroup management, each naming the cgroup path.
 #[derive(Debug, thiserror::Error)]
@@ -13,12 +13,6 @@ pub enum CgroupError {
     #[error("create cgroup {path}: {source}")]
     Create {
         path: String,
-        source: cgroups_rs::error::Error,
-    },
-    #[error("add pid {pid} to cgroup {path}: {source}")]
-    AddTask {
-        path: String,
-        pid: i32,
         source: cgroups_rs::error::Error,
     },
     #[error("set {what} of cgroup {path}: {source}")]
@@ -65,14 +59,39 @@ pub fn ensure(path: &str) -> Result<Cgroup, CgroupError> {
     }
 }
 
-/// Moves process `pid` into the cgroup.
-pub fn add_process(cg: &Cgroup, path: &str, pid: i32) -> Result<(), CgroupError> {
-    cg.add_task_by_tgid(CgroupPid::from(pid as u64))
-        .map_err(|source| CgroupError::AddTask {
-            path: path.to_owned(),
-            pid,
-            source,
-        })
+/// The files through which a single-threaded process moves *itself* into the cgroup
+/// ([`join_self`]): `tasks` in each v1 hierarchy, `cgroup.procs` on v2.
+///
+/// Why not the parent writing the child's pid to `cgroup.procs`, as runc does: that takes
+/// the kernel's global `cgroup_threadgroup_rwsem` for writing, and the first such write
+/// after a quiet spell waits for an RCU grace period (~10 ms here, a third of a
+/// container start). A v1 `tasks` write of `0` moves only the calling thread and skips
+/// that lock (`cgroup_procs_write_start`: "If we migrate a single thread, we don't care
+/// about threadgroup stability"); for a single-threaded process that is the whole
+/// process. v2 has no such path (its `cgroup.procs` takes the lock either way).
+pub fn self_join_files(cg: &Cgroup) -> Vec<PathBuf> {
+    let dirs = cg
+        .subsystems()
+        .iter()
+        .map(|s| s.to_controller().path().to_path_buf())
+        .collect::<Vec<_>>();
+    if cg.v2() {
+        dirs.into_iter()
+            .take(1)
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    } else {
+        dirs.into_iter().map(|d| d.join("tasks")).collect()
+    }
+}
+
+/// Moves the calling process, which must be single-threaded, into the cgroup whose
+/// [`self_join_files`] these are.
+pub fn join_self(files: &[PathBuf]) -> Result<(), String> {
+    for file in files {
+        std::fs::write(file, "0").map_err(|e| format!("join cgroup {}: {e}", file.display()))?;
+    }
+    Ok(())
 }
 
 /// One device cgroup rule: allow or deny `typ` (`a`, `c`, `b`) `major:minor` (`None`:
