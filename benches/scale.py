@@ -19,7 +19,7 @@ on the default bridge network unless --network none), and measures:
 `--perf FILE` records the idle agent with `perf record -g` (for `perf report -i FILE`).
 
 Usage (as root, from the repository root):
-    benches/scale.py [--containers 100] [--idle 20] [--network default|none]
+    benches/scale.py [--containers 100] [--idle 30] [--network default|none]
 
 Cleans up everything it creates: containers (through the agent), the agent (by its PID),
 its network namespace (with it), temp dirs.
@@ -174,7 +174,7 @@ def bench(wharf, n, idle, network, tmp, perf=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--containers", type=int, default=100)
-    ap.add_argument("--idle", type=float, default=20)
+    ap.add_argument("--idle", type=float, default=30)
     ap.add_argument("--network", choices=("default", "none"), default="default")
     ap.add_argument("--wharf", default=os.path.join(ROOT, "target", "release", "wharf"))
     ap.add_argument("--perf", metavar="FILE",

@@ -206,10 +206,12 @@ impl<R: Runtime> NetworkedRuntime<R> {
         if let Err(e) = st.nets.apply_ports(&ports) {
             tracing::warn!(error = %e, "restore published ports");
         }
+        // Peers that went while the agent was down leave the hosts files.
+        self.refresh_hosts(&st, "");
     }
 
     /// Rewrites `/etc/hosts` of every attached container but `except` (peers came or
-    /// went). In place: the files are bind-mounted.
+    /// went; `""`: all). In place: the files are bind-mounted.
     fn refresh_hosts(&self, st: &State, except: &str) {
         for name in st
             .nets
@@ -305,9 +307,17 @@ impl<R: Runtime> NetworkedRuntime<R> {
         );
         req.network = NetworkMode::Join(netns);
         let name = req.name.clone();
-        match self.inner.start(req).await {
+        // Not held across the start (a third of it is the runtime's): other containers
+        // attach meanwhile. The attachment is made, so nothing can take this
+        // container's address or remove a network it is on.
+        drop(st);
+        let started = self.inner.start(req).await;
+        let mut st = self.state.lock().await;
+        match started {
             Ok(r) => {
-                self.refresh_hosts(&st, &name);
+                // Everyone, this container too: a peer that attached while it started
+                // is missing from the hosts file it was given.
+                self.refresh_hosts(&st, "");
                 Ok(r)
             }
             Err(e) => {
