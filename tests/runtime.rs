@@ -518,3 +518,114 @@ async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_t
         "made\n"
     );
 }
+
+/// On a cgroup v2 host the init is born in its cgroup (`clone3(CLONE_INTO_CGROUP)`)
+/// and its cgroup namespace is rooted there. On a v1 (hybrid) host like ours the shim is
+/// run in a mount namespace where `/sys/fs/cgroup` is the host's unified cgroup2
+/// hierarchy, whose one free controller (hugetlb) cgroups-rs enables at its root: the
+/// test turns it off again if it was off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_cgroup_v2_the_init_is_born_in_its_cgroup() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::privileged("cgroup_v2_birth") {
+        return;
+    }
+    let f = fixture();
+    let pure_v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let root = std::path::PathBuf::from(if pure_v2 {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/unified"
+    });
+    assert!(
+        root.join("cgroup.controllers").exists(),
+        "no cgroup2 hierarchy at {}",
+        root.display()
+    );
+    let wharf = std::path::PathBuf::from(env!("CARGO_BIN_EXE_wharf"));
+    let shim = if pure_v2 {
+        wharf
+    } else {
+        let script = f._tmp.path().join("shim-on-cgroup2.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nexec unshare -m --propagation private sh -c \
+                 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$0\" \"$@\"' {} \"$@\"\n",
+                wharf.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    };
+    let _restore = RootControllers::record(&root, &f.instance);
+    let rt = wharf::runtime::LinuxRuntime::new(
+        &f._tmp.path().join("state"),
+        &f._tmp.path().join("run"),
+        &f.instance,
+        shim,
+    );
+    let name = "born";
+    let _c = Cleanup(&rt, name);
+    rt.start(request(
+        &f,
+        name,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; echo done; exec sleep 60",
+        ],
+    ))
+    .await
+    .unwrap();
+    let log = f.wait_log(name, "done");
+    assert!(log.lines().any(|l| l == "0::/"), "cgroup namespace: {log}");
+    let observed = rt.list().await.unwrap();
+    let Some(ObservedState::Running(r)) =
+        observed.iter().find(|o| o.name == name).map(|o| &o.state)
+    else {
+        panic!("not running: {observed:?}");
+    };
+    let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", r.pid)).unwrap();
+    let want = format!("0::/wharf/{}/{name}", f.instance);
+    assert!(host_view.lines().any(|l| l == want), "{host_view}");
+    let dir = root.join(format!("wharf/{}/{name}", f.instance));
+    rt.remove(name).await.unwrap();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// Removes this test's cgroup2 parents and turns the root's controllers back to what
+/// they were.
+struct RootControllers {
+    root: std::path::PathBuf,
+    instance: String,
+    before: String,
+}
+
+impl RootControllers {
+    fn record(root: &std::path::Path, instance: &str) -> Self {
+        RootControllers {
+            root: root.to_owned(),
+            instance: instance.to_owned(),
+            before: std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+        }
+    }
+}
+
+impl Drop for RootControllers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.root.join(format!("wharf/{}", self.instance)));
+        let _ = std::fs::remove_dir(self.root.join("wharf"));
+        let now = std::fs::read_to_string(self.root.join("cgroup.subtree_control")).unwrap();
+        for added in now
+            .split_whitespace()
+            .filter(|c| !self.before.split_whitespace().any(|b| b == *c))
+        {
+            let _ = std::fs::write(
+                self.root.join("cgroup.subtree_control"),
+                format!("-{added}"),
+            );
+        }
+    }
+}

@@ -9,8 +9,9 @@
 //! Protocol with the agent: one JSON [`StartReport`] line on stdout, then stdout is
 //! closed. Protocol with the child: a close-on-exec pipe that carries an error message
 //! if setup or exec fails, or reaches EOF when `execve` succeeded (the classic self-pipe
-//! trick runc and crun use). The child moves itself into its cgroup first thing
-//! ([`cgroups::join_self`]: cheaper than the parent moving it).
+//! trick runc and crun use). On cgroup v2 the child is born in its cgroup
+//! (`clone3(CLONE_INTO_CGROUP)`); on v1 it moves itself there first thing
+//! ([`cgroups::join_self`]); either is cheaper than the parent moving it.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -29,7 +30,7 @@ use nix::unistd::{
 };
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::linux::{cgroups, fork_single_threaded, proc, rootfs};
+use super::linux::{cgroups, fork_into_cgroup, fork_single_threaded, proc, rootfs};
 use super::records::{now, ExitRecord, Running, ShimConfig, StartReport};
 use crate::state;
 
@@ -94,7 +95,19 @@ fn run(bundle: &Path) -> Result<(), String> {
         unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid namespace: {e}"))?;
     }
 
-    match fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
+    // On v2 the child is born in its cgroup; otherwise (v1, or a kernel before 5.7) it
+    // moves itself there first thing.
+    let born_in_cgroup = cgroups::unified_dir(&cg)
+        .and_then(|dir| File::open(dir).ok())
+        .and_then(|dir| fork_into_cgroup(&dir).ok());
+    let (forked, join_cgroup) = match born_in_cgroup {
+        Some(forked) => (forked, Vec::new()),
+        None => (
+            fork_single_threaded().map_err(|e| format!("fork: {e}"))?,
+            join_cgroup,
+        ),
+    };
+    match forked {
         ForkResult::Child => {
             drop((out_r, status_r, log));
             let err = child(&spec, &shim, &join_cgroup, &out_w);

@@ -68,7 +68,9 @@ pub fn ensure(path: &str) -> Result<Cgroup, CgroupError> {
 /// container start). A v1 `tasks` write of `0` moves only the calling thread and skips
 /// that lock (`cgroup_procs_write_start`: "If we migrate a single thread, we don't care
 /// about threadgroup stability"); for a single-threaded process that is the whole
-/// process. v2 has no such path (its `cgroup.procs` takes the lock either way).
+/// process. v2 has no such path (its `cgroup.procs` takes the lock either way): there
+/// the shim forks the child straight into the cgroup ([`super::fork_into_cgroup`]) and
+/// this is the fallback for kernels before 5.7.
 pub fn self_join_files(cg: &Cgroup) -> Vec<PathBuf> {
     let dirs = cg
         .subsystems()
@@ -83,6 +85,17 @@ pub fn self_join_files(cg: &Cgroup) -> Vec<PathBuf> {
     } else {
         dirs.into_iter().map(|d| d.join("tasks")).collect()
     }
+}
+
+/// The cgroup's folder on a v2 host (what `clone3(CLONE_INTO_CGROUP)` takes); `None`
+/// on v1.
+pub fn unified_dir(cg: &Cgroup) -> Option<PathBuf> {
+    if !cg.v2() {
+        return None;
+    }
+    cg.subsystems()
+        .first()
+        .map(|s| s.to_controller().path().to_path_buf())
 }
 
 /// Moves the calling process, which must be single-threaded, into the cgroup whose
