@@ -39,7 +39,7 @@ fn is_manifest_name(name: &str) -> bool {
     !is_ignored_name(name) && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
-/// Names a scan never reads, file or folder: hidden, editor and backup junk.
+/// File names a scan never reads: hidden, editor and backup junk.
 fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with('~')
@@ -194,11 +194,24 @@ pub fn watch_dir(
 }
 
 /// Quiet time after the last file event before the folder is scanned. Short, because it
-/// adds straight to the time from a saved file to a running container; long enough that
-/// an editor's save (rename the old file away, write the new one) or a `git checkout`
-/// lands in one scan. A burst that outlasts it only costs an extra snapshot: the latest
-/// one wins and reconciling is level-triggered.
+/// adds straight to the time from a saved file to a running container; a burst that
+/// outlasts it only costs an extra snapshot (the latest one wins and reconciling is
+/// level-triggered), except a snapshot that lost a file, which waits for
+/// [`REMOVAL_SETTLE`] of quiet and a second scan.
 pub const SETTLE: Duration = Duration::from_millis(10);
+
+/// Quiet time asked before publishing a scan that lost a file (see [`loses_a_file`]).
+const REMOVAL_SETTLE: Duration = Duration::from_millis(200);
+
+/// Whether `new` lacks a file `old` has: a removal, or a save half done.
+fn loses_a_file(old: &[SourceFile], new: &[SourceFile]) -> bool {
+    // Both are sorted by path (scan_dir).
+    let mut new = new.iter().map(|f| &f.path).peekable();
+    old.iter().any(|f| {
+        while new.next_if(|p| **p < f.path).is_some() {}
+        new.next_if(|p| **p == f.path).is_none()
+    })
+}
 
 /// A stream of events that never goes quiet (a file written continuously) still gets a
 /// scan this often.
@@ -220,7 +233,16 @@ fn run_watcher(
             watched = current.and_then(|id| start_watch(&root, events.clone()).map(|w| (id, w)));
         }
 
-        let snapshot = scan_dir(&root);
+        let mut snapshot = scan_dir(&root);
+        if loses_a_file(&tx.borrow(), &snapshot) {
+            // An editor's save may move the file away (vim's backup, "safe write") and
+            // write the new one a moment later: a removal is published only once the
+            // folder has been quiet for longer, so a save never stops a container.
+            if settle(&wake, REMOVAL_SETTLE, REMOVAL_SETTLE * 5).is_none() {
+                return;
+            }
+            snapshot = scan_dir(&root);
+        }
         tx.send_if_modified(|old| {
             if **old == snapshot {
                 return false;
@@ -268,8 +290,9 @@ fn settle(wake: &mpsc::Receiver<Wake>, quiet: Duration, max: Duration) -> Option
 /// Whether an event may change what a scan reads. inotify also reports opens and
 /// read-only closes (notify watches `IN_OPEN`), and every scan opens every file: waking
 /// on those made the watcher rescan the folder forever (a quarter of a core with 100
-/// manifests). Events on names a scan ignores (an editor's swap file, a temp file
-/// before its rename) do not count either.
+/// manifests). Events on hidden names (vim's `.web.yaml.swp`, a temp file before its
+/// rename) do not count either: a scan skips those, files and folders alike. (Other
+/// junk names are skipped only as files; a folder may carry one, so they count.)
 fn is_change(event: &notify::Event) -> bool {
     let kind_counts = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
@@ -279,7 +302,7 @@ fn is_change(event: &notify::Event) -> bool {
     let ignored = |p: &PathBuf| {
         p.file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(is_ignored_name)
+            .is_some_and(|n| n.starts_with('.'))
     };
     // No paths: a queue overflow or the like, which asks for a rescan.
     kind_counts && (event.paths.is_empty() || !event.paths.iter().all(ignored))
@@ -326,8 +349,8 @@ mod tests {
     }
 
     /// The watcher's own scans open and read every file: those events must not wake
-    /// it (they did, and it rescanned forever), nor writes to names a scan ignores;
-    /// a write, and a rename onto a manifest name, must.
+    /// it (they did, and it rescanned forever), nor writes to hidden names; a write,
+    /// and a rename onto a manifest name, must.
     #[test]
     fn only_changes_a_scan_can_see_wake_the_watcher() {
         let dir = tempfile::tempdir().unwrap();
@@ -348,8 +371,8 @@ mod tests {
         }
         quiet("reads");
         write(dir.path(), "sub/.api.yaml.partial", "b");
-        write(dir.path(), "sub/web.yaml.swp", "b");
-        quiet("junk files");
+        write(dir.path(), "sub/.web.yaml.swp", "b");
+        quiet("hidden files");
         fs::rename(
             dir.path().join("sub/.api.yaml.partial"),
             dir.path().join("sub/api.yaml"),
@@ -383,6 +406,69 @@ mod tests {
             settle(&rx, quiet, max).is_none(),
             "the sender is gone: stop"
         );
+    }
+
+    #[test]
+    fn a_lost_file_is_told_from_added_and_kept_ones() {
+        let files = |paths: &[&str]| -> Vec<SourceFile> {
+            paths
+                .iter()
+                .map(|p| SourceFile {
+                    path: p.to_string(),
+                    text: Ok(String::new()),
+                })
+                .collect()
+        };
+        assert!(!loses_a_file(
+            &files(&["a", "c"]),
+            &files(&["a", "b", "c", "d"])
+        ));
+        assert!(!loses_a_file(&files(&[]), &files(&["a"])));
+        assert!(loses_a_file(&files(&["a", "c"]), &files(&["a", "b"])));
+        assert!(loses_a_file(&files(&["a"]), &files(&[])));
+        assert!(loses_a_file(&files(&["a", "b"]), &files(&["b"])));
+    }
+
+    /// vim's save (and "safe write" editors): the file is moved away, then written
+    /// anew. With the new file 40 ms later (longer than the settle), no snapshot
+    /// without it is ever published; a real removal still is.
+    #[test]
+    fn an_editors_move_away_and_rewrite_never_publishes_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", "old");
+        let (_guard, mut rx) = watch_dir(dir.path().to_owned(), Duration::from_secs(60)).unwrap();
+        assert_eq!(rx.borrow_and_update().len(), 1);
+        fs::rename(dir.path().join("web.yaml"), dir.path().join("web.yaml~")).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        write(dir.path(), "web.yaml", "new");
+        let _ = fs::remove_file(dir.path().join("web.yaml~"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if rx.has_changed().unwrap() {
+                let snap = rx.borrow_and_update().clone();
+                assert!(
+                    snap.iter().any(|f| f.path == "web.yaml"),
+                    "published without web.yaml: {snap:?}"
+                );
+                if snap[0].text.as_deref() == Ok("new") {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new file never came"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fs::remove_file(dir.path().join("web.yaml")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !rx.borrow_and_update().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the removal never came"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

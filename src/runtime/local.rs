@@ -36,8 +36,9 @@ pub struct LinuxRuntime {
     usage: Arc<Mutex<UsageCache>>,
 }
 
-/// The last usage read per container: its run, when, what.
-type UsageCache = HashMap<String, (u64, Instant, Usage)>;
+/// The last usage read per container: for which run (run, init pid, start time), when,
+/// what.
+type UsageCache = HashMap<String, ((u64, i32, u64), Instant, Usage)>;
 
 impl LinuxRuntime {
     /// `state_root` and `run_root` are the agent's `--state` and `--run-dir`; `instance`
@@ -53,17 +54,18 @@ impl LinuxRuntime {
     }
 
     /// The usage of a running container, read from its cgroup at most every
-    /// [`USAGE_EVERY`] (a new run reads at once).
-    fn usage(&self, name: &str, run: u64) -> Option<Usage> {
+    /// [`USAGE_EVERY`] (a new run, or a new container of the same name, reads at once).
+    fn usage(&self, name: &str, running: &Running) -> Option<Usage> {
+        let key = (running.run, running.pid, running.start_time);
         let mut cache = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((r, at, u)) = cache.get(name) {
-            if *r == run && at.elapsed() < USAGE_EVERY {
+        if let Some((k, at, u)) = cache.get(name) {
+            if *k == key && at.elapsed() < USAGE_EVERY {
                 return Some(*u);
             }
         }
         let u = cgroups::Layout::host().usage(&cgroups::container_path(&self.instance, name));
         match u {
-            Some(u) => cache.insert(name.to_owned(), (run, Instant::now(), u)),
+            Some(u) => cache.insert(name.to_owned(), (key, Instant::now(), u)),
             None => cache.remove(name),
         };
         u
@@ -262,7 +264,7 @@ impl LinuxRuntime {
             _ => ObservedState::Lost,
         };
         let usage = match &state {
-            ObservedState::Running(r) => self.usage(name, r.run),
+            ObservedState::Running(r) => self.usage(name, r),
             _ => None,
         };
         Some(Observed {

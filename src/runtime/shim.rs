@@ -20,6 +20,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -90,22 +91,39 @@ fn run(bundle: &Path) -> Result<(), String> {
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let join_cgroup = cgroups::self_join_files(&cg);
 
-    // The next child is pid 1 of a new pid namespace; the shim itself stays outside.
-    if has_namespace(&spec, LinuxNamespaceType::Pid) {
-        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid namespace: {e}"))?;
-    }
-
-    // On v2 the child is born in its cgroup; otherwise (v1, or a kernel before 5.7) it
-    // moves itself there first thing.
-    let born_in_cgroup = cgroups::unified_dir(&cg)
-        .and_then(|dir| File::open(dir).ok())
-        .and_then(|dir| fork_into_cgroup(&dir).ok());
+    // The child is pid 1 of a new pid namespace; the shim itself stays outside. On v2 it
+    // is born in its cgroup; otherwise (v1, or a kernel without clone3 or
+    // CLONE_INTO_CGROUP) it moves itself there first thing.
+    let new_pid_ns = has_namespace(&spec, LinuxNamespaceType::Pid);
+    let born_in_cgroup = match cgroups::unified_dir(&cg) {
+        Some(dir) => {
+            let dir = File::open(&dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
+            Some(fork_into_cgroup(&dir, new_pid_ns))
+        }
+        None => None,
+    };
     let (forked, join_cgroup) = match born_in_cgroup {
-        Some(forked) => (forked, Vec::new()),
-        None => (
-            fork_single_threaded().map_err(|e| format!("fork: {e}"))?,
-            join_cgroup,
-        ),
+        Some(Ok(forked)) => (forked, Vec::new()),
+        // Refused before a child existed: the kernel lacks it (or a seccomp filter hides
+        // it). Any other error is the cgroup's (full, removed...): report it as is.
+        Some(Err(e))
+            if !matches!(
+                e,
+                Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL | Errno::EPERM
+            ) =>
+        {
+            return Err(format!("start in cgroup {}: {e}", shim.cgroup));
+        }
+        _ => {
+            // Not before a clone3 attempt: a clone3 that fails after taking pid 1 of a
+            // pid namespace unshared here would leave it unable to take another.
+            if new_pid_ns {
+                unshare(CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| format!("unshare pid namespace: {e}"))?;
+            }
+            let forked = fork_single_threaded().map_err(|e| format!("fork: {e}"))?;
+            (forked, join_cgroup)
+        }
     };
     match forked {
         ForkResult::Child => {
