@@ -74,25 +74,34 @@ pub struct NetworkedRuntime<R> {
     state_root: PathBuf,
     /// A hosts-file rewrite is scheduled ([`NetworkedRuntime::refresh_hosts_soon`]).
     hosts_pending: Arc<AtomicBool>,
+    /// Held while a rewrite computes and writes the files.
+    hosts_writing: Arc<Mutex<()>>,
 }
 
 /// How long a hosts-file rewrite waits for more starts and removals to share it.
-const HOSTS_BATCH: Duration = Duration::from_millis(20);
+const HOSTS_BATCH: Duration = Duration::from_millis(50);
 
-/// Rewrites `/etc/hosts` of every attached container (peers came or went). In place:
-/// the files are bind-mounted.
-fn write_hosts_files(st: &State, state_root: &Path) {
+/// The `/etc/hosts` file of every attached container and what it should hold.
+fn hosts_files(st: &State, state_root: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
     for name in st.nets.attachments().keys() {
         let etc = state_root.join("containers").join(name).join("etc");
         let Ok(hostname) = std::fs::read_to_string(etc.join("hostname")) else {
             continue;
         };
-        let content = st.nets.hosts_file(name, hostname.trim());
-        match hosts::write_in_place(&etc.join("hosts"), &content) {
+        out.push((etc.join("hosts"), st.nets.hosts_file(name, hostname.trim())));
+    }
+    out
+}
+
+/// Rewrites hosts files (peers came or went). In place: they are bind-mounted.
+fn write_hosts_files(files: &[(PathBuf, String)]) {
+    for (path, content) in files {
+        match hosts::write_in_place(path, content) {
             Ok(()) => {}
-            // Removed meanwhile (its remove runs outside this lock).
+            // Its container is being removed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(container = %name, error = %e, "update /etc/hosts"),
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "update /etc/hosts"),
         }
     }
 }
@@ -114,6 +123,7 @@ impl<R: Runtime> NetworkedRuntime<R> {
             })),
             state_root: state_root.to_owned(),
             hosts_pending: Arc::default(),
+            hosts_writing: Arc::default(),
         }
     }
 
@@ -233,10 +243,10 @@ impl<R: Runtime> NetworkedRuntime<R> {
         }
         // Peers that went while the agent was down leave the hosts files, and a file a
         // crash cut short is whole again (they are written without fsync).
-        write_hosts_files(&st, &self.state_root);
+        write_hosts_files(&hosts_files(&st, &self.state_root));
     }
 
-    /// Rewrites `/etc/hosts` of every attached container, once, shortly: starts and
+    /// Rewrites `/etc/hosts` of every attached container, once, soon: starts and
     /// removals that come together (a folder of manifests dropped at once, a teardown)
     /// share one rewrite. Rewriting all files at each start made converging N
     /// containers write N² files (40,000 for 200, seconds of CPU after the last start).
@@ -249,13 +259,22 @@ impl<R: Runtime> NetworkedRuntime<R> {
             self.state_root.clone(),
             self.hosts_pending.clone(),
         );
+        let writing = self.hosts_writing.clone();
         tokio::spawn(async move {
             tokio::time::sleep(HOSTS_BATCH).await;
-            let st = state.lock().await;
-            // Under the lock, before writing: a change after this (changes take the
-            // lock) schedules another rewrite.
-            pending.store(false, Ordering::SeqCst);
-            write_hosts_files(&st, &root);
+            // One rewrite at a time, so an older one never lands after a newer one.
+            let _writing = writing.lock().await;
+            let files = {
+                let st = state.lock().await;
+                // Under the lock: a change after this (changes take the lock) schedules
+                // another rewrite.
+                pending.store(false, Ordering::SeqCst);
+                hosts_files(&st, &root)
+            };
+            // Written without the state lock, which starts and removals wait for.
+            tokio::task::spawn_blocking(move || write_hosts_files(&files))
+                .await
+                .ok();
         });
     }
 
