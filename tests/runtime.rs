@@ -521,10 +521,9 @@ async fn bind_and_tmpfs_mounts_work_and_a_symlink_in_the_image_cannot_redirect_t
 
 /// On a cgroup v2 host the init is born in its cgroup and its pid namespace
 /// (`clone3(CLONE_INTO_CGROUP | CLONE_NEWPID)`), and its cgroup namespace is rooted
-/// there. On a v1 (hybrid) host like ours the shim is
-/// run in a mount namespace where `/sys/fs/cgroup` is the host's unified cgroup2
-/// hierarchy, whose one free controller (hugetlb) cgroups-rs enables at its root: the
-/// test turns it off again if it was off.
+/// there. On a v1 (hybrid) host like ours the shim is run in a mount namespace where
+/// `/sys/fs/cgroup` is the host's unified cgroup2 hierarchy, whose one free controller
+/// (hugetlb) cgroups-rs enables at its root: the test turns it off again if it was off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_cgroup_v2_the_init_is_born_in_its_cgroup() {
     use std::os::unix::fs::PermissionsExt;

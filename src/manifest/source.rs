@@ -36,18 +36,14 @@ pub struct SourceFile {
 /// Whether a file name is a manifest: `*.yaml`/`*.yml`, not hidden, not editor or
 /// backup junk (vim's `4913` and `*.swp`, emacs' `#*#` and `*~`, `*.bak`, `*.tmp`).
 fn is_manifest_name(name: &str) -> bool {
-    !is_ignored_name(name) && (name.ends_with(".yaml") || name.ends_with(".yml"))
-}
-
-/// File names a scan never reads: hidden, editor and backup junk.
-fn is_ignored_name(name: &str) -> bool {
-    name.starts_with('.')
+    let junk = name.starts_with('.')
         || name.ends_with('~')
         || name == "4913"
         || (name.starts_with('#') && name.ends_with('#'))
         || [".swp", ".swx", ".bak", ".tmp"]
             .iter()
-            .any(|ext| name.ends_with(ext))
+            .any(|ext| name.ends_with(ext));
+    !junk && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
 /// Lists the manifest files under `root`, recursively, sorted by path. Hidden

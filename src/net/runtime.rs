@@ -352,8 +352,8 @@ impl<R: Runtime> NetworkedRuntime<R> {
         );
         req.network = NetworkMode::Join(netns);
         let name = req.name.clone();
-        // Not held across the start (a third of it is the runtime's): other containers
-        // attach meanwhile. The attachment is made, so nothing can take this
+        // Not held across the runtime's start, most of a start's time: other containers
+        // attach meanwhile (held, it made networked starts run one at a time). The attachment is made, so nothing can take this
         // container's address or remove a network it is on.
         drop(st);
         let started = self.inner.start(req).await;

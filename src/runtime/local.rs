@@ -33,7 +33,7 @@ pub struct LinuxRuntime {
     run_root: PathBuf,
     instance: String,
     shim_exe: PathBuf,
-    usage: Arc<Mutex<UsageCache>>,
+    usage_cache: Arc<Mutex<UsageCache>>,
 }
 
 /// The last usage read per container: for which run (run, init pid, start time), when,
@@ -49,7 +49,7 @@ impl LinuxRuntime {
             run_root: run_root.to_owned(),
             instance: instance.to_owned(),
             shim_exe,
-            usage: Arc::default(),
+            usage_cache: Arc::default(),
         }
     }
 
@@ -57,7 +57,7 @@ impl LinuxRuntime {
     /// [`USAGE_EVERY`] (a new run, or a new container of the same name, reads at once).
     fn usage(&self, name: &str, running: &Running) -> Option<Usage> {
         let key = (running.run, running.pid, running.start_time);
-        let mut cache = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, at, u)) = cache.get(name) {
             if *k == key && at.elapsed() < USAGE_EVERY {
                 return Some(*u);
@@ -336,7 +336,7 @@ impl LinuxRuntime {
 
     fn remove_blocking(&self, name: &str) -> Result<(), RuntimeError> {
         self.stop_blocking(name, Signal::SIGKILL, Duration::ZERO)?;
-        self.usage
+        self.usage_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);

@@ -89,7 +89,6 @@ fn run(bundle: &Path) -> Result<(), String> {
 
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let join_cgroup = cgroups::self_join_files(&cg);
 
     // The child is pid 1 of a new pid namespace; the shim itself stays outside. On v2 it
     // is born in its cgroup; otherwise (v1, or a kernel without clone3 or
@@ -122,7 +121,7 @@ fn run(bundle: &Path) -> Result<(), String> {
                     .map_err(|e| format!("unshare pid namespace: {e}"))?;
             }
             let forked = fork_single_threaded().map_err(|e| format!("fork: {e}"))?;
-            (forked, join_cgroup)
+            (forked, cgroups::self_join_files(&cg))
         }
     };
     match forked {

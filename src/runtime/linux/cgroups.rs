@@ -72,18 +72,13 @@ pub fn ensure(path: &str) -> Result<Cgroup, CgroupError> {
 /// the shim forks the child straight into the cgroup ([`super::fork_into_cgroup`]) and
 /// this is the fallback for kernels before 5.7.
 pub fn self_join_files(cg: &Cgroup) -> Vec<PathBuf> {
-    let dirs = cg
-        .subsystems()
-        .iter()
-        .map(|s| s.to_controller().path().to_path_buf())
-        .collect::<Vec<_>>();
-    if cg.v2() {
-        dirs.into_iter()
-            .take(1)
-            .map(|d| d.join("cgroup.procs"))
-            .collect()
-    } else {
-        dirs.into_iter().map(|d| d.join("tasks")).collect()
+    match unified_dir(cg) {
+        Some(dir) => vec![dir.join("cgroup.procs")],
+        None => cg
+            .subsystems()
+            .iter()
+            .map(|s| s.to_controller().path().join("tasks"))
+            .collect(),
     }
 }
 
