@@ -9,7 +9,9 @@
 use caps::{CapSet, Capability, CapsHashSet};
 use oci_spec::runtime::LinuxCapabilities;
 
-fn convert(set: &Option<oci_spec::runtime::Capabilities>) -> CapsHashSet {
+/// The typed set of an OCI capability list (`CAP_*` names); one type from the config to
+/// the kernel and the seccomp profile.
+pub fn convert(set: &Option<oci_spec::runtime::Capabilities>) -> CapsHashSet {
     set.iter()
         .flatten()
         .filter_map(|c| serde_json::to_value(c).ok())

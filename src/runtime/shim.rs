@@ -31,6 +31,7 @@ use nix::unistd::{
 };
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::linux::resolve::Root;
 use super::linux::{cgroups, fork_into_cgroup, fork_single_threaded, proc, rootfs};
 use super::records::{now, ExitRecord, Running, ShimConfig, StartReport};
 use crate::state;
@@ -340,11 +341,13 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     for req in &shim.volumes {
         crate::volumes::populate::populate(req, &rootfs).map_err(|e| e.to_string())?;
     }
+    // Every mount target is resolved against this descriptor of the root, never by path.
+    let root_fd = Root::open(&rootfs).map_err(|err| format!("open {}: {err}", rootfs.display()))?;
     for m in spec.mounts().iter().flatten() {
-        rootfs::mount_one(&rootfs, m).map_err(e)?;
+        rootfs::mount_one(&root_fd, m).map_err(e)?;
         if m.destination() == Path::new("/dev") {
             let extra = spec.linux().as_ref().and_then(|l| l.devices().clone());
-            rootfs::populate_dev(&rootfs, extra.as_deref().unwrap_or_default()).map_err(e)?;
+            rootfs::populate_dev(&root_fd, extra.as_deref().unwrap_or_default()).map_err(e)?;
         }
     }
     if has_namespace(spec, LinuxNamespaceType::Network) && join_net.is_none() {
@@ -414,13 +417,12 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     // Last, right before execve: the filter must allow only what the container may do,
     // not what setting it up needed. (Installing it sets no_new_privs too.)
     if shim.seccomp {
-        let caps: Vec<String> = capabilities
+        // The bounding set decides, as in Docker: a non-root user has no effective
+        // capabilities, yet its profile is the one of the capabilities it could gain.
+        let caps = capabilities
             .as_ref()
-            .and_then(|c| c.bounding().clone())
-            .into_iter()
-            .flatten()
-            .map(|c| c.to_string())
-            .collect();
+            .map(|c| super::capabilities::convert(c.bounding()))
+            .unwrap_or_default();
         let program = super::linux::seccomp::default_profile(&caps).map_err(|e| e.to_string())?;
         super::linux::seccomp::install(&program).map_err(|e| e.to_string())?;
     }

@@ -290,7 +290,7 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
 
     // The template's `/sys` and `/sys/fs/cgroup` (the container's own cgroup, through its
     // cgroup namespace) are read-only; a privileged container may write them.
-    let mounts: Vec<Mount> = spec
+    let mut mounts: Vec<Mount> = spec
         .mounts()
         .clone()
         .unwrap_or_default()
@@ -304,6 +304,15 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
             }
             m
         })
+        .collect();
+    // The manifest's mounts and the agent's `/etc` files, ordered by the depth of their
+    // target (a stable sort, as Docker's `sortMounts`): a mount on `/etc` or `/data`
+    // goes before anything below it, instead of hiding it. At equal depth the agent's
+    // files come last, so `/etc/hosts` stays the one wharf keeps current.
+    let mut ordered: Vec<Mount> = inputs
+        .user_mounts
+        .iter()
+        .cloned()
         .chain(inputs.file_mounts.iter().map(|(source, target)| {
             let mut m = Mount::default();
             m.set_destination(target.clone());
@@ -312,8 +321,9 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
             m.set_options(Some(vec!["rbind".into(), "rprivate".into()]));
             m
         }))
-        .chain(inputs.user_mounts.iter().cloned())
         .collect();
+    ordered.sort_by_key(|m| m.destination().components().count());
+    mounts.extend(ordered);
     spec.set_mounts(Some(mounts));
 
     let namespaces = vec![
@@ -553,6 +563,28 @@ mod tests {
         let last = spec.mounts().as_ref().unwrap().last().unwrap().clone();
         assert_eq!(last.destination(), &PathBuf::from("/etc/hosts"));
         assert_eq!(last.typ().as_deref(), Some("bind"));
+    }
+
+    #[test]
+    fn user_mounts_are_ordered_by_depth_and_never_hide_the_etc_files() {
+        let mut inputs = inputs();
+        let tmpfs = |target: &str| {
+            let mut m = Mount::default();
+            m.set_destination(target.into());
+            m.set_typ(Some("tmpfs".into()));
+            m
+        };
+        inputs.user_mounts = vec![tmpfs("/data/a/b"), tmpfs("/etc"), tmpfs("/data")];
+        let spec = build(&inputs).unwrap();
+        let targets: Vec<String> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .skip_while(|t| t != "/etc")
+            .collect();
+        assert_eq!(targets, ["/etc", "/data", "/etc/hosts", "/data/a/b"]);
     }
 
     #[test]

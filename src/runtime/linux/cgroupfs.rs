@@ -15,14 +15,19 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use super::rootfs::{io_err, mount_err, RootfsError};
+use super::resolve::{fd_path, Kind, Root};
+use super::rootfs::{ensure, io_err, mount_err, RootfsError};
 
 const HOST: &str = "/sys/fs/cgroup";
 
-/// Mounts the container's cgroup view at `target` with `flags` (read-only unless
-/// privileged).
-pub fn mount_view(target: &Path, flags: MsFlags) -> Result<(), RootfsError> {
-    fs::create_dir_all(target).map_err(io_err("create", target))?;
+/// Mounts the container's cgroup view at `dest` (in the container) with `flags`
+/// (read-only unless privileged). `dest` is resolved inside `root` (see
+/// [`super::resolve`]); below the fresh tmpfs, nothing but this shim can write, so paths
+/// through its descriptor are safe.
+pub fn mount_view(root: &Root, dest: &Path, flags: MsFlags) -> Result<(), RootfsError> {
+    let resolve = || ensure(root, dest, Kind::Dir);
+    let below = resolve()?;
+    let target = &fd_path(&below);
     let flags = flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
         return mount(
@@ -43,6 +48,9 @@ pub fn mount_view(target: &Path, flags: MsFlags) -> Result<(), RootfsError> {
         Some("mode=755"),
     )
     .map_err(mount_err("tmpfs", target))?;
+    // The descriptor names the directory under the new tmpfs: resolve again.
+    let view = resolve()?;
+    let target = &fd_path(&view);
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
     for (dir, options) in v1_hierarchies(&mountinfo) {

@@ -6,6 +6,7 @@ pub mod cgroupfs;
 pub mod cgroups;
 pub mod devices_bpf;
 pub mod proc;
+pub mod resolve;
 pub mod rootfs;
 pub mod seccomp;
 

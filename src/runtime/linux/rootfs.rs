@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -16,6 +17,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 use oci_spec::runtime::Mount;
+
+use super::resolve::{fd_path, Kind, Root};
 
 /// A failed rootfs step, naming what it touched.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +39,8 @@ pub enum RootfsError {
     Pivot { root: PathBuf, source: nix::Error },
     #[error("unsupported mount option {option:?} for {target}")]
     Option { option: String, target: PathBuf },
-    #[error("mount target {target} goes through the symlink {link} in the image; refusing to follow it out of the container")]
-    SymlinkTarget { target: PathBuf, link: PathBuf },
+    #[error("mount target {target} in the container: {source}")]
+    Target { target: PathBuf, source: io::Error },
 }
 
 pub(super) fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> RootfsError {
@@ -97,7 +100,8 @@ pub fn mount_overlay(
 }
 
 /// Joins a container path onto the rootfs lexically, dropping `..` that would climb
-/// above it. (Symlink-safe resolution of user mount targets comes with volumes.)
+/// above it. For messages only: anything that touches the path resolves it with
+/// [`Root`], which follows symlinks inside the root and never out of it.
 pub fn join_in_root(root: &Path, path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
@@ -140,85 +144,71 @@ fn parse_options(options: &[String], target: &Path) -> Result<(MsFlags, Vec<Stri
     Ok((flags, data))
 }
 
-/// Checks that no directory on the way from `root` to `target` is a symlink: mounting
-/// happens before `pivot_root`, so a symlink planted in the image (`/etc -> /host/etc`)
-/// would otherwise redirect the mount onto the host. A symlink as the *last* component
-/// of a file bind mount (`/etc/hosts -> …`, common in images) is replaced by an empty
-/// file in the container's writable layer, as Docker shadows it.
-fn check_target(root: &Path, target: &Path, file: bool) -> Result<(), RootfsError> {
-    let rel = target.strip_prefix(root).unwrap_or(target);
-    let mut path = root.to_path_buf();
-    let parts: Vec<_> = rel.components().collect();
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        let Ok(meta) = path.symlink_metadata() else {
-            return Ok(()); // missing: created below as a plain directory or file
-        };
-        if meta.file_type().is_symlink() {
-            if file && i + 1 == parts.len() {
-                fs::remove_file(&path).map_err(io_err("replace symlink", &path))?;
-                return Ok(());
-            }
-            return Err(RootfsError::SymlinkTarget {
-                target: target.to_owned(),
-                link: path,
-            });
-        }
-    }
-    Ok(())
+/// [`Root::ensure`], its error naming the target.
+pub(super) fn ensure(root: &Root, dest: &Path, kind: Kind) -> Result<OwnedFd, RootfsError> {
+    root.ensure(dest, kind)
+        .map_err(|source| RootfsError::Target {
+            target: dest.to_owned(),
+            source,
+        })
 }
 
-/// Performs one OCI mount under `root`.
-pub fn mount_one(root: &Path, m: &Mount) -> Result<(), RootfsError> {
-    let target = join_in_root(root, m.destination());
+/// Performs one OCI mount under `root`. The target is resolved inside the root and
+/// mounted through its descriptor (see [`super::resolve`]), so neither a symlink in the
+/// image nor one swapped in by another container sharing a volume can move it, or the
+/// directories and files made for it, onto the host.
+pub fn mount_one(root: &Root, m: &Mount) -> Result<(), RootfsError> {
+    let dest = m.destination();
+    let shown = join_in_root(root.path(), dest);
     let options = m.options().clone().unwrap_or_default();
-    let (flags, data) = parse_options(&options, &target)?;
+    let (flags, data) = parse_options(&options, &shown)?;
     let typ = m.typ().clone().unwrap_or_default();
     if typ == "cgroup" {
-        check_target(root, &target, false)?;
-        return super::cgroupfs::mount_view(&target, flags);
+        return super::cgroupfs::mount_view(root, dest, flags);
     }
     let source = m
         .source()
         .clone()
         .unwrap_or_else(|| PathBuf::from(typ.as_str()));
     let is_bind = flags.contains(MsFlags::MS_BIND) || typ == "bind";
-    check_target(root, &target, is_bind && source.is_file())?;
-
-    if is_bind && source.is_file() {
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-        }
-        if !target.exists() {
-            fs::File::create(&target).map_err(io_err("create", &target))?;
-        }
+    let kind = if is_bind && !source.is_dir() {
+        Kind::File
     } else {
-        fs::create_dir_all(&target).map_err(io_err("create", &target))?;
-    }
+        Kind::Dir
+    };
+    let target = ensure(root, dest, kind)?;
+    let at = fd_path(&target);
 
     let data = data.join(",");
     let data = (!data.is_empty()).then_some(data.as_str());
     let what = format!("{typ} ({})", source.display());
     if is_bind {
         let bind = MsFlags::MS_BIND | (flags & MsFlags::MS_REC);
-        mount(Some(&source), &target, None::<&str>, bind, None::<&str>)
-            .map_err(mount_err(&what, &target))?;
-        // Bind mounts ignore other flags until a remount applies them.
+        mount(Some(&source), &at, None::<&str>, bind, None::<&str>)
+            .map_err(mount_err(&what, &shown))?;
+        // Bind mounts ignore other flags until a remount applies them. The remount goes
+        // to the new mount, which the old descriptor no longer names: resolve again
+        // (inside the root, so at worst another path of this container).
         let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !rest.is_empty() {
+            let mounted = root
+                .ensure(dest, kind)
+                .map_err(|source| RootfsError::Target {
+                    target: dest.to_owned(),
+                    source,
+                })?;
             mount(
                 None::<&str>,
-                &target,
+                &fd_path(&mounted),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rest,
                 None::<&str>,
             )
-            .map_err(mount_err(&what, &target))?;
+            .map_err(mount_err(&what, &shown))?;
         }
         return Ok(());
     }
-    mount(Some(&source), &target, Some(typ.as_str()), flags, data)
-        .map_err(mount_err(&what, &target))
+    mount(Some(&source), &at, Some(typ.as_str()), flags, data).map_err(mount_err(&what, &shown))
 }
 
 /// The device nodes every container gets (Docker's and runc's default set).
@@ -234,17 +224,21 @@ const DEVICES: &[(&str, u64, u64)] = &[
 /// Creates the default device nodes, the config's `extra` ones (a privileged container's
 /// host devices) and the `/dev` symlinks in `<root>/dev`.
 pub fn populate_dev(
-    root: &Path,
+    root: &Root,
     extra: &[oci_spec::runtime::LinuxDevice],
 ) -> Result<(), RootfsError> {
-    let dev = root.join("dev");
+    // `/dev` is the tmpfs just mounted: resolved again so the descriptor names the new
+    // mount, not the directory under it. Below it, paths go through the descriptor.
+    let dev_fd = ensure(root, Path::new("/dev"), Kind::Dir)?;
+    let dev = fd_path(&dev_fd);
     for d in extra {
-        let path = join_in_root(root, d.path());
+        let (Some(parent), Some(name)) = (d.path().parent(), d.path().file_name()) else {
+            continue;
+        };
+        let parent_fd = ensure(root, parent, Kind::Dir)?;
+        let path = fd_path(&parent_fd).join(name);
         if path.symlink_metadata().is_ok() {
             continue;
-        }
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
         }
         let kind = match d.typ() {
             oci_spec::runtime::LinuxDeviceType::B => SFlag::S_IFBLK,
@@ -384,27 +378,6 @@ mod tests {
             Path::new("/r/etc")
         );
         assert_eq!(join_in_root(root, Path::new("a/../b")), Path::new("/r/b"));
-    }
-
-    #[test]
-    fn a_symlinked_directory_on_the_way_to_a_mount_target_is_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        fs::create_dir_all(&root).unwrap();
-        symlink("/etc", root.join("etc")).unwrap();
-        let err = check_target(&root, &root.join("etc/hosts"), true).unwrap_err();
-        assert!(matches!(err, RootfsError::SymlinkTarget { .. }), "{err}");
-    }
-
-    #[test]
-    fn a_symlinked_file_target_is_replaced_by_the_bind_mount() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        fs::create_dir_all(root.join("etc")).unwrap();
-        symlink("/proc/self/mounts", root.join("etc/hosts")).unwrap();
-        check_target(&root, &root.join("etc/hosts"), true).unwrap();
-        assert!(root.join("etc/hosts").symlink_metadata().is_err());
-        check_target(&root, &root.join("proc"), false).unwrap();
     }
 
     #[test]

@@ -22,8 +22,13 @@
 //! - `socket` and `personality` take a 32-bit argument, so their rules compare the low 32
 //!   bits, as the kernel reads them; libseccomp compares all 64.
 //! - `io_pgetevents` is allowed on musl builds only: libc has no number for it on glibc.
+//! - `io_uring_setup`, `io_uring_enter` and `io_uring_register` are refused, as in
+//!   Docker 25.0 and later: io_uring has been a steady source of kernel
+//!   exploits, and its operations bypass the per-syscall filter altogether.
 
 use std::collections::BTreeMap;
+
+use caps::{Capability, CapsHashSet};
 
 use seccompiler::{
     sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
@@ -231,9 +236,6 @@ const ALWAYS_ALLOWED: &[i64] = &[
     libc::SYS_ioprio_set,
     libc::SYS_io_setup,
     libc::SYS_io_submit,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_io_uring_setup,
     libc::SYS_kill,
     libc::SYS_landlock_add_rule,
     libc::SYS_landlock_create_ruleset,
@@ -456,10 +458,13 @@ const ALWAYS_ALLOWED: &[i64] = &[
 ///
 /// Skipped names (no native syscall on x86_64 or aarch64): `umount` (use `umount2`),
 /// `stime` and `clock_settime64`.
-const BY_CAPABILITY: &[(&str, &[i64])] = &[
-    ("CAP_DAC_READ_SEARCH", &[libc::SYS_open_by_handle_at]),
+const BY_CAPABILITY: &[(Capability, &[i64])] = &[
     (
-        "CAP_SYS_ADMIN",
+        Capability::CAP_DAC_READ_SEARCH,
+        &[libc::SYS_open_by_handle_at],
+    ),
+    (
+        Capability::CAP_SYS_ADMIN,
         &[
             libc::SYS_bpf,
             libc::SYS_clone,
@@ -485,19 +490,19 @@ const BY_CAPABILITY: &[(&str, &[i64])] = &[
             libc::SYS_unshare,
         ],
     ),
-    ("CAP_SYS_BOOT", &[libc::SYS_reboot]),
-    ("CAP_SYS_CHROOT", &[libc::SYS_chroot]),
+    (Capability::CAP_SYS_BOOT, &[libc::SYS_reboot]),
+    (Capability::CAP_SYS_CHROOT, &[libc::SYS_chroot]),
     (
-        "CAP_SYS_MODULE",
+        Capability::CAP_SYS_MODULE,
         &[
             libc::SYS_delete_module,
             libc::SYS_init_module,
             libc::SYS_finit_module,
         ],
     ),
-    ("CAP_SYS_PACCT", &[libc::SYS_acct]),
+    (Capability::CAP_SYS_PACCT, &[libc::SYS_acct]),
     (
-        "CAP_SYS_PTRACE",
+        Capability::CAP_SYS_PTRACE,
         &[
             libc::SYS_kcmp,
             libc::SYS_pidfd_getfd,
@@ -508,7 +513,7 @@ const BY_CAPABILITY: &[(&str, &[i64])] = &[
         ],
     ),
     (
-        "CAP_SYS_RAWIO",
+        Capability::CAP_SYS_RAWIO,
         &[
             // Port I/O exists on x86 only.
             #[cfg(target_arch = "x86_64")]
@@ -518,12 +523,12 @@ const BY_CAPABILITY: &[(&str, &[i64])] = &[
         ],
     ),
     (
-        "CAP_SYS_TIME",
+        Capability::CAP_SYS_TIME,
         &[libc::SYS_settimeofday, libc::SYS_clock_settime],
     ),
-    ("CAP_SYS_TTY_CONFIG", &[libc::SYS_vhangup]),
+    (Capability::CAP_SYS_TTY_CONFIG, &[libc::SYS_vhangup]),
     (
-        "CAP_SYS_NICE",
+        Capability::CAP_SYS_NICE,
         &[
             libc::SYS_get_mempolicy,
             libc::SYS_mbind,
@@ -531,9 +536,9 @@ const BY_CAPABILITY: &[(&str, &[i64])] = &[
             libc::SYS_set_mempolicy_home_node,
         ],
     ),
-    ("CAP_SYSLOG", &[libc::SYS_syslog]),
-    ("CAP_BPF", &[libc::SYS_bpf]),
-    ("CAP_PERFMON", &[libc::SYS_perf_event_open]),
+    (Capability::CAP_SYSLOG, &[libc::SYS_syslog]),
+    (Capability::CAP_BPF, &[libc::SYS_bpf]),
+    (Capability::CAP_PERFMON, &[libc::SYS_perf_event_open]),
 ];
 
 /// The profile's decisions for one capability set, before compiling to BPF.
@@ -545,9 +550,10 @@ struct Rules {
     clone3_enosys: bool,
 }
 
-/// Docker's default profile for a container with these capabilities (`CAP_*` names, as in
-/// an OCI config, e.g. "CAP_SYS_ADMIN"), compiled for the host architecture.
-pub fn default_profile(capabilities: &[String]) -> Result<BpfProgram, SeccompError> {
+/// Docker's default profile for a container whose bounding set is `capabilities`,
+/// compiled for the host architecture. The set is typed, so a name spelled another way
+/// (`SYS_CHROOT` against `CAP_SYS_CHROOT`) cannot silently match nothing.
+pub fn default_profile(capabilities: &CapsHashSet) -> Result<BpfProgram, SeccompError> {
     let rules = rules_for(capabilities)?;
     let filter = SeccompFilter::new(
         rules.allowed,
@@ -575,8 +581,8 @@ pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
 }
 
 /// What the profile allows a container holding `capabilities`.
-fn rules_for(capabilities: &[String]) -> Result<Rules, SeccompError> {
-    let holds = |name: &str| capabilities.iter().any(|cap| cap == name);
+fn rules_for(capabilities: &CapsHashSet) -> Result<Rules, SeccompError> {
+    let holds = |cap: &Capability| capabilities.contains(cap);
     let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
 
     allowed.insert(
@@ -604,7 +610,7 @@ fn rules_for(capabilities: &[String]) -> Result<Rules, SeccompError> {
         .collect::<Result<Vec<_>, _>>()?;
     allowed.insert(libc::SYS_personality, personalities);
 
-    let sys_admin = holds("CAP_SYS_ADMIN");
+    let sys_admin = holds(&Capability::CAP_SYS_ADMIN);
     if !sys_admin {
         // Threads and processes yes, namespaces no. Flags are the first argument on both
         // of our architectures (only s390 swaps them).
@@ -689,8 +695,11 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Output};
 
-    fn caps(names: &[&str]) -> Vec<String> {
-        names.iter().map(|name| name.to_string()).collect()
+    fn caps(names: &[&str]) -> CapsHashSet {
+        names
+            .iter()
+            .map(|name| name.parse().expect("capability name"))
+            .collect()
     }
 
     /// Runs `/bin/sh -c script` under the profile for `capabilities`.
@@ -750,7 +759,7 @@ mod tests {
 
     #[test]
     fn compiles_for_both_capability_sets_and_sys_admin_allows_more() {
-        let default = default_profile(&[]).expect("default profile");
+        let default = default_profile(&CapsHashSet::new()).expect("default profile");
         let admin = default_profile(&caps(&["CAP_SYS_ADMIN"])).expect("CAP_SYS_ADMIN profile");
         let max = libc::BPF_MAXINSNS as usize;
         assert!(
@@ -760,7 +769,7 @@ mod tests {
         );
         assert!(!admin.is_empty() && admin.len() <= max, "{}", admin.len());
 
-        let default = rules_for(&[]).expect("default rules");
+        let default = rules_for(&CapsHashSet::new()).expect("default rules");
         let admin = rules_for(&caps(&["CAP_SYS_ADMIN"])).expect("CAP_SYS_ADMIN rules");
         let unconditional =
             |rules: &Rules, nr: i64| rules.allowed.get(&nr).is_some_and(Vec::is_empty);
@@ -795,23 +804,23 @@ mod tests {
 
     #[test]
     fn other_capabilities_add_their_syscalls_only() {
-        let default = rules_for(&[]).expect("default rules");
+        let default = rules_for(&CapsHashSet::new()).expect("default rules");
         for (cap, nr) in [
-            ("CAP_SYS_CHROOT", libc::SYS_chroot),
-            ("CAP_SYS_BOOT", libc::SYS_reboot),
-            ("CAP_SYS_TIME", libc::SYS_settimeofday),
-            ("CAP_SYSLOG", libc::SYS_syslog),
-            ("CAP_BPF", libc::SYS_bpf),
-            ("CAP_PERFMON", libc::SYS_perf_event_open),
-            ("CAP_SYS_NICE", libc::SYS_mbind),
-            ("CAP_SYS_MODULE", libc::SYS_finit_module),
-            ("CAP_SYS_PTRACE", libc::SYS_kcmp),
+            (Capability::CAP_SYS_CHROOT, libc::SYS_chroot),
+            (Capability::CAP_SYS_BOOT, libc::SYS_reboot),
+            (Capability::CAP_SYS_TIME, libc::SYS_settimeofday),
+            (Capability::CAP_SYSLOG, libc::SYS_syslog),
+            (Capability::CAP_BPF, libc::SYS_bpf),
+            (Capability::CAP_PERFMON, libc::SYS_perf_event_open),
+            (Capability::CAP_SYS_NICE, libc::SYS_mbind),
+            (Capability::CAP_SYS_MODULE, libc::SYS_finit_module),
+            (Capability::CAP_SYS_PTRACE, libc::SYS_kcmp),
         ] {
             assert!(
                 !default.allowed.contains_key(&nr),
                 "{cap}: allowed by default"
             );
-            let with = rules_for(&caps(&[cap])).expect("rules");
+            let with = rules_for(&CapsHashSet::from([cap])).expect("rules");
             assert!(
                 with.allowed.contains_key(&nr),
                 "{cap}: syscall {nr} not allowed"
@@ -925,6 +934,32 @@ mod tests {
         );
         assert!(unix.status.success(), "{unix:?}");
         assert_eq!(stdout(&unix), "ok\n");
+    }
+
+    #[test]
+    fn io_uring_is_refused_even_with_sys_admin() {
+        if !have("python3") {
+            return;
+        }
+        // io_uring_setup(1, NULL): EFAULT if the kernel saw it, EPERM from the filter.
+        let code = format!(
+            "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); \
+             r = libc.syscall({}, 1, None); print(r, os.strerror(ctypes.get_errno()))",
+            libc::SYS_io_uring_setup
+        );
+        let unfiltered = sh_unfiltered(&format!("exec python3 -c '{code}'"));
+        assert!(
+            !stdout(&unfiltered).contains("Operation not permitted"),
+            "the host itself refuses io_uring: {unfiltered:?}"
+        );
+        for caps in [&[][..], &["CAP_SYS_ADMIN"][..]] {
+            let filtered = python_filtered(caps, &code);
+            assert_eq!(
+                stdout(&filtered),
+                "-1 Operation not permitted\n",
+                "{caps:?}: {filtered:?}"
+            );
+        }
     }
 
     #[test]
