@@ -168,9 +168,13 @@ fn apply_replaces_our_table_atomically_and_remove_restores_the_ruleset() {
         };
         firewall::apply(&plan).unwrap();
         let (chains, rules) = list_table(&table);
-        assert_eq!(chains, ["prerouting", "output", "postrouting", "forward"]);
+        assert_eq!(
+            chains,
+            ["prerouting", "output", "postrouting", "forward", "input"]
+        );
         let in_chain = |c: &str| rules.iter().filter(|(ch, _)| ch == c).count();
         assert_eq!((in_chain("prerouting"), in_chain("output")), (2, 2));
+        assert_eq!(in_chain("input"), 2, "martian loopback: accept ours, drop");
         assert_eq!(
             in_chain("postrouting"),
             3,

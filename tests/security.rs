@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use wharf::manifest::MountSpec;
 use wharf::runtime::Runtime;
 
+use common::agent::{container_yaml, pid_of, Agent};
 use common::runtime::{exited, fixture, request, Cleanup};
 
 /// Capability-gated seccomp rules follow the capabilities the container really holds:
@@ -151,4 +154,98 @@ async fn a_symlink_swapped_into_a_shared_folder_never_moves_a_mount_onto_the_hos
         "no start succeeded ({refused} refused): the race proves nothing"
     );
     eprintln!("mount race: {started} starts, {refused} refused, {flips} flips");
+}
+
+/// CVE-2020-8558's class: `route_localnet` on the bridges (for loopback-published ports)
+/// lets frames for 127.0.0.1 in, so a container with `NET_RAW` (Docker's default) could
+/// complete TCP handshakes with any loopback-only service of the host. A raw SYN from
+/// the container's network namespace to a host listener on 127.0.0.1 gets no answer; the
+/// same client against the bridge address is answered (the client works), and a port
+/// published on loopback still answers.
+#[test]
+fn a_container_cannot_reach_a_loopback_only_service_of_the_host_with_raw_frames() {
+    if !(common::privileged("martian_loopback")
+        && common::agent::registry_up("martian_loopback")
+        && common::have_tool("python3", "martian_loopback")
+        && common::have_tool("nsenter", "martian_loopback"))
+    {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    agent.write(
+        "attacker.yaml",
+        &container_yaml("attacker", "exec sleep 1000", ""),
+    );
+    agent.write(
+        "web.yaml",
+        &container_yaml(
+            "web",
+            "while true; do echo pong | nc -l -p 8080; done",
+            "  ports: [\"18080:8080\"]\n",
+        ),
+    );
+    let attacker = agent.wait_container("attacker", 60, "running", |c| c["state"] == "running");
+    agent.wait_container("web", 60, "running", |c| c["state"] == "running");
+    let pid = pid_of(&attacker).to_string();
+    let ip = attacker["addresses"][0]["ip"].as_str().unwrap().to_owned();
+
+    // Host services in the agent's namespace: one on loopback only, one on every address.
+    let bridge = wharf::net::link::bridge_name(&agent.instance(), 0);
+    let (loopback, any, mac) = agent.in_netns(|| {
+        let out = std::process::Command::new("ip")
+            .args(["-j", "link", "show", "dev", &bridge])
+            .output()
+            .unwrap();
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("0.0.0.0:0").unwrap(),
+            links[0]["address"].as_str().unwrap().to_owned(),
+        )
+    });
+    let syn = |dst: &str, port: u16| {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-n", "python3"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/scripts/raw_syn.py"
+            ))
+            .args(["eth0", &ip, &mac, dst, &port.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "raw_syn.py: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let gateway = ip
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.1"))
+        .unwrap();
+    assert_eq!(
+        syn(&gateway, any.local_addr().unwrap().port()),
+        "answered",
+        "the raw client must work for the test to prove anything"
+    );
+    assert_eq!(
+        syn("127.0.0.1", loopback.local_addr().unwrap().port()),
+        "silent",
+        "a container reached a loopback-only service of the host"
+    );
+    loopback.set_nonblocking(true).unwrap();
+    assert!(loopback.accept().is_err(), "a connection was accepted");
+
+    let answer = common::wait_for(30, "loopback-published port", || {
+        agent.in_netns(|| {
+            let mut s = TcpStream::connect_timeout(
+                &"127.0.0.1:18080".parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            (!out.is_empty()).then_some(out)
+        })
+    });
+    assert_eq!(answer, "pong\n");
 }

@@ -347,14 +347,17 @@ impl Networks {
         self.netlink
             .ensure_bridge(&net.bridge, net.gateway, net.subnet.prefix)
             .await?;
-        if !net.internal {
-            firewall::set_route_localnet(&net.bridge)?;
-            firewall::enable_forwarding()?;
-        }
+        // The table first: its `input` chain drops martian loopback traffic from the
+        // bridge, which `route_localnet` would otherwise let reach the host's
+        // 127.0.0.1 services.
         if previous.as_ref() != Some(net) {
             self.records.ensured.insert(net.name.clone(), net.clone());
             self.save_records()?;
             self.sync_firewall()?;
+        }
+        if !net.internal {
+            firewall::set_route_localnet(&net.bridge)?;
+            firewall::enable_forwarding()?;
         }
         Ok(())
     }

@@ -93,3 +93,19 @@ pub fn have(tool: &str) -> bool {
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
         .unwrap_or(false)
 }
+
+/// Whether `tool` is on `PATH`; otherwise prints why `test` skips, or panics under
+/// `WHARF_REQUIRE_PRIVILEGED=1`.
+pub fn have_tool(tool: &str, test: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if required() {
+            panic!("{test}: {tool} is not installed, and WHARF_REQUIRE_PRIVILEGED=1");
+        }
+        eprintln!("SKIP {test}: {tool} is not installed");
+    }
+    found
+}

@@ -14,6 +14,15 @@
 //! - `forward` (filter): internal networks are cut off from everything but their
 //!   bridge; other networks are isolated from each other as in Docker, except for
 //!   connections to published ports.
+//! - `input` (filter): drops packets that arrive from a bridge addressed to
+//!   127.0.0.0/8 unless they belong to a connection we DNATed. `route_localnet`,
+//!   which the loopback path above needs, also stops the kernel from dropping such
+//!   martians, so without this rule a container with `NET_RAW` (Docker's default) can
+//!   send frames for 127.0.0.1 to the bridge's MAC and reach every loopback-only
+//!   service of the host (CVE-2020-8558; kube-proxy's fix is the same rule, in
+//!   `iptables -A INPUT ! -s 127.0.0.0/8 -d 127.0.0.0/8 ! --ctstate
+//!   RELATED,ESTABLISHED,DNAT -j DROP`, scoped here to our bridges). Replies of the
+//!   host's own connections to `127.0.0.1:hostPort` carry `ct status dnat` and pass.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -46,6 +55,7 @@ const PREROUTING: &str = "prerouting";
 const OUTPUT: &str = "output";
 const POSTROUTING: &str = "postrouting";
 const FORWARD: &str = "forward";
+const INPUT: &str = "input";
 
 /// Everything the firewall must say for one agent instance: the desired state,
 /// rebuilt whole on every change.
@@ -158,6 +168,7 @@ impl FirewallPlan {
             (OUTPUT, NfChainType::NAT, NfHook::Output, DSTNAT),
             (POSTROUTING, NfChainType::NAT, NfHook::Postrouting, SRCNAT),
             (FORWARD, NfChainType::Filter, NfHook::Forward, FILTER),
+            (INPUT, NfChainType::Filter, NfHook::Input, FILTER),
         ] {
             batch.add(NfListObject::Chain(Chain {
                 family: FAMILY,
@@ -284,6 +295,28 @@ impl FirewallPlan {
                     vec![eq(meta(key), string(&n.bridge)), Statement::Accept(None)],
                 );
             }
+        }
+        let bridges: Vec<SetItem<'static>> = self
+            .networks
+            .iter()
+            .map(|n| SetItem::Element(string(&n.bridge)))
+            .collect();
+        if !bridges.is_empty() {
+            let from_bridge_to_loopback = || {
+                vec![
+                    eq(
+                        meta(MetaKey::Iifname),
+                        Expression::Named(NamedExpression::Set(bridges.clone())),
+                    ),
+                    eq(ip("daddr"), prefix(LOOPBACK)),
+                ]
+            };
+            let mut ours = from_bridge_to_loopback();
+            ours.extend([is_in(ct("status"), string("dnat")), Statement::Accept(None)]);
+            add(INPUT, ours);
+            let mut martian = from_bridge_to_loopback();
+            martian.push(Statement::Drop(None));
+            add(INPUT, martian);
         }
         batch.to_nftables()
     }
@@ -491,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn four_base_chains_at_standard_priorities_with_accept_policy() {
+    fn five_base_chains_at_standard_priorities_with_accept_policy() {
         let chains: Vec<Value> = json_of(&plan())
             .iter()
             .filter_map(|c| c["add"]["chain"].as_object().cloned())
@@ -504,8 +537,34 @@ mod tests {
                 json!(["output", "nat", "output", -100, "accept"]),
                 json!(["postrouting", "nat", "postrouting", 100, "accept"]),
                 json!(["forward", "filter", "forward", 0, "accept"]),
+                json!(["input", "filter", "input", 0, "accept"]),
             ]
         );
+    }
+
+    #[test]
+    fn martian_loopback_from_any_bridge_is_dropped_unless_we_dnated_it() {
+        let input = rules(&json_of(&plan()), "input");
+        let from_bridges = json!([
+            {"match": {"left": {"meta": {"key": "iifname"}}, "right": {"set": ["whbr0", "whbr1"]}, "op": "=="}},
+            {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}, "op": "=="}},
+        ]);
+        let mut accept = from_bridges.as_array().unwrap().clone();
+        accept.push(
+            json!({"match": {"left": {"ct": {"key": "status"}}, "right": "dnat", "op": "in"}}),
+        );
+        accept.push(json!({"accept": null}));
+        let mut drop = from_bridges.as_array().unwrap().clone();
+        drop.push(json!({"drop": null}));
+        assert_eq!(input, vec![json!(accept), json!(drop)]);
+        // No network, no bridge to guard: no rule (an empty set is invalid in nft).
+        let none = FirewallPlan {
+            networks: Vec::new(),
+            ports: Vec::new(),
+            ..plan()
+        };
+        assert!(rules(&json_of(&none), "input").is_empty());
     }
 
     #[test]
