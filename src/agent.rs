@@ -125,7 +125,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     )?;
     let mut reconciler = Reconciler::new(runtime.clone(), Arc::new(StoreImages(store.clone())));
     let mut loader = Loader::new(Some(args.state.join("manifests-last-good.json")));
-    let (_watch, mut files) = manifest::watch_dir(args.manifests.clone(), args.resync)?;
+    let policy = manifest::ScanPolicy {
+        external_links: args.allow_external_symlinks,
+    };
+    let (watcher, mut files) = manifest::watch_dir(args.manifests.clone(), args.resync, policy)?;
     tracing::info!(
         manifests = %args.manifests.display(),
         state = %args.state.display(),
@@ -154,8 +157,18 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_state = api::ApiState {
         status: status_rx,
-        heartbeat: heartbeat.clone(),
-        max_silence: RELIST * 10 + Duration::from_secs(20),
+        heartbeats: vec![
+            api::Heartbeat {
+                what: "the reconcile loop",
+                last: heartbeat.clone(),
+                max_silence: RELIST * 10 + Duration::from_secs(20),
+            },
+            api::Heartbeat {
+                what: "the manifest watcher",
+                last: watcher.heartbeat(),
+                max_silence: watcher.max_silence(),
+            },
+        ],
     };
     // Bind before anything else runs: an address in use or a bad socket path is an
     // error at start, not a silent endpoint-less agent.

@@ -173,6 +173,10 @@ pub struct AgentArgs {
     /// Full relist and reconcile period, even without events.
     #[arg(long, env = "WHARF_RESYNC", default_value = "30s", value_parser = crate::units::parse_duration)]
     pub resync: std::time::Duration,
+    /// Follow symlinks in the manifests folder whose target is outside it (by default
+    /// such a link is reported as an error and not read).
+    #[arg(long, env = "WHARF_ALLOW_EXTERNAL_SYMLINKS")]
+    pub allow_external_symlinks: bool,
     /// Sync manifests from a git repository (not supported yet).
     #[arg(long, env = "WHARF_GIT_REPO")]
     pub git_repo: Option<String>,

@@ -44,6 +44,7 @@ struct Server {
     url: String,
     status: watch::Sender<Arc<StatusSnapshot>>,
     heartbeat: Arc<AtomicI64>,
+    watcher: Arc<AtomicI64>,
     log: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ApiError>>,
@@ -111,10 +112,18 @@ impl Server {
         };
         let (status, rx) = watch::channel(Arc::new(snapshot));
         let heartbeat = Arc::new(AtomicI64::new(now_millis()));
+        let watcher = Arc::new(AtomicI64::new(now_millis()));
+        let beat = |what, last: &Arc<AtomicI64>| api::Heartbeat {
+            what,
+            last: last.clone(),
+            max_silence: Duration::from_secs(5),
+        };
         let state = ApiState {
             status: rx,
-            heartbeat: heartbeat.clone(),
-            max_silence: Duration::from_secs(5),
+            heartbeats: vec![
+                beat("the reconcile loop", &heartbeat),
+                beat("the manifest watcher", &watcher),
+            ],
         };
         let listener = api::bind(listen).await.unwrap();
         let addr = listener.local_addr();
@@ -130,6 +139,7 @@ impl Server {
             url,
             status,
             heartbeat,
+            watcher,
             log,
             shutdown: Some(shutdown),
             task,
@@ -208,6 +218,22 @@ async fn healthz_is_ok_while_the_heartbeat_is_fresh_and_503_when_stale() {
     assert_eq!(get(&server, "/healthz").await.0, 503);
 
     server.heartbeat.store(now_millis(), Ordering::Relaxed);
+    assert_eq!(get(&server, "/healthz").await.0, 200);
+
+    // A watcher stuck in a system call no longer passes for healthy.
+    server
+        .watcher
+        .store(now_millis() - 60_000, Ordering::Relaxed);
+    let (status, _, body) = get(&server, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the manifest watcher silent for"),
+        "{body}"
+    );
+    server.watcher.store(now_millis(), Ordering::Relaxed);
     assert_eq!(get(&server, "/healthz").await.0, 200);
     server.stop().await.unwrap();
 }

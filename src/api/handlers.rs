@@ -63,24 +63,29 @@ fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Alive while the agent loop ticked within `max_silence`. A heartbeat of 0 means the
-/// loop never ticked; one in the future (clock stepped back) counts as fresh.
+/// Alive while every heartbeat ticked within its `max_silence`. A heartbeat of 0 means
+/// the loop never ticked; one in the future (clock stepped back) counts as fresh.
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    let last = state.api.heartbeat.load(Ordering::Relaxed);
-    let silence = Duration::from_millis(u64::try_from(now_millis() - last).unwrap_or(0));
-    if last > 0 && silence <= state.api.max_silence {
-        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response();
+    let now = now_millis();
+    for beat in &state.api.heartbeats {
+        let last = beat.last.load(Ordering::Relaxed);
+        let silence = Duration::from_millis(u64::try_from(now - last).unwrap_or(0));
+        if last > 0 && silence <= beat.max_silence {
+            continue;
+        }
+        let message = if last > 0 {
+            format!(
+                "{} silent for {}s (limit {}s)",
+                beat.what,
+                silence.as_secs(),
+                beat.max_silence.as_secs()
+            )
+        } else {
+            format!("{} has not started", beat.what)
+        };
+        return error(StatusCode::SERVICE_UNAVAILABLE, &message);
     }
-    let message = if last > 0 {
-        format!(
-            "agent loop silent for {}s (limit {}s)",
-            silence.as_secs(),
-            state.api.max_silence.as_secs()
-        )
-    } else {
-        "agent loop has not started".to_owned()
-    };
-    error(StatusCode::SERVICE_UNAVAILABLE, &message)
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
 }
 
 pub(crate) async fn list_containers(State(state): State<AppState>) -> Response {

@@ -7,7 +7,7 @@
 //!
 //! | path | answer |
 //! | --- | --- |
-//! | `GET /healthz` | `200 ok` while the agent loop's heartbeat is fresher than `max_silence`, else `503` |
+//! | `GET /healthz` | `200 ok` while the reconcile loop and the manifest watcher both beat within their limits, else `503` naming the silent one |
 //! | `GET /v1/containers` | array of container objects |
 //! | `GET /v1/containers/{name}` | one container object, or `404` |
 //! | `GET /v1/containers/{name}/logs?tail=N&follow=true` | its log as text; `follow` streams appended bytes |
@@ -40,9 +40,20 @@ use crate::reconciler::status::StatusSnapshot;
 pub struct ApiState {
     /// The latest published status; handlers only borrow it.
     pub status: watch::Receiver<Arc<StatusSnapshot>>,
-    /// Unix time in milliseconds of the agent loop's last tick (0: never ticked).
-    pub heartbeat: Arc<AtomicI64>,
-    /// How long the loop may stay silent before `/healthz` answers 503.
+    /// What must keep beating for `/healthz` to answer `ok`: the reconcile loop and the
+    /// manifest watcher (a watcher stuck in a system call applied nothing while the
+    /// endpoint still said `ok`).
+    pub heartbeats: Vec<Heartbeat>,
+}
+
+/// One loop's sign of life.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// Its name in a 503 message, e.g. "the manifest watcher".
+    pub what: &'static str,
+    /// Unix time in milliseconds of its last tick (0: never ticked).
+    pub last: Arc<AtomicI64>,
+    /// How long it may stay silent before `/healthz` answers 503.
     pub max_silence: Duration,
 }
 

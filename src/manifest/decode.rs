@@ -27,11 +27,13 @@ impl Ctx {
     }
 
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        let message = bounded(message.into());
         self.diagnostics
             .push(Diagnostic::at(&self.file, pos.line, pos.column, message));
     }
 
     pub fn file_error(&mut self, message: impl Into<String>) {
+        let message = bounded(message.into());
         self.diagnostics.push(Diagnostic::file(&self.file, message));
     }
 
@@ -45,6 +47,42 @@ impl Ctx {
         self.diagnostics
             .sort_by_key(|d| (d.line.unwrap_or(0), d.column.unwrap_or(0)));
         self.diagnostics
+    }
+}
+
+/// The longest message a diagnostic carries.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// The longest piece of a file quoted in a message.
+const MAX_QUOTED_CHARS: usize = 40;
+
+/// A message as the endpoint may show it: one line, no control characters, at most
+/// [`MAX_MESSAGE_CHARS`]. Diagnostics are served without authentication, and the file
+/// may be anything (a link to `/etc/shadow` had every line quoted back).
+fn bounded(message: String) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS + 3));
+    for (i, c) in message.chars().enumerate() {
+        if i == MAX_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.push_str(&c.escape_default().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A piece of the user's file for a message: quoted and escaped as a string literal,
+/// cut after [`MAX_QUOTED_CHARS`] characters.
+pub(crate) fn quoted(s: &str) -> String {
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(MAX_QUOTED_CHARS).collect();
+    match chars.next() {
+        None => format!("{head:?}"),
+        Some(_) => format!("{head:?}…"),
     }
 }
 
@@ -127,7 +165,8 @@ pub(crate) fn fields<'n>(
             cx.error(
                 key.pos,
                 format!(
-                    "duplicate field \"{name}\" in {what} (first set at line {})",
+                    "duplicate field {} in {what} (first set at line {})",
+                    quoted(name),
                     first.pos.line
                 ),
             );
@@ -138,7 +177,10 @@ pub(crate) fn fields<'n>(
                 Some(s) => format!("; did you mean \"{s}\"?"),
                 None => format!("; known fields: {}", known.join(", ")),
             };
-            cx.error(key.pos, format!("unknown field \"{name}\" in {what}{hint}"));
+            cx.error(
+                key.pos,
+                format!("unknown field {} in {what}{hint}", quoted(name)),
+            );
             continue;
         }
         out.entries.push((name, key, value));
@@ -401,8 +443,10 @@ pub(crate) fn string_map(
 /// A value for a message: strings quoted, others as written.
 pub(crate) fn shown(node: &Node) -> String {
     match &node.value {
-        Value::Str(s) => format!("{s:?}"),
-        Value::Bool(_, s) | Value::Int(_, s) | Value::Float(_, s) => s.clone(),
+        Value::Str(s) => quoted(s),
+        Value::Bool(_, s) | Value::Int(_, s) | Value::Float(_, s) => {
+            s.chars().take(MAX_QUOTED_CHARS).collect()
+        }
         _ => node.describe().to_string(),
     }
 }

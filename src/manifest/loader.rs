@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::source::{read_text, scan_dir};
+use super::scan::{read_text, scan_dir};
 use super::types::{Container, Network, Object, Sourced, Volume};
 use super::{parse_file, Diagnostic, SourceFile};
 
@@ -279,7 +279,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
                     files.push((name, f.text));
                 }
             }
-            Ok(meta) => files.push((shown, read_text(path, meta.len()))),
+            Ok(_) => files.push((shown, read_text(path))),
         }
     }
     let mut objects = Vec::new();

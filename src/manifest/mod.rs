@@ -19,6 +19,7 @@ mod decode;
 mod hash;
 mod loader;
 mod network;
+mod scan;
 mod source;
 mod types;
 mod yaml;
@@ -30,7 +31,8 @@ use serde::{Deserialize, Serialize};
 pub use hash::changed_fields;
 pub use loader::{validate_paths, DesiredState, FileReport, Loader};
 pub use network::DEFAULT_NETWORK_SUBNET;
-pub use source::{scan_dir, watch_dir, Snapshot, SourceFile, WatchGuard};
+pub use scan::{escape_name, scan_dir, scan_dir_with, ScanPolicy, SourceFile};
+pub use source::{watch_dir, Snapshot, WatchGuard};
 pub use types::*;
 
 /// Errors of the manifest module that are not diagnostics about the user's files

@@ -4,135 +4,22 @@
 //! the whole folder, not the event that revealed it: events are only a hint to look
 //! again, so a missed or coalesced event costs latency, never correctness. A
 //! periodic rescan catches what inotify cannot see (the root created or replaced
-//! later, network filesystems).
+//! later, network filesystems). What one scan reads, and how safely, is `scan.rs`.
 
-use std::collections::HashSet;
 use std::fs;
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode};
 use tokio::sync::watch;
 
-use super::yaml::MAX_FILE_BYTES;
+use super::scan::{scan_dir_with, ScanPolicy, SourceFile};
 use super::ManifestError;
-
-/// One manifest file of a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceFile {
-    /// Relative to the root, `/`-separated.
-    pub path: String,
-    /// The text, or why it could not be read. A folder that cannot be listed is
-    /// reported as an entry with its path and an error, so nothing it holds is
-    /// taken as removed.
-    pub text: Result<String, String>,
-}
-
-/// Whether a file name is a manifest: `*.yaml`/`*.yml`, not hidden, not editor or
-/// backup junk (vim's `4913` and `*.swp`, emacs' `#*#` and `*~`, `*.bak`, `*.tmp`).
-fn is_manifest_name(name: &str) -> bool {
-    let junk = name.starts_with('.')
-        || name.ends_with('~')
-        || name == "4913"
-        || (name.starts_with('#') && name.ends_with('#'))
-        || [".swp", ".swx", ".bak", ".tmp"]
-            .iter()
-            .any(|ext| name.ends_with(ext));
-    !junk && (name.ends_with(".yaml") || name.ends_with(".yml"))
-}
-
-/// Lists the manifest files under `root`, recursively, sorted by path. Hidden
-/// files and folders are skipped. A missing root is an empty folder (it may be
-/// created later). Symbolic links are followed (Kubernetes ConfigMap mounts are
-/// links into a hidden `..data` folder), each folder once, so a loop ends.
-pub fn scan_dir(root: &Path) -> Vec<SourceFile> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    match fs::metadata(root) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => out.push(SourceFile {
-            path: ".".into(),
-            text: Err(format!("cannot read the manifests folder: {e}")),
-        }),
-        Ok(_) => walk(root, "", &mut seen, &mut out),
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out
-}
-
-fn walk(dir: &Path, prefix: &str, seen: &mut HashSet<(u64, u64)>, out: &mut Vec<SourceFile>) {
-    let listed = fs::metadata(dir).and_then(|m| {
-        seen.insert((m.dev(), m.ino()));
-        fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()
-    });
-    let entries = match listed {
-        Ok(entries) => entries,
-        Err(e) => {
-            out.push(SourceFile {
-                path: if prefix.is_empty() {
-                    ".".into()
-                } else {
-                    prefix.into()
-                },
-                text: Err(format!("cannot list folder: {e}")),
-            });
-            return;
-        }
-    };
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let path = entry.path();
-        // Follow links: the target decides whether it is a file or a folder.
-        let meta = match fs::metadata(&path) {
-            Ok(m) => m,
-            // A dangling link or a file removed while listing: not part of the snapshot.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                if is_manifest_name(&name) {
-                    out.push(SourceFile {
-                        path: rel,
-                        text: Err(e.to_string()),
-                    });
-                }
-                continue;
-            }
-        };
-        if meta.is_dir() {
-            if !seen.contains(&(meta.dev(), meta.ino())) {
-                walk(&path, &rel, seen, out);
-            }
-        } else if meta.is_file() && is_manifest_name(&name) {
-            out.push(SourceFile {
-                path: rel,
-                text: read_text(&path, meta.len()),
-            });
-        }
-    }
-}
-
-/// Reads a manifest as UTF-8, refusing files too large to be one.
-pub(crate) fn read_text(path: &Path, len: u64) -> Result<String, String> {
-    if len > MAX_FILE_BYTES as u64 {
-        return Err(format!(
-            "file is {len} bytes, more than the {MAX_FILE_BYTES} a manifest may have"
-        ));
-    }
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|_| "file is not valid UTF-8".to_string())
-}
 
 /// A full snapshot of the manifest files, as published by [`watch_dir`].
 pub type Snapshot = Arc<Vec<SourceFile>>;
@@ -140,6 +27,22 @@ pub type Snapshot = Arc<Vec<SourceFile>>;
 /// Keeps the watcher running; dropping it stops the watcher thread.
 pub struct WatchGuard {
     stop: mpsc::Sender<Wake>,
+    heartbeat: Arc<AtomicI64>,
+    max_silence: Duration,
+}
+
+impl WatchGuard {
+    /// Unix time in milliseconds when the watcher thread last finished a scan (or
+    /// woke to wait for the next): a watcher stuck in a system call stops updating it.
+    pub fn heartbeat(&self) -> Arc<AtomicI64> {
+        self.heartbeat.clone()
+    }
+
+    /// How long the heartbeat may stay still before the watcher counts as stuck: it
+    /// beats at least once per rescan period.
+    pub fn max_silence(&self) -> Duration {
+        self.max_silence
+    }
 }
 
 impl Drop for WatchGuard {
@@ -154,10 +57,10 @@ enum Wake {
     Stop,
 }
 
-/// Watches `root` and publishes a full snapshot ([`scan_dir`]) whenever it
-/// changes: on file events (recursive, once they have been quiet for [`SETTLE`]) and
-/// every `rescan`.
-/// A snapshot is published only when it differs from the last one.
+/// Watches `root` and publishes a full snapshot ([`scan_dir_with`] under `policy`)
+/// whenever it changes: on file events (recursive, once they have been quiet for
+/// [`SETTLE`]) and every `rescan`. A snapshot is published only when it differs from
+/// the last one.
 ///
 /// The receiver starts with the current snapshot. `root` may not exist yet: the
 /// snapshot is then empty, and the folder is picked up by a rescan once it appears
@@ -166,6 +69,7 @@ enum Wake {
 pub fn watch_dir(
     root: PathBuf,
     rescan: Duration,
+    policy: ScanPolicy,
 ) -> Result<(WatchGuard, watch::Receiver<Snapshot>), ManifestError> {
     if let Ok(meta) = fs::metadata(&root) {
         if !meta.is_dir() {
@@ -174,19 +78,41 @@ pub fn watch_dir(
             });
         }
     }
-    let (tx, rx) = watch::channel(Arc::new(scan_dir(&root)));
+    let (tx, rx) = watch::channel(Arc::new(scan_dir_with(&root, policy)));
     let (wake_tx, wake_rx) = mpsc::channel();
     let events = wake_tx.clone();
     let rescan = rescan.max(Duration::from_millis(10));
     let shown = root.display().to_string();
+    let heartbeat = Arc::new(AtomicI64::new(unix_millis()));
+    let beat = heartbeat.clone();
     std::thread::Builder::new()
         .name("wharf-manifests".into())
-        .spawn(move || run_watcher(root, rescan, tx, events, wake_rx))
+        .spawn(move || {
+            let watcher = Watcher {
+                root,
+                policy,
+                rescan,
+                heartbeat: beat,
+            };
+            watcher.run(tx, events, wake_rx)
+        })
         .map_err(|source| ManifestError::SpawnWatcher {
             path: shown,
             source,
         })?;
-    Ok((WatchGuard { stop: wake_tx }, rx))
+    let guard = WatchGuard {
+        stop: wake_tx,
+        heartbeat,
+        // A rescan period, the longest settle, and room for a slow scan.
+        max_silence: rescan * 2 + REMOVAL_SETTLE * 5 + Duration::from_secs(30),
+    };
+    Ok((guard, rx))
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Quiet time after the last file event before the folder is scanned. Short, because it
@@ -199,13 +125,30 @@ pub const SETTLE: Duration = Duration::from_millis(10);
 /// Quiet time asked before publishing a scan that lost a file (see [`loses_a_file`]).
 const REMOVAL_SETTLE: Duration = Duration::from_millis(200);
 
-/// Whether `new` lacks a file `old` has: a removal, or a save half done.
+/// Whether `new` lacks a file `old` has, or has it with nothing left in it: a removal,
+/// or a save half done. `cat > f`, `echo > f` and some editors truncate the file and
+/// then write it; a scan between the two sees a file of zero objects, which would
+/// remove its containers as surely as a deleted file.
 fn loses_a_file(old: &[SourceFile], new: &[SourceFile]) -> bool {
     // Both are sorted by path (scan_dir).
-    let mut new = new.iter().map(|f| &f.path).peekable();
+    let mut new = new.iter().peekable();
     old.iter().any(|f| {
-        while new.next_if(|p| **p < f.path).is_some() {}
-        new.next_if(|p| **p == f.path).is_none()
+        while new.next_if(|n| n.path < f.path).is_some() {}
+        match new.next_if(|n| n.path == f.path) {
+            None => true,
+            Some(n) => holds_content(&f.text) && !holds_content(&n.text),
+        }
+    })
+}
+
+/// Whether a file may hold an object: anything but blank lines, comments and
+/// document markers. An unreadable file counts as holding (its last good objects
+/// are kept anyway).
+fn holds_content(text: &Result<String, String>) -> bool {
+    let Ok(text) = text else { return true };
+    text.lines().any(|line| {
+        let line = line.trim();
+        !(line.is_empty() || line.starts_with('#') || line == "---" || line == "...")
     })
 }
 
@@ -213,51 +156,67 @@ fn loses_a_file(old: &[SourceFile], new: &[SourceFile]) -> bool {
 /// scan this often.
 const MAX_SETTLE: Duration = Duration::from_millis(250);
 
-fn run_watcher(
+struct Watcher {
     root: PathBuf,
+    policy: ScanPolicy,
     rescan: Duration,
-    tx: watch::Sender<Snapshot>,
-    events: mpsc::Sender<Wake>,
-    wake: mpsc::Receiver<Wake>,
-) {
-    // The watch is tied to the root's inode: if the folder is created later, or
-    // replaced (deleted and re-created, or a symlink swapped), watch it again.
-    let mut watched: Option<((u64, u64), notify::RecommendedWatcher)> = None;
-    loop {
-        let current = fs::metadata(&root).ok().map(|m| (m.dev(), m.ino()));
-        if current.is_none() || watched.as_ref().map(|(id, _)| Some(*id)) != Some(current) {
-            watched = current.and_then(|id| start_watch(&root, events.clone()).map(|w| (id, w)));
-        }
+    heartbeat: Arc<AtomicI64>,
+}
 
-        let mut snapshot = scan_dir(&root);
-        if loses_a_file(&tx.borrow(), &snapshot) {
-            // An editor's save may move the file away (vim's backup, "safe write") and
-            // write the new one a moment later: a removal is published only once the
-            // folder has been quiet for longer, so a save never stops a container.
-            if settle(&wake, REMOVAL_SETTLE, REMOVAL_SETTLE * 5).is_none() {
-                return;
-            }
-            snapshot = scan_dir(&root);
-        }
-        tx.send_if_modified(|old| {
-            if **old == snapshot {
-                return false;
-            }
-            *old = Arc::new(snapshot);
-            true
-        });
-        if tx.is_closed() {
-            return;
-        }
+impl Watcher {
+    fn scan(&self) -> Vec<SourceFile> {
+        let files = scan_dir_with(&self.root, self.policy);
+        self.heartbeat.store(unix_millis(), Ordering::Relaxed);
+        files
+    }
 
-        match wake.recv_timeout(rescan) {
-            Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            Ok(Wake::Changed) => {
-                if settle(&wake, SETTLE, MAX_SETTLE).is_none() {
+    fn run(
+        self,
+        tx: watch::Sender<Snapshot>,
+        events: mpsc::Sender<Wake>,
+        wake: mpsc::Receiver<Wake>,
+    ) {
+        let root = &self.root;
+        // The watch is tied to the root's inode: if the folder is created later, or
+        // replaced (deleted and re-created, or a symlink swapped), watch it again.
+        let mut watched: Option<((u64, u64), notify::RecommendedWatcher)> = None;
+        loop {
+            let current = fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
+            if current.is_none() || watched.as_ref().map(|(id, _)| Some(*id)) != Some(current) {
+                watched = current.and_then(|id| start_watch(root, events.clone()).map(|w| (id, w)));
+            }
+
+            let mut snapshot = self.scan();
+            if loses_a_file(&tx.borrow(), &snapshot) {
+                // An editor's save may move the file away (vim's backup, "safe write"),
+                // or truncate it, and write the new one a moment later: a removal is
+                // published only once the folder has been quiet for longer, so a save
+                // never stops a container.
+                if settle(&wake, REMOVAL_SETTLE, REMOVAL_SETTLE * 5).is_none() {
                     return;
                 }
+                snapshot = self.scan();
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            tx.send_if_modified(|old| {
+                if **old == snapshot {
+                    return false;
+                }
+                *old = Arc::new(snapshot);
+                true
+            });
+            if tx.is_closed() {
+                return;
+            }
+
+            match wake.recv_timeout(self.rescan) {
+                Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Ok(Wake::Changed) => {
+                    if settle(&wake, SETTLE, MAX_SETTLE).is_none() {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
         }
     }
 }
@@ -333,16 +292,8 @@ fn start_watch(root: &Path, events: mpsc::Sender<Wake>) -> Option<notify::Recomm
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, text).unwrap();
-    }
-
-    fn paths(files: &[SourceFile]) -> Vec<&str> {
-        files.iter().map(|f| f.path.as_str()).collect()
-    }
+    use crate::manifest::scan::scan_dir;
+    use crate::manifest::scan::tests::write;
 
     /// The watcher's own scans open and read every file: those events must not wake
     /// it (they did, and it rescanned forever), nor writes to hidden names; a write,
@@ -432,7 +383,12 @@ mod tests {
     fn an_editors_move_away_and_rewrite_never_publishes_a_removal() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "web.yaml", "old");
-        let (_guard, mut rx) = watch_dir(dir.path().to_owned(), Duration::from_secs(60)).unwrap();
+        let (_guard, mut rx) = watch_dir(
+            dir.path().to_owned(),
+            Duration::from_secs(60),
+            ScanPolicy::default(),
+        )
+        .unwrap();
         assert_eq!(rx.borrow_and_update().len(), 1);
         fs::rename(dir.path().join("web.yaml"), dir.path().join("web.yaml~")).unwrap();
         std::thread::sleep(Duration::from_millis(40));
@@ -468,54 +424,94 @@ mod tests {
     }
 
     #[test]
-    fn editor_junk_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        for junk in [
-            ".web.yaml.swp",
-            "web.yaml~",
-            "web.yaml.swp",
-            "web.yaml.swx",
-            "web.yaml.bak",
-            "web.yaml.tmp",
-            "4913",
-            "#web.yaml#",
-            ".#web.yaml",
-            ".hidden.yaml",
-            "notes.txt",
-            ".git/config.yaml",
-            "..data/web.yaml",
-        ] {
-            write(dir.path(), junk, "x");
+    fn a_file_emptied_is_told_like_a_lost_one() {
+        let file = |text: &str| SourceFile {
+            path: "web.yaml".into(),
+            text: Ok(text.into()),
+        };
+        let full = [file("kind: Container\n")];
+        for emptied in ["", "\n  \n", "# nothing\n---\n"] {
+            assert!(loses_a_file(&full, &[file(emptied)]), "{emptied:?}");
         }
-        write(dir.path(), "web.yaml", "a");
-        assert_eq!(paths(&scan_dir(dir.path())), ["web.yaml"]);
+        assert!(!loses_a_file(&full, &[file("kind: Network\n")]));
+        assert!(!loses_a_file(&[file("")], &[file("")]));
+        let unreadable = SourceFile {
+            path: "web.yaml".into(),
+            text: Err("is a FIFO".into()),
+        };
+        assert!(!loses_a_file(&full, std::slice::from_ref(&unreadable)));
     }
 
+    /// `cat > web.yaml`: truncated, then written 40 ms later. No snapshot with the
+    /// empty file is ever published; emptying it for good still is.
     #[test]
-    fn scan_is_recursive_sorted_and_follows_links() {
+    fn a_file_rewritten_in_place_never_publishes_it_empty() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "b.yml", "b");
-        write(dir.path(), "a/z.yaml", "z");
-        write(dir.path(), "a/b/c.yaml", "c");
-        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("a/loop")).unwrap();
-        std::os::unix::fs::symlink(dir.path().join("b.yml"), dir.path().join("link.yaml")).unwrap();
-        let files = scan_dir(dir.path());
-        assert_eq!(
-            paths(&files),
-            ["a/b/c.yaml", "a/z.yaml", "b.yml", "link.yaml"]
-        );
-        assert_eq!(files[3].text, Ok("b".into()));
+        write(dir.path(), "web.yaml", "old: 1\n");
+        let (_guard, mut rx) = watch_dir(
+            dir.path().to_owned(),
+            Duration::from_secs(60),
+            ScanPolicy::default(),
+        )
+        .unwrap();
+        rx.borrow_and_update();
+        for _ in 0..3 {
+            let f = fs::File::create(dir.path().join("web.yaml")).unwrap();
+            std::thread::sleep(Duration::from_millis(40));
+            drop(f);
+            write(dir.path(), "web.yaml", "new: 1\n");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if rx.has_changed().unwrap() {
+                    let snap = rx.borrow_and_update().clone();
+                    assert_ne!(snap[0].text.as_deref(), Ok(""), "published empty");
+                    if snap[0].text.as_deref() == Ok("new: 1\n") {
+                        break;
+                    }
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the new text never came"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            write(dir.path(), "web.yaml", "old: 1\n");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while rx.borrow_and_update()[0].text.as_deref() != Ok("old: 1\n") {
+                assert!(std::time::Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        fs::File::create(dir.path().join("web.yaml")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rx.borrow_and_update()[0].text.as_deref() != Ok("") {
+            assert!(std::time::Instant::now() < deadline, "emptying never came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
-    #[test]
-    fn missing_root_is_an_empty_snapshot_and_bad_utf8_is_a_read_error() {
+    /// A FIFO under a manifest name is reported and the watcher goes on: later edits
+    /// are published and its heartbeat moves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fifo_never_stops_the_watcher() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(scan_dir(&dir.path().join("nope")).is_empty());
-        fs::write(dir.path().join("bin.yaml"), [0xff, 0xfe]).unwrap();
-        assert_eq!(
-            scan_dir(dir.path())[0].text,
-            Err("file is not valid UTF-8".into())
-        );
+        let root = dir.path().to_path_buf();
+        let (guard, mut rx) = watch_dir(
+            root.clone(),
+            Duration::from_millis(50),
+            ScanPolicy::default(),
+        )
+        .unwrap();
+        nix::unistd::mkfifo(&root.join("pipe.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        until(&mut rx, |s| {
+            s.len() == 1 && s[0].text.as_ref().is_err_and(|e| e.contains("FIFO"))
+        })
+        .await;
+        let before = guard.heartbeat().load(Ordering::Relaxed);
+        write(&root, "web.yaml", "one");
+        until(&mut rx, |s| s.len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(guard.heartbeat().load(Ordering::Relaxed) > before);
     }
 
     /// Waits until the published snapshot satisfies `ok`.
@@ -532,7 +528,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         // A long rescan: changes must be seen through file events.
-        let (_guard, mut rx) = watch_dir(root.clone(), Duration::from_secs(3600)).unwrap();
+        let (_guard, mut rx) = watch_dir(
+            root.clone(),
+            Duration::from_secs(3600),
+            ScanPolicy::default(),
+        )
+        .unwrap();
         assert!(rx.borrow_and_update().is_empty());
 
         write(&root, "sub/web.yaml", "one");
@@ -548,7 +549,12 @@ mod tests {
     async fn watcher_picks_up_a_root_created_later() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("manifests");
-        let (guard, mut rx) = watch_dir(root.clone(), Duration::from_millis(50)).unwrap();
+        let (guard, mut rx) = watch_dir(
+            root.clone(),
+            Duration::from_millis(50),
+            ScanPolicy::default(),
+        )
+        .unwrap();
         assert!(rx.borrow().is_empty());
         write(&root, "web.yaml", "one");
         until(&mut rx, |s| s.len() == 1).await;
@@ -564,7 +570,7 @@ mod tests {
         let f = dir.path().join("f.yaml");
         fs::write(&f, "x").unwrap();
         assert!(matches!(
-            watch_dir(f, Duration::from_secs(1)),
+            watch_dir(f, Duration::from_secs(1), ScanPolicy::default()),
             Err(ManifestError::RootNotADirectory { .. })
         ));
     }

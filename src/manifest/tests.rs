@@ -145,6 +145,56 @@ fn unknown_field_is_reported_with_line_and_column() {
 }
 
 #[test]
+fn a_nul_or_any_character_yaml_forbids_is_an_error_with_its_position() {
+    // Everything after the NUL used to be dropped: the unknown field and the drop of
+    // every capability went unseen, and the file validated.
+    let text = spec("  image: busybox\n\0  bogus: 1\n  capabilities: {drop: [ALL]}\n");
+    assert_eq!(
+        errors(&text),
+        ["m.yaml:7:1: character U+0000 is not allowed in YAML; remove it (or write it as an escape in a double-quoted string)"]
+    );
+    for (bad, column) in [
+        ("\u{7}", 10),
+        ("\u{7f}", 10),
+        ("\u{9b}", 10),
+        ("\u{fffe}", 10),
+    ] {
+        let text = spec(&format!("  image: {bad}busybox\n"));
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{bad:?}: {e:?}");
+        assert!(
+            e[0].starts_with(&format!("m.yaml:6:{column}: character U+")),
+            "{e:?}"
+        );
+    }
+    // Tabs, NEL, non-breaking spaces and emoji are allowed.
+    container(&spec(
+        "  image: busybox\n  env: {A: \"x\\ty\u{85}\u{a0}🐳\"}\n",
+    ));
+}
+
+#[test]
+fn messages_quote_the_file_short_and_escaped() {
+    let line =
+        "root:$6$saltsaltsalt$0123456789abcdefghijklmnopqrstuvwxyz0123456789:19000:0:99999:7:::";
+    let e = errors(&format!("{line}: 1\n"));
+    assert!(!e.is_empty());
+    for message in &e {
+        assert!(
+            !message.contains("0123456789abcdefghijklmnopqrstuvwxyz"),
+            "{message}"
+        );
+        assert!(message.chars().count() < 400, "{message}");
+    }
+    let e = errors(&spec("  image: busybox\n  \"x\\u001b[31mred\": 1\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(r#"m.yaml:7:3: unknown field "x\u{1b}[31mred" in Container spec"#),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn two_errors_in_one_document_are_both_reported() {
     let e = errors(&spec(
         "  image: busybox\n  pullPolicy: Sometimes\n  restartPolicy: always\n",

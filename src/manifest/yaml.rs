@@ -168,6 +168,18 @@ pub(crate) const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 /// before it are still returned so that their own errors are reported too.
 pub(crate) fn parse_documents(text: &str, cx: &mut Ctx) -> Vec<Node> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some((pos, c)) = forbidden_character(text) {
+        // The YAML parser stopped at a NUL as if the file ended there, silently
+        // dropping what followed (a `capabilities: {drop: [ALL]}`, an unknown field).
+        cx.error(
+            pos,
+            format!(
+                "character U+{:04X} is not allowed in YAML; remove it (or write it as an escape in a double-quoted string)",
+                c as u32
+            ),
+        );
+        return Vec::new();
+    }
     let mut reader = Cursor::new(text.as_bytes());
     let mut documents = Vec::new();
     for result in serde_saphyr::read_with_options::<_, Spanned<Raw>>(&mut reader, options()) {
@@ -184,6 +196,31 @@ pub(crate) fn parse_documents(text: &str, cx: &mut Ctx) -> Vec<Node> {
         }
     }
     documents
+}
+
+/// The first character YAML 1.2 does not allow in a stream (its `c-printable` set:
+/// tab, line feed, carriage return, printable ASCII, NEL and the rest of Unicode but
+/// the C0/C1 controls, surrogates and U+FFFE/U+FFFF), with its 1-based position.
+fn forbidden_character(text: &str) -> Option<(Pos, char)> {
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r' | '\u{85}')
+            || (' '..='~').contains(&c)
+            || ('\u{a0}'..='\u{d7ff}').contains(&c)
+            || ('\u{e000}'..='\u{fffd}').contains(&c)
+            || c >= '\u{10000}'
+    };
+    for (i, line) in text.split('\n').enumerate() {
+        for (j, c) in line.chars().enumerate() {
+            if !allowed(c) {
+                let pos = Pos {
+                    line: i + 1,
+                    column: j + 1,
+                };
+                return Some((pos, c));
+            }
+        }
+    }
+    None
 }
 
 fn describe_error(err: &serde_saphyr::Error) -> (Option<Pos>, String) {
