@@ -87,6 +87,23 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Raises the soft limit on open files to the hard one, as dockerd and containerd do:
+/// the agent holds a descriptor per watched folder, container record, netlink socket
+/// and client, and the usual soft 1,024 is soon reached on a busy host. (The endpoint
+/// also caps its connections well below it; see `api::server`.)
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT. Containers keep running after it returns.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     if args.git_repo.is_some() {
@@ -95,6 +112,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 .into(),
         ));
     }
+    raise_open_files_limit();
     for dir in [&args.state, &args.run_dir] {
         // Root only: container layers and volumes hold whatever a container's root put
         // there, set-id binaries and device nodes included (Docker's CVE-2021-41091).

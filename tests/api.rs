@@ -57,6 +57,10 @@ impl Server {
     }
 
     async fn start_on(listen: &str) -> Self {
+        Self::start_with(listen, api::Limits::default()).await
+    }
+
+    async fn start_with(listen: &str, limits: api::Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("web.log");
         std::fs::write(&log, "one\ntwo\nthree\nfour\n").unwrap();
@@ -132,7 +136,7 @@ impl Server {
             None => format!("http://{addr}"),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(api::serve_on(listener, state, async move {
+        let task = tokio::spawn(api::serve_with(listener, state, limits, async move {
             let _ = shutdown_rx.await;
         }));
         Server {
@@ -195,6 +199,76 @@ fn dead_url() -> String {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     format!("http://{addr}")
+}
+
+/// A client that connects and sends nothing (or half a request) is cut off after the
+/// header timeout, and however many of them there are, a real request is still served:
+/// they used to pile up until the agent ran out of descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_cut_off_and_never_lock_out_a_real_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = api::Limits {
+        max_connections: 8,
+        header_timeout: Duration::from_millis(300),
+    };
+    let server = Server::start_with("127.0.0.1:0", limits).await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for i in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        idle.push(s);
+    }
+    // Served, though 100 idle clients came first and the cap is 8.
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(&server, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The first idle ones were accepted, then closed by the server.
+    for s in idle.iter_mut().take(4) {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an idle connection stayed open past the header timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    drop(idle);
+    server.stop().await.unwrap();
+}
+
+/// A kept-alive connection serves several requests, and is closed once it idles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_is_closed_once_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = api::Limits {
+        max_connections: 8,
+        header_timeout: Duration::from_millis(300),
+    };
+    let server = Server::start_with("127.0.0.1:0", limits).await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the idle kept-alive connection stayed open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]

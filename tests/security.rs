@@ -249,3 +249,69 @@ fn a_container_cannot_reach_a_loopback_only_service_of_the_host_with_raw_frames(
     });
     assert_eq!(answer, "pong\n");
 }
+
+/// The manifest folder cannot stop or fool the agent: a FIFO renamed over a manifest,
+/// a file rewritten in place (`cat > f`), and a link to a file outside the folder. The
+/// running container is untouched, the errors are reported without the file's content,
+/// later manifests are still applied, and `/healthz` stays `ok`. Also: the agent runs
+/// with its soft open-files limit raised to the hard one.
+#[test]
+fn the_manifest_folder_cannot_stop_or_fool_the_agent() {
+    if !(common::privileged("manifest_folder") && common::agent::registry_up("manifest_folder")) {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid().unwrap())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3], open_files[4], "soft != hard: {limits}");
+
+    let web = container_yaml("web", "exec sleep 1000", "");
+    agent.write("web.yaml", &web);
+    let pid = pid_of(&agent.wait_container("web", 60, "running", |c| c["state"] == "running"));
+
+    // `cat > web.yaml`: truncated, then written 50 ms later, three times.
+    let path = agent.manifests.join("web.yaml");
+    for _ in 0..3 {
+        let f = std::fs::File::create(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(f);
+        std::fs::write(&path, &web).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let c = agent.container("web").unwrap();
+    assert_eq!(
+        (c["state"].as_str(), pid_of(&c)),
+        (Some("running"), pid),
+        "{c}"
+    );
+
+    // A FIFO renamed over the manifest: reported, the container kept, nothing hangs.
+    let fifo = agent.tmp.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::rename(&fifo, &path).unwrap();
+    // A link to a secret outside the folder: an error that does not quote it.
+    let secret = agent.tmp.path().join("secret");
+    std::fs::write(&secret, "root:$6$verysecrethash:19000:0:99999:7:::\n").unwrap();
+    std::os::unix::fs::symlink(&secret, agent.manifests.join("shadow.yaml")).unwrap();
+    let manifests = common::wait_for(30, "both errors reported", || {
+        let (_, body) = agent.get("/v1/manifests")?;
+        (body.contains("a FIFO") && body.contains("outside the manifests folder")).then_some(body)
+    });
+    assert!(!manifests.contains("verysecrethash"), "{manifests}");
+    // Later manifests are still applied, and the agent says it is healthy.
+    agent.write("db.yaml", &container_yaml("db", "exec sleep 1000", ""));
+    agent.wait_container("db", 60, "running", |c| c["state"] == "running");
+    assert_eq!(agent.get("/healthz").unwrap(), (200, "ok".to_owned()));
+    let c = agent.container("web").unwrap();
+    assert_eq!(
+        (c["state"].as_str(), pid_of(&c)),
+        (Some("running"), pid),
+        "{c}"
+    );
+}

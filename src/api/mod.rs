@@ -18,6 +18,9 @@
 
 mod handlers;
 mod logs;
+mod server;
+
+pub use server::Limits;
 pub mod metrics;
 
 use std::future::Future;
@@ -96,12 +99,6 @@ pub enum ApiError {
     #[error("bind unix socket {path}")]
     BindUnix {
         path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("serve HTTP on {listen}")]
-    Serve {
-        listen: String,
         #[source]
         source: io::Error,
     },
@@ -231,6 +228,16 @@ pub async fn serve_on(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
+    serve_with(listener, state, Limits::for_this_process(), shutdown).await
+}
+
+/// [`serve_on`] with explicit connection limits.
+pub async fn serve_with(
+    listener: BoundListener,
+    state: ApiState,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
     let listen = listener.local_addr();
     let (stop_tx, stopping) = watch::channel(false);
     let app = build_router(state, stopping);
@@ -239,15 +246,18 @@ pub async fn serve_on(
         // Ignored error: no receiver left means no follower to end.
         let _ = stop_tx.send(true);
     };
-    tracing::info!(listen = %listen, "serving the read-only endpoint");
-    let result = match listener {
-        BoundListener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+    tracing::info!(
+        listen = %listen,
+        max_connections = limits.max_connections,
+        "serving the read-only endpoint"
+    );
+    match listener {
+        BoundListener::Tcp(l) => server::serve(l, app, limits, shutdown).await,
         BoundListener::Unix(l, path) => {
-            let result = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
+            server::serve(l, app, limits, shutdown).await;
             // Best effort: the next bind would remove it anyway.
             let _ = tokio::fs::remove_file(&path).await;
-            result
         }
-    };
-    result.map_err(|source| ApiError::Serve { listen, source })
+    }
+    Ok(())
 }

@@ -148,6 +148,11 @@ impl Agent {
         });
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL the agent (containers must survive).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
