@@ -94,6 +94,11 @@ struct Faults {
     bearer: Option<(String, String)>,
     /// Answer this many blob uploads (the PUT closing an upload) with 500 first.
     upload_500s: usize,
+    /// Answer manifests with 64 MiB of JSON-ish bytes: `Some(true)` announcing the
+    /// length, `Some(false)` streamed without it.
+    huge_manifest: Option<bool>,
+    /// The manifest declares a 200 MB config.
+    huge_config: bool,
 }
 
 struct Fake {
@@ -141,10 +146,14 @@ impl Registry {
         .to_string()
         .into_bytes();
         let desc = |media: &str, b: &[u8]| serde_json::json!({"mediaType": media, "digest": digest(b), "size": b.len()});
+        let mut config_desc = desc("application/vnd.oci.image.config.v1+json", &config);
+        if faults.huge_config {
+            config_desc["size"] = serde_json::json!(200_000_000);
+        }
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": desc("application/vnd.oci.image.config.v1+json", &config),
+            "config": config_desc,
             "layers": [
                 desc("application/vnd.oci.image.layer.v1.tar+gzip", &l1),
                 desc("application/vnd.oci.image.layer.v1.tar+gzip", &l2),
@@ -309,6 +318,21 @@ async fn serve(State(fake): State<Arc<Fake>>, req: Request) -> Response {
         if faults.manifest_500s > 0 {
             fake.faults.lock().unwrap().manifest_500s -= 1;
             return (StatusCode::INTERNAL_SERVER_ERROR, "try later").into_response();
+        }
+        if let Some(announced) = faults.huge_manifest {
+            const HUGE: usize = 64 << 20;
+            let chunk = axum::body::Bytes::from(vec![b' '; 1 << 20]);
+            let stream = futures_util::stream::iter(
+                (0..HUGE >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            let mut r = Response::builder().header(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            );
+            if announced {
+                r = r.header(header::CONTENT_LENGTH, HUGE);
+            }
+            return r.body(Body::from_stream(stream)).unwrap();
         }
         return Response::builder()
             .header(
@@ -687,6 +711,54 @@ async fn stalled_server_gives_a_clear_timeout_error() {
     // Bounded: far less than the server's 30 s stall.
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(tmp_entries(dir.path()).is_empty());
+}
+
+/// A registry that answers with a 64 MiB "manifest" is refused at the announced
+/// length, or cut at the limit when it announces none; nothing is stored and the
+/// pull is not retried (the answer would be the same).
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_without_reading_it_all() {
+    for announced in [true, false] {
+        let reg = Registry::start(Faults {
+            huge_manifest: Some(announced),
+            ..Default::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = reg.store(dir.path(), None, None);
+        let err = store.pull(&reg.reference()).await.unwrap_err();
+        assert!(
+            matches!(err, ImageError::TooLarge { limit, .. } if limit == wharf::images::MAX_MANIFEST_BYTES),
+            "{err}"
+        );
+        assert!(err.to_string().contains("the manifest"), "{err}");
+        assert_eq!(reg.hits("manifests/latest"), 1, "retried");
+        assert!(tmp_entries(dir.path()).is_empty());
+    }
+}
+
+/// A manifest that declares a 200 MB config is refused before the config is fetched.
+#[tokio::test]
+async fn an_oversized_config_is_refused_before_it_is_fetched() {
+    let reg = Registry::start(Faults {
+        huge_config: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = reg.store(dir.path(), None, None);
+    let err = store.pull(&reg.reference()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                size: 200_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(reg.hits(&reg.config), 0);
 }
 
 #[tokio::test]

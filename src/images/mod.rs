@@ -63,7 +63,9 @@ pub use content::ContentStore;
 pub use gc::PruneReport;
 pub use lock::{LockMode, StoreLock};
 pub use progress::ProgressEvent;
-pub use pull::{PullStats, RegistryConfig};
+pub use pull::{
+    PullStats, RegistryConfig, BODY_IDLE_TIMEOUT, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
+};
 pub use reference::normalize_reference;
 pub use store::ImageStore;
 pub use unpack::{unpack_layer, UnpackStats};
@@ -136,6 +138,14 @@ pub enum ImageError {
     },
     #[error("parse manifest of {reference}: {reason}")]
     ParseManifest { reference: String, reason: String },
+    /// A registry answer larger than wharf reads (a manifest, an index or a config).
+    #[error("{what} of {reference} is {size} bytes, more than the {limit} wharf reads; the registry is broken or hostile")]
+    TooLarge {
+        reference: String,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("{reference} has no manifest for platform {platform}")]
     SelectPlatform { reference: String, platform: String },
     #[error("fetch blob {digest} of {reference}: {source}")]

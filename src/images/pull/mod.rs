@@ -45,7 +45,10 @@ use super::store::{ImageRecord, ImageStore, LayerRecord};
 use super::{Image, ImageError};
 
 mod layer;
+mod manifest_get;
 mod registry;
+
+pub use manifest_get::MAX_MANIFEST_BYTES;
 
 pub(crate) use registry::push_client;
 pub use registry::RegistryConfig;
@@ -57,9 +60,17 @@ pub const PARALLEL_DOWNLOADS: usize = 3;
 /// cores. A download that finds an unpack slot free streams into its unpacker; the
 /// others go to a file first and are unpacked from it when a slot frees (see `layer`).
 const PARALLEL_UNPACKS: usize = 2;
-/// How long a connection attempt, or a wait for the next bytes, may take by default.
-pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a wait for the next bytes of any answer (a manifest, a blob, an error
+/// body) may take by default: the read-idle timeout of every body. A stalled download
+/// fails after it and is retried once with backoff (`Ctx::retrying`); an agent's pull
+/// is then retried by the reconciler's own backoff. (It is not a limit on a whole
+/// download, which may take as long as it keeps moving.)
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_TIMEOUT: Duration = BODY_IDLE_TIMEOUT;
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest image config wharf reads. Real ones are a few KiB (history included);
+/// containerd reads configs whole too, and 8 MiB leaves room for odd ones.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// Bytes between two progress events of one layer.
 const PROGRESS_STEP: u64 = 256 * 1024;
 
@@ -76,6 +87,10 @@ pub struct PullStats {
 /// What every request of one pull needs; shared by the layer tasks.
 struct Ctx {
     client: oci_client::Client,
+    /// Our own requests (manifests, bounded; see `manifest_get`).
+    http: reqwest::Client,
+    /// Registries reached over plain HTTP.
+    plain_http: Vec<String>,
     endpoint: Endpoint,
     /// The normalised reference the user asked for, for messages.
     normalised: String,
@@ -263,7 +278,9 @@ async fn pull_locked(
             })?;
     let inner = store.inner();
     let registry = &inner.registry;
-    let client = client_with(registry.plain_http_hosts()?, registry.timeout);
+    let plain_http = registry.plain_http_hosts()?;
+    let client = client_with(plain_http.clone(), registry.timeout);
+    let http = registry::http_client(registry.timeout);
     let config_path = auth::docker_config_path(registry.docker_config.as_deref());
 
     // 1. The first endpoint that serves the manifest. Any failure of a mirror falls
@@ -279,6 +296,8 @@ async fn pull_locked(
         .await?;
         let ctx = Ctx {
             client: client.clone(),
+            http: http.clone(),
+            plain_http: plain_http.clone(),
             endpoint: endpoint.clone(),
             normalised: normalised.to_string(),
             config_path: config_path.clone(),
@@ -356,6 +375,16 @@ async fn pull_locked(
     });
 
     // 2. The config names the uncompressed layers (diff ids), hence the unpacked dirs.
+    //    Its size comes from the manifest: refused before anything is fetched if it is
+    //    more than a config can sensibly be (the writer then holds the registry to it).
+    if config_desc.size > MAX_CONFIG_BYTES {
+        return Err(ImageError::TooLarge {
+            reference: normalised.to_string(),
+            what: "the image config",
+            size: config_desc.size,
+            limit: MAX_CONFIG_BYTES,
+        });
+    }
     let mut stats = PullStats::default();
     if let Some(n) = fetch_blob(&ctx, store, &config_desc).await? {
         stats.blobs_fetched += 1;
@@ -470,12 +499,9 @@ async fn fetch_manifest(
     expected: Option<&str>,
 ) -> Result<(String, Vec<u8>), ImageError> {
     let what = format!("manifest of {}", ctx.normalised);
-    let (bytes, _header_digest) = ctx
-        .retrying(&what, Op::Manifest, || async {
-            ctx.client
-                .pull_manifest_raw(reference, auth, config::ACCEPTED_MANIFESTS)
-                .await
-                .map_err(TryError::Registry)
+    let bytes = ctx
+        .retrying(&what, Op::Manifest, || {
+            manifest_get::get_manifest(ctx, auth, reference)
         })
         .await?;
     let actual = sha256_digest(&bytes);
@@ -488,7 +514,7 @@ async fn fetch_manifest(
             });
         }
     }
-    Ok((actual, bytes.to_vec()))
+    Ok((actual, bytes))
 }
 
 /// Downloads the blob `desc` (the image config) unless the content store has it,

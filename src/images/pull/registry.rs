@@ -23,7 +23,7 @@ pub struct RegistryConfig {
     /// else `~/.docker/config.json`.
     pub docker_config: Option<PathBuf>,
     /// Connect timeout and longest wait for the next bytes of an answer (not a limit on
-    /// a whole download). `None`: 60 s.
+    /// a whole download). `None`: [`super::BODY_IDLE_TIMEOUT`] (30 s).
     pub timeout: Option<Duration>,
     /// A directory searched for `docker-credential-<name>` helpers before `$PATH`.
     /// `None`: `$PATH` only, as Docker does. Lets a caller (or a test, which cannot
@@ -128,6 +128,18 @@ fn config(plain_http: Vec<String>, timeout: Option<Duration>) -> ClientConfig {
         user_agent: concat!("wharf/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     }
+}
+
+/// The plain HTTP client for the requests wharf makes itself (bounded manifest GETs),
+/// with the timeouts of [`client_with`]'s.
+pub(super) fn http_client(timeout: Option<Duration>) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(timeout.unwrap_or(CONNECT_TIMEOUT).min(CONNECT_TIMEOUT))
+        .read_timeout(timeout.unwrap_or(DEFAULT_TIMEOUT))
+        .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
 }
 
 /// One place to pull from: a mirror (the reference carries the mirror host) or the
