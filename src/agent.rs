@@ -138,6 +138,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         RegistryConfig {
             insecure: args.insecure_registries.clone(),
             mirrors: args.registry_mirrors.clone(),
+            max_layer_bytes: Some(args.max_layer_size),
             ..Default::default()
         },
     )?;

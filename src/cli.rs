@@ -167,6 +167,9 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub registry_mirrors: Vec<String>,
+    /// The most one layer may unpack to (e.g. `64Gi`); a larger layer fails the pull.
+    #[arg(long, env = "WHARF_MAX_LAYER_SIZE", default_value = "64Gi", value_parser = crate::units::parse_size)]
+    pub max_layer_size: u64,
     /// How long an image no declared container uses is kept before garbage collection.
     #[arg(long, env = "WHARF_IMAGE_GC_GRACE", default_value = "24h", value_parser = crate::units::parse_duration)]
     pub image_gc_grace: std::time::Duration,
@@ -222,4 +225,7 @@ pub struct StoreArgs {
         value_delimiter = ','
     )]
     pub registry_mirrors: Vec<String>,
+    /// The most one layer may unpack to (e.g. `64Gi`); a larger layer fails the pull.
+    #[arg(long, env = "WHARF_MAX_LAYER_SIZE", default_value = "64Gi", value_parser = crate::units::parse_size)]
+    pub max_layer_size: u64,
 }

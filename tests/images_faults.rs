@@ -222,6 +222,7 @@ impl Registry {
                         .unwrap_or_else(|| dir.join("no-docker-config.json")),
                 ),
                 timeout,
+                max_layer_bytes: None,
                 credential_helper_dir: None,
             },
         )
@@ -737,6 +738,35 @@ async fn an_oversized_manifest_is_refused_without_reading_it_all() {
     }
 }
 
+/// A layer that unpacks to more than the configured cap fails the pull cleanly: the
+/// error names the cap, and no blob, layer or temp file is left.
+#[tokio::test]
+async fn a_layer_over_the_unpack_cap_fails_the_pull_and_leaves_nothing() {
+    let reg = Registry::start(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open_with(
+        &dir.path().join("images"),
+        RegistryConfig {
+            insecure: vec![reg.addr.clone()],
+            docker_config: Some(dir.path().join("no-docker-config.json")),
+            max_layer_bytes: Some(100_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = store.pull(&reg.reference()).await.unwrap_err();
+    assert!(
+        matches!(err, ImageError::LayerTooLarge { limit: 100_000, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--max-layer-size"), "{err}");
+    assert!(tmp_entries(dir.path()).is_empty());
+    let layers = std::fs::read_dir(dir.path().join("images/layers"))
+        .unwrap()
+        .count();
+    assert_eq!(layers, 1, "only the small first layer is kept");
+}
+
 /// A manifest that declares a 200 MB config is refused before the config is fetched.
 #[tokio::test]
 async fn an_oversized_config_is_refused_before_it_is_fetched() {
@@ -909,7 +939,7 @@ async fn docker_hub_images_come_from_the_first_working_mirror() {
             mirrors: vec![format!("http://{dead}"), format!("http://{}/", reg.addr)],
             docker_config: Some(dir.path().join("none.json")),
             timeout: Some(Duration::from_secs(5)),
-            credential_helper_dir: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -17,6 +17,7 @@ pub fn open(args: &StoreArgs) -> Result<ImageStore, ImageError> {
         RegistryConfig {
             insecure: args.insecure_registries.clone(),
             mirrors: args.registry_mirrors.clone(),
+            max_layer_bytes: Some(args.max_layer_size),
             ..Default::default()
         },
     )

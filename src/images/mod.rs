@@ -68,7 +68,7 @@ pub use pull::{
 };
 pub use reference::normalize_reference;
 pub use store::ImageStore;
-pub use unpack::{unpack_layer, UnpackStats};
+pub use unpack::{unpack_layer, unpack_layer_with, UnpackStats, DEFAULT_MAX_LAYER_BYTES};
 
 /// When to contact the registry for an image (Kubernetes' `imagePullPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -190,6 +190,9 @@ pub enum ImageError {
         entry: String,
         reason: String,
     },
+    /// A layer whose files add up to more than the configured cap.
+    #[error("unpack layer into {}: its files add up to more than the {limit} bytes a layer may unpack to (--max-layer-size)", path.display())]
+    LayerTooLarge { path: PathBuf, limit: u64 },
     #[error("unpack layer into {}: {source}", path.display())]
     UnpackLayer {
         path: PathBuf,

@@ -15,7 +15,7 @@ use super::durable::GroupSync;
 use super::lock::{LockMode, StoreLock};
 use super::pull::{self, PullStats};
 use super::reference::{normalize_reference, pinned_digest};
-use super::unpack::{unpack_layer, UnpackStats};
+use super::unpack::{unpack_layer_with, UnpackStats, DEFAULT_MAX_LAYER_BYTES};
 use super::{Image, ImageError, PullPolicy};
 
 /// `refs/<sha256(reference)>.json`: which image a reference names.
@@ -279,10 +279,18 @@ impl ImageStore {
         let blob = self.inner.content.blob_path(digest);
         let file =
             fs::File::open(&blob).map_err(|source| ImageError::ReadBlob { path: blob, source })?;
-        let stats = unpack_layer(file, tmp.path())?;
+        let stats = unpack_layer_with(file, tmp.path(), self.max_layer_bytes())?;
         check_diff_id(digest, diff_id, &stats)?;
         self.sync_layers(tmp.path())?;
         tmp.commit()
+    }
+
+    /// The cap on what one layer may unpack to.
+    pub(crate) fn max_layer_bytes(&self) -> u64 {
+        self.inner
+            .registry
+            .max_layer_bytes
+            .unwrap_or(DEFAULT_MAX_LAYER_BYTES)
     }
 
     /// A fresh directory under `tmp/` to unpack the layer `chain_id` into.

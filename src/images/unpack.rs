@@ -50,13 +50,30 @@ pub struct UnpackStats {
     pub entries: u64,
 }
 
+/// The default cap on what one layer unpacks to: the sum of its files' sizes (holes of
+/// sparse files included). Far above real layers; low enough that a hostile layer of a
+/// few KiB cannot claim a whole disk.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
+
+/// [`unpack_layer_with`] under [`DEFAULT_MAX_LAYER_BYTES`].
+pub fn unpack_layer(reader: impl Read, target: &Path) -> Result<UnpackStats, ImageError> {
+    unpack_layer_with(reader, target, DEFAULT_MAX_LAYER_BYTES)
+}
+
 /// Unpacks a layer stream (gzip, zstd or plain tar; detected by magic bytes, because
-/// media types lie in the wild) into `target`, an existing empty directory.
+/// media types lie in the wild) into `target`, an existing empty directory. The files
+/// may add up to `max_bytes` (checked from each header, before the file is written);
+/// zeros are written as holes, so neither a GNU sparse entry declaring 10 GiB nor a
+/// gzip bomb of zeros fills the disk.
 ///
 /// A stream that ends cleanly at an entry boundary without the two zero blocks is
 /// accepted (umoci 0.4.7 writes those). On error, `target` is left partly filled: the
 /// caller unpacks into a temp directory and removes it.
-pub fn unpack_layer(reader: impl Read, target: &Path) -> Result<UnpackStats, ImageError> {
+pub fn unpack_layer_with(
+    reader: impl Read,
+    target: &Path,
+    max_bytes: u64,
+) -> Result<UnpackStats, ImageError> {
     let layer_err = |source| ImageError::UnpackLayer {
         path: target.to_path_buf(),
         source,
@@ -81,6 +98,8 @@ pub fn unpack_layer(reader: impl Read, target: &Path) -> Result<UnpackStats, Ima
         known_dirs: HashSet::new(),
         root_seen: false,
         can_chown: nix::unistd::geteuid().is_root(),
+        file_bytes: 0,
+        max_bytes,
     };
     let mut entries = 0u64;
     {
@@ -102,6 +121,58 @@ pub fn unpack_layer(reader: impl Read, target: &Path) -> Result<UnpackStats, Ima
         diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
         entries,
     })
+}
+
+/// Copies `from` into the new file `to`, leaving a hole wherever a whole block is
+/// zero (what `cp --sparse=always` does): a gzip bomb of zeros then takes no disk
+/// space. Reading a file back gives the same bytes either way.
+fn copy_with_holes(from: &mut impl Read, to: &mut fs::File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    const BLOCK: usize = 64 * 1024;
+    let mut buf = vec![0u8; BLOCK];
+    let mut len = 0u64;
+    let mut pending_hole = false;
+    loop {
+        // Fill a whole block (the reader may return less), so a hole is block-aligned.
+        let mut filled = 0;
+        while filled < BLOCK {
+            match from.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        let block = &buf[..filled];
+        if is_zero(block) {
+            to.seek(SeekFrom::Current(filled as i64))?;
+            pending_hole = true;
+        } else {
+            to.write_all(block)?;
+            pending_hole = false;
+        }
+        len += filled as u64;
+        if filled < BLOCK {
+            break;
+        }
+    }
+    if pending_hole {
+        // A file that ends in a hole gets its length from set_len, not from a write.
+        to.set_len(len)?;
+    }
+    Ok(len)
+}
+
+/// Whether every byte is zero, 16 at a time (the compiler vectorises it).
+fn is_zero(block: &[u8]) -> bool {
+    let (chunks, rest) = block.split_at(block.len() - block.len() % 16);
+    chunks
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+        && rest.iter().all(|&b| b == 0)
 }
 
 /// Returns up to `n` leading bytes without consuming them.
@@ -164,6 +235,10 @@ struct Unpacker {
     root_seen: bool,
     /// Unprivileged unpacking (tests, rootless) cannot chown; root must.
     can_chown: bool,
+    /// The sizes of the files so far, as their headers declare them.
+    file_bytes: u64,
+    /// The cap on `file_bytes`.
+    max_bytes: u64,
 }
 
 impl Unpacker {
@@ -269,14 +344,37 @@ impl Unpacker {
         use tar::EntryType as T;
         match kind {
             T::Regular | T::Continuous | T::GNUSparse => {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&target)
-                    .map_err(|e| fail(format!("create file: {e}")))?;
-                io::copy(&mut entry, &mut f).map_err(|e| fail(format!("write file: {e}")))?;
+                // The size a file will have is in its header: the cap is checked before
+                // a byte is written. (For a GNU sparse entry, the real size.)
+                let size = match entry.header().as_gnu().filter(|_| kind == T::GNUSparse) {
+                    Some(gnu) => gnu.real_size().map_err(|e| fail(e.to_string()))?,
+                    None => entry.size(),
+                };
+                self.file_bytes = self.file_bytes.saturating_add(size);
+                if self.file_bytes > self.max_bytes {
+                    return Err(ImageError::LayerTooLarge {
+                        path: root.clone(),
+                        limit: self.max_bytes,
+                    });
+                }
+                if kind == T::GNUSparse {
+                    // The tar crate seeks over the sparse map's holes itself, without
+                    // reading gigabytes of zeros. Its open is O_CREAT | O_EXCL, which
+                    // follows no link, under parents checked above.
+                    entry
+                        .unpack(&target)
+                        .map_err(|e| fail(format!("write sparse file: {e}")))?;
+                } else {
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&target)
+                        .map_err(|e| fail(format!("create file: {e}")))?;
+                    copy_with_holes(&mut entry, &mut f)
+                        .map_err(|e| fail(format!("write file: {e}")))?;
+                }
             }
             T::Directory => {
                 if existing.is_none() {

@@ -431,3 +431,80 @@ fn modes_setuid_owners_devices_and_directory_times_are_applied() {
     assert_eq!(m("usr").mtime(), 1_000_000_000);
     assert_eq!(m("usr/su").mtime(), 1_000_000_000);
 }
+
+/// An old-GNU sparse entry: `real_size` bytes of which only the last `data.len()` are
+/// stored (one sparse map entry).
+fn sparse(layer: Layer, name: &str, real_size: u64, data: &[u8]) -> Layer {
+    layer.entry_with(EntryType::GNUSparse, name, None, 0o644, data, |h| {
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - data.len() as u64);
+        gnu.sparse[0].set_length(data.len() as u64);
+    })
+}
+
+#[test]
+fn a_sparse_entry_declaring_10_gib_is_written_as_a_hole() {
+    let s = sandbox();
+    let tar = sparse(Layer::new(), "big", 10 << 30, &[b'x'; 512]).bytes();
+    assert!(tar.len() < 16 * 1024);
+    s.unpack(&tar).unwrap();
+    let meta = fs::metadata(s.layer.join("big")).unwrap();
+    assert_eq!(meta.len(), 10 << 30);
+    assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+    use std::io::{Read as _, Seek as _};
+    let mut f = fs::File::open(s.layer.join("big")).unwrap();
+    f.seek(std::io::SeekFrom::End(-513)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail[0], 0);
+    assert_eq!(&tail[1..], &[b'x'; 512][..]);
+}
+
+#[test]
+fn zeros_take_no_disk_space_and_read_back_the_same() {
+    let s = sandbox();
+    let mut content = vec![0u8; 8 << 20];
+    content[(4 << 20) + 7] = 1;
+    let tar = Layer::new().file("zeros", &content).bytes();
+    // Compressed as a registry would send it: a few KiB of gzip for 8 MiB.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    s.unpack(&gz.finish().unwrap()).unwrap();
+    let meta = fs::metadata(s.layer.join("zeros")).unwrap();
+    assert_eq!(meta.len(), 8 << 20);
+    assert!(
+        meta.blocks() * 512 <= 256 * 1024,
+        "{} blocks",
+        meta.blocks()
+    );
+    assert_eq!(fs::read(s.layer.join("zeros")).unwrap(), content);
+    // Trailing zeros too: the length comes from set_len.
+    let s = sandbox();
+    let mut content = vec![0u8; 200_000];
+    content[0] = 9;
+    s.unpack(&Layer::new().file("tail", &content).bytes())
+        .unwrap();
+    assert_eq!(fs::read(s.layer.join("tail")).unwrap(), content);
+}
+
+#[test]
+fn a_layer_over_its_cap_fails_before_writing_the_file() {
+    let s = sandbox();
+    let tar = Layer::new()
+        .file("a", &[1u8; 3000])
+        .file("b", &[2u8; 3000])
+        .bytes();
+    let err = unpack_layer_with(&tar[..], &s.layer, 5000).unwrap_err();
+    assert!(
+        matches!(err, ImageError::LayerTooLarge { limit: 5000, .. }),
+        "{err}"
+    );
+    assert!(!s.layer.join("b").exists());
+    let sparse_tar = sparse(Layer::new(), "big", 10 << 30, &[b'x'; 512]).bytes();
+    let s = sandbox();
+    let err = unpack_layer_with(&sparse_tar[..], &s.layer, 1 << 30).unwrap_err();
+    assert!(matches!(err, ImageError::LayerTooLarge { .. }), "{err}");
+    assert!(!s.layer.join("big").exists());
+    s.assert_nothing_outside();
+}

@@ -39,7 +39,7 @@ use crate::images::config::Descriptor;
 use crate::images::content::{digest_hex, BlockingBlobWriter};
 use crate::images::progress::ProgressEvent;
 use crate::images::store::{check_diff_id, ImageStore};
-use crate::images::unpack::unpack_layer;
+use crate::images::unpack::unpack_layer_with;
 use crate::images::ImageError;
 
 /// Chunks of the body in flight between download and unpacker (each is what the HTTP
@@ -263,7 +263,7 @@ fn unpack_streamed<B: AsRef<[u8]>>(
         failure: None,
         reference,
     };
-    let unpacked = unpack_layer(&mut tee, layer.path());
+    let unpacked = unpack_layer_with(&mut tee, layer.path(), store.max_layer_bytes());
     // Whatever the unpacker left unread (normally nothing; everything after an unpack
     // error) still belongs to the blob and its digest.
     let _ = io::copy(&mut tee, &mut io::sink());

@@ -25,6 +25,9 @@ pub struct RegistryConfig {
     /// Connect timeout and longest wait for the next bytes of an answer (not a limit on
     /// a whole download). `None`: [`super::BODY_IDLE_TIMEOUT`] (30 s).
     pub timeout: Option<Duration>,
+    /// The most a layer may unpack to (the sum of its files' sizes); `None`:
+    /// [`crate::images::DEFAULT_MAX_LAYER_BYTES`]. A layer over it fails the pull.
+    pub max_layer_bytes: Option<u64>,
     /// A directory searched for `docker-credential-<name>` helpers before `$PATH`.
     /// `None`: `$PATH` only, as Docker does. Lets a caller (or a test, which cannot
     /// change the process-wide `PATH` under parallel threads) supply its own helpers.
