@@ -162,6 +162,9 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
             if let Some(t) = memo.not_before {
                 inputs.not_before.insert(name.clone(), t);
             }
+            if memo.failed {
+                inputs.failed.insert(name.clone());
+            }
         }
         inputs
     }

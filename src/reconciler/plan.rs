@@ -49,6 +49,10 @@ pub struct Inputs {
     pub complete: bool,
     /// Per name: no action before this time (backoff after a failure or a crash).
     pub not_before: BTreeMap<String, Instant>,
+    /// Names whose current spec failed to start in a way only an edit can fix (an
+    /// unknown user, a missing command). Under `Never` they are not tried again; other
+    /// policies retry with backoff, as kubelet does.
+    pub failed: BTreeSet<String>,
 }
 
 /// One step of a plan.
@@ -116,6 +120,9 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
 
     for (name, want) in &inputs.desired {
         if inputs.frozen.contains(name) || !want.unsupported.is_empty() {
+            continue;
+        }
+        if want.restart_policy == RestartPolicy::Never && inputs.failed.contains(name) {
             continue;
         }
         let step = match inputs.observed.get(name) {

@@ -113,6 +113,37 @@ async fn a_missing_command_fails_the_container_with_the_reason() {
     assert!(message.unwrap().contains("executable file not found"));
 }
 
+/// An unknown user is a start failure: `failed` with the reason, and under `Never`
+/// never tried again (it was retried forever as `pending`, "replacing" a container
+/// that never existed). An edit of the spec tries again at once.
+#[tokio::test]
+async fn an_unknown_user_under_never_fails_once_and_is_not_retried() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let spec = |user: &str| {
+        container(
+            "job",
+            "busybox",
+            &format!("  user: {user}\n  restartPolicy: Never\n"),
+        )
+    };
+    let d = desired(&[("job.yaml", &spec("missing-user"))]);
+    let (state, message) = state_of(&converge(&mut r, &d).await, "job");
+    assert_eq!(state, ContainerState::Failed);
+    assert!(message
+        .unwrap()
+        .contains("unable to find user missing-user"));
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let (state, _) = state_of(&converge(&mut r, &d).await, "job");
+        assert_eq!(state, ContainerState::Failed);
+    }
+    assert_eq!(rt.calls().len(), 1, "{:?}", rt.calls());
+    let d = desired(&[("job.yaml", &spec("\"0:0\""))]);
+    converge(&mut r, &d).await;
+    assert_eq!(rt.calls().len(), 2, "{:?}", rt.calls());
+}
+
 #[tokio::test]
 async fn an_unsupported_field_fails_only_its_container_and_says_so() {
     let rt = Arc::new(FakeRuntime::default());

@@ -81,6 +81,12 @@ impl LinuxRuntime {
             name: name.clone(),
             message,
         };
+        // The user first: an image without it is a start failure that must leave nothing
+        // on disk, or the half-made container is observed and "replaced" forever.
+        let passwd = read_from_layers(&req.layers, "/etc/passwd").unwrap_or_default();
+        let group = read_from_layers(&req.layers, "/etc/group").unwrap_or_default();
+        let user =
+            resolve_user(&req.process.user, &passwd, &group).map_err(RuntimeError::StartFailed)?;
         let paths = self.paths(&req.name);
         let mut record: Record = if req.fresh {
             Record::default()
@@ -109,10 +115,6 @@ impl LinuxRuntime {
         let _ = fs::remove_file(paths.exit());
         let _ = fs::remove_file(paths.state());
 
-        let passwd = read_from_layers(&req.layers, "/etc/passwd").unwrap_or_default();
-        let group = read_from_layers(&req.layers, "/etc/group").unwrap_or_default();
-        let user =
-            resolve_user(&req.process.user, &passwd, &group).map_err(RuntimeError::StartFailed)?;
         let cgroup = cgroups::container_path(&self.instance, &req.name);
         // /etc/hosts, /etc/hostname, /etc/resolv.conf: written before the start (so a plain
         // atomic write is fine), bind-mounted over the image's, rewritten in place later.

@@ -1,39 +1,51 @@
 //! Reading a file of the image before the container exists (e.g. `/etc/passwd` to
 //! resolve a user name), looking through the layers top first as overlayfs would.
+//!
+//! The layers are the image's, so untrusted: every lookup is made below the layer's
+//! directory without following any symlink (`openat2` with `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS`), so an image with `/etc -> /host/etc` cannot make the agent
+//! read the host's files, and a read is bounded.
 
-use std::os::unix::fs::FileTypeExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use nix::sys::stat::SFlag;
+
+use super::linux::resolve::open_beneath;
+
+/// The largest image file read this way; `/etc/passwd` of a real image is a few KiB.
+const MAX_BYTES: u64 = 1 << 20;
+
 /// The content of `path` (absolute in the image) as the merged rootfs would show it, or
-/// `None` when absent or hidden by a whiteout. Symlinks are not followed.
+/// `None` when absent, hidden by a whiteout, reached through a symlink, not a regular
+/// file, too large, or not UTF-8.
 pub fn read_from_layers(layers: &[PathBuf], path: &str) -> Option<String> {
     let rel = Path::new(path.trim_start_matches('/'));
     for layer in layers.iter().rev() {
-        let p = layer.join(rel);
-        match p.symlink_metadata() {
-            Ok(m) if m.file_type().is_char_device() => return None, // whiteout
-            Ok(m) if m.is_file() => return std::fs::read_to_string(&p).ok(),
+        match open_beneath(layer, rel) {
+            Ok((file, kind)) if kind == SFlag::S_IFREG => {
+                let mut text = String::new();
+                file.take(MAX_BYTES + 1).read_to_string(&mut text).ok()?;
+                return (text.len() as u64 <= MAX_BYTES).then_some(text);
+            }
+            // A whiteout (0:0 character device), or anything else that is not a file.
             Ok(_) => return None,
-            Err(_) => {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 // A whiteout of a parent directory, or an opaque parent, also hides it;
                 // images with those around /etc/passwd are rare enough to treat as absent.
-                if rel
-                    .ancestors()
-                    .skip(1)
-                    .any(|a| !a.as_os_str().is_empty() && is_whiteout(&layer.join(a)))
-                {
+                let hidden = rel.ancestors().skip(1).any(|a| {
+                    !a.as_os_str().is_empty()
+                        && matches!(open_beneath(layer, a), Ok((_, k)) if k == SFlag::S_IFCHR)
+                });
+                if hidden {
                     return None;
                 }
             }
+            // ELOOP (a symlink on the way) and the rest: not followed, not read.
+            Err(_) => return None,
         }
     }
     None
-}
-
-fn is_whiteout(p: &Path) -> bool {
-    p.symlink_metadata()
-        .map(|m| m.file_type().is_char_device())
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -59,5 +71,21 @@ mod tests {
             Some("g")
         );
         assert_eq!(read_from_layers(&layers, "/etc/shadow"), None);
+    }
+
+    #[test]
+    fn a_symlink_in_the_image_is_never_followed_to_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("passwd"), "root:x:0:0:host:/root:/bin/sh\n").unwrap();
+        let layer = d.path().join("layer");
+        std::fs::create_dir_all(&layer).unwrap();
+        std::os::unix::fs::symlink(&host, layer.join("etc")).unwrap();
+        assert_eq!(read_from_layers(&[layer.clone()], "/etc/passwd"), None);
+        std::fs::remove_file(layer.join("etc")).unwrap();
+        std::fs::create_dir(layer.join("etc")).unwrap();
+        std::os::unix::fs::symlink(host.join("passwd"), layer.join("etc/passwd")).unwrap();
+        assert_eq!(read_from_layers(&[layer], "/etc/passwd"), None);
     }
 }

@@ -15,7 +15,8 @@ use super::{
 };
 
 /// An in-memory runtime that records every call. A command whose name starts with
-/// `missing` fails to start, as a command absent from the image does.
+/// `missing` fails to start, as a command absent from the image does; so does a
+/// `missing…` user.
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
     containers: Mutex<BTreeMap<String, Observed>>,
@@ -78,6 +79,12 @@ impl Runtime for FakeRuntime {
         if program.starts_with("missing") {
             return Err(RuntimeError::StartFailed(format!(
                 "exec: \"{program}\": executable file not found in $PATH"
+            )));
+        }
+        if req.process.user.starts_with("missing") {
+            return Err(RuntimeError::StartFailed(format!(
+                "unable to find user {}: no matching entries in passwd file",
+                req.process.user
             )));
         }
         let mut containers = self.containers.lock().expect("containers");
@@ -227,7 +234,7 @@ pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path
     // A command that does not exist fails the start with Docker's message.
     let missing = format!("{prefix}missing");
     let err = rt
-        .start(request(&missing, &["missing-command"], layers))
+        .start(request(&missing, &["missing-command"], layers.clone()))
         .await
         .expect_err("a missing command must fail");
     assert!(
@@ -235,6 +242,22 @@ pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path
         "{err}"
     );
     rt.remove(&missing).await.expect("remove failed container");
+
+    // A user the image does not have fails the start before anything exists: nothing
+    // is listed afterwards, so nothing is "replaced" again and again.
+    let nouser = format!("{prefix}nouser");
+    let mut req = request(&nouser, &["sleep", "60"], layers);
+    req.process.user = "missing-user".into();
+    let err = rt.start(req).await.expect_err("an unknown user must fail");
+    assert!(
+        matches!(&err, RuntimeError::StartFailed(m) if m.contains("unable to find user missing-user")),
+        "{err}"
+    );
+    let listed = rt.list().await.expect("list");
+    assert!(
+        listed.iter().all(|o| o.name != nouser),
+        "a container that never started is listed"
+    );
 }
 
 #[cfg(test)]

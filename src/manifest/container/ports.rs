@@ -34,6 +34,17 @@ pub(super) fn decode_ports(cx: &mut Ctx, node: &Node) -> Vec<PortSpec> {
             }
         };
         let Some(port) = port else { continue };
+        if let Some(ip @ std::net::IpAddr::V6(_)) = port.host_ip {
+            // Containers are IPv4 only for now, and nftables does not translate between
+            // families: this would pass here and fail at run time.
+            cx.error(
+                item.pos,
+                format!(
+                    "hostIP {ip}: IPv6 host addresses are not supported yet; use an IPv4 address such as 127.0.0.1, or leave hostIP out for every address"
+                ),
+            );
+            continue;
+        }
         // Two bindings of one host port clash when their addresses can overlap.
         let clash = out.iter().any(|o| {
             o.host_port == port.host_port

@@ -189,6 +189,36 @@ impl Root {
     }
 }
 
+/// Opens `rel` below the directory `root` for reading, following no symlink anywhere
+/// and never leaving `root` (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`; the fallback walk
+/// without `openat2` refuses symlinks too), and says what it is. A special file (a
+/// whiteout's character device, a FIFO) is opened `O_PATH`, so opening it does nothing.
+pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<(std::fs::File, SFlag)> {
+    let dir = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let parts = components(rel)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let rel: PathBuf = parts.iter().collect();
+    let fd = match openat2(&dir, &rel, how) {
+        Err(Errno::ENOSYS) | Err(Errno::E2BIG) | Err(Errno::EAGAIN) => {
+            walk_no_symlinks(&dir, &parts)?
+        }
+        other => other?,
+    };
+    let kind = file_type(&fd)?;
+    if kind != SFlag::S_IFREG {
+        return Ok((std::fs::File::from(fd), kind));
+    }
+    // Reopened for reading through the descriptor: the very file resolved above.
+    let file = std::fs::File::open(fd_path(&fd))?;
+    Ok((file, kind))
+}
+
 /// The path through which a mount (or a path-based call) reaches exactly the object
 /// `fd` holds. Valid while `fd` is open, in this process, with `/proc` mounted.
 pub fn fd_path(fd: &impl AsRawFd) -> PathBuf {
