@@ -425,3 +425,75 @@ fn a_failed_attach_undoes_its_namespace_and_lease_and_none_makes_only_a_namespac
         assert_eq!(wharf_tables(), Vec::<String>::new());
     });
 }
+
+/// Two agents on one host: the first makes `default` on 10.88.0.0/16; the second sees
+/// that route on the first's bridge and moves its own `default` to the next free
+/// subnet, instead of a second bridge on the same subnet that silently takes the
+/// first's traffic. A declared subnet overlapping a route of the host (here the second
+/// agent's `default`, or an "uplink" on a dummy link) is refused with a clear message,
+/// and makes nothing.
+#[test]
+fn a_subnet_another_link_routes_is_never_used_and_default_moves_aside() {
+    if !privileged("a_subnet_another_link_routes") {
+        return;
+    }
+    in_test_host(|| async {
+        let (one, two) = (Dirs::new(), Dirs::new());
+        let mut first = Networks::new(INSTANCE, one.state.path(), one.run.path()).unwrap();
+        first.refresh_host_routes().await.unwrap();
+        let configs = first.resolve(&[]).unwrap();
+        let default_one = by_name(&configs, "default").clone();
+        assert_eq!(default_one.subnet.to_string(), "10.88.0.0/16");
+        first.ensure_network(&default_one).await.unwrap();
+
+        let mut second = Networks::new("0b5e55ed", two.state.path(), two.run.path()).unwrap();
+        second.refresh_host_routes().await.unwrap();
+        let configs = second.resolve(&[]).unwrap();
+        let default_two = by_name(&configs, "default").clone();
+        assert_eq!(default_two.subnet.to_string(), "10.90.0.0/16");
+        second.ensure_network(&default_two).await.unwrap();
+        // Kept across a restart of the second agent, whatever the routes say then.
+        let mut again = Networks::new("0b5e55ed", two.state.path(), two.run.path()).unwrap();
+        let configs = again.resolve(&[]).unwrap();
+        assert_eq!(by_name(&configs, "default").subnet, default_two.subnet);
+
+        // An "uplink" the tests own, then a network declared on its subnet.
+        cmd("ip link add whtestup0 type bridge");
+        cmd("ip addr add 198.51.100.1/24 dev whtestup0");
+        cmd("ip link set whtestup0 up");
+        let clash = |name: &str, subnet: &str| Network {
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..ObjectMeta::default()
+            },
+            spec: NetworkSpec {
+                subnet: Some(subnet.parse().unwrap()),
+                ..NetworkSpec::default()
+            },
+        };
+        first.refresh_host_routes().await.unwrap();
+        let configs = first
+            .resolve(&[
+                clash("uplinked", "198.51.100.0/25"),
+                clash("stolen", "10.90.4.0/24"),
+            ])
+            .unwrap();
+        for (name, route, link) in [
+            ("uplinked", "198.51.100.0/24", "whtestup0".to_owned()),
+            ("stolen", "10.90.0.0/16", default_two.bridge.clone()),
+        ] {
+            let net = by_name(&configs, name).clone();
+            let err = first.ensure_network(&net).await.unwrap_err();
+            assert!(
+                matches!(&err, NetError::SubnetOverlaps { route: r, link: l, .. }
+                    if r.to_string() == route && *l == link),
+                "{err}"
+            );
+            assert!(err.to_string().contains("choose another subnet"), "{err}");
+            let links = cmd("ip -o link show");
+            assert!(!links.contains(&net.bridge), "{name}: a bridge was made");
+        }
+        first.remove_network("default").await.unwrap();
+        second.remove_network("default").await.unwrap();
+    });
+}

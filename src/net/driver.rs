@@ -41,6 +41,7 @@ use super::ipam::{IpamError, LeaseStore, Leases};
 use super::link::{self, AttachRequest, LinkError, Netlink};
 use super::netns::{self, NetnsError};
 use crate::manifest::{Ipv4Cidr, Protocol, DEFAULT_NETWORK_SUBNET};
+use crate::net::overlap;
 
 use records::{RecordStore, Records};
 
@@ -81,6 +82,15 @@ pub enum NetError {
         network: String,
         action: &'static str,
         containers: Vec<String>,
+    },
+    /// The subnet overlaps a route of another link on the host (Docker's "Pool
+    /// overlaps with other one on this address space").
+    #[error("network {network:?}: subnet {subnet} overlaps the host's route to {route} via {}; another agent, Docker or the uplink uses it: choose another subnet{}", if link.is_empty() { "no interface" } else { link.as_str() }, if network == DEFAULT_NETWORK { " (the built-in default moves by itself only when first created)" } else { "" })]
+    SubnetOverlaps {
+        network: String,
+        subnet: Ipv4Cidr,
+        route: Ipv4Cidr,
+        link: String,
     },
     #[error("network {network:?} has no pool: call ensure_network before attaching {container:?}")]
     NetworkNotReady { network: String, container: String },
@@ -225,6 +235,9 @@ pub struct Networks {
     attached: BTreeMap<String, ContainerAttachment>,
     /// The port rules in the applied firewall table, per container.
     published: BTreeMap<String, Vec<PortRule>>,
+    /// The host's routes at the last [`Networks::refresh_host_routes`], for choosing
+    /// subnets that collide with nothing.
+    host_routes: Vec<link::HostRoute>,
 }
 
 impl Networks {
@@ -250,7 +263,15 @@ impl Networks {
             netlink: Netlink::connect()?,
             attached: BTreeMap::new(),
             published: BTreeMap::new(),
+            host_routes: Vec::new(),
         })
+    }
+
+    /// Reads the host's routes, which [`Networks::resolve`] then avoids when it picks a
+    /// subnet (for `default` on first use, and for declared networks without one).
+    pub async fn refresh_host_routes(&mut self) -> Result<(), NetError> {
+        self.host_routes = self.netlink.routes_v4().await?;
+        Ok(())
     }
 
     /// The built-in `default`, then every declared network (subnets allocated from
@@ -261,8 +282,35 @@ impl Networks {
         &mut self,
         declared: &[crate::manifest::Network],
     ) -> Result<Vec<NetworkConfig>, NetError> {
-        let mut taken: Vec<Ipv4Cidr> = declared.iter().filter_map(|n| n.spec.subnet).collect();
-        taken.push(DEFAULT_NETWORK_SUBNET);
+        let declared_subnets: Vec<Ipv4Cidr> =
+            declared.iter().filter_map(|n| n.spec.subnet).collect();
+        // `default`'s subnet is chosen once and kept: 10.88.0.0/16 unless another link
+        // of the host routes it (another agent, Docker), then the first free candidate.
+        let default_bridge = link::bridge_name(&self.instance, 0);
+        let default_subnet = match self.records.default_subnet {
+            Some(s) => s,
+            None => {
+                let s = overlap::free_default_subnet(
+                    &default_bridge,
+                    &self.host_routes,
+                    &declared_subnets,
+                )
+                .unwrap_or(DEFAULT_NETWORK_SUBNET);
+                self.records.default_subnet = Some(s);
+                self.save_records()?;
+                s
+            }
+        };
+        let mut taken = declared_subnets;
+        taken.push(default_subnet);
+        // Routes of other links (not ours) are taken too, for automatic subnets.
+        let ours = link::link_prefix(&self.instance);
+        taken.extend(
+            self.host_routes
+                .iter()
+                .filter(|r| r.destination.prefix > 0 && !r.link.starts_with(&ours))
+                .map(|r| r.destination),
+        );
         let mut out = Vec::with_capacity(declared.len() + 3);
         // Free the indices of networks gone from the manifests (and never made)
         // first, so a network declared in the same edit can take one.
@@ -284,8 +332,8 @@ impl Networks {
         out.push(NetworkConfig {
             name: DEFAULT_NETWORK.into(),
             kind: NetworkKind::Bridge,
-            subnet: DEFAULT_NETWORK_SUBNET,
-            gateway: DEFAULT_NETWORK_SUBNET.first_host(),
+            subnet: default_subnet,
+            gateway: default_subnet.first_host(),
             internal: false,
             bridge: bridge(&mut self.records, DEFAULT_NETWORK)?,
         });
@@ -340,6 +388,17 @@ impl Networks {
                 }
                 self.netlink.remove_bridge(&old.bridge).await?;
             }
+        }
+        // Refused before anything is made: a bridge on a subnet another link routes
+        // would steal or lose its traffic silently.
+        let routes = self.netlink.routes_v4().await?;
+        if let Some(r) = overlap::conflicting_route(net.subnet, &net.bridge, &routes) {
+            return Err(NetError::SubnetOverlaps {
+                network: net.name.clone(),
+                subnet: net.subnet,
+                route: r.destination,
+                link: r.link.clone(),
+            });
         }
         self.leases
             .ensure_pool(&net.name, net.subnet, Some(net.gateway))?;

@@ -144,6 +144,14 @@ pub struct DefaultRoute {
     pub link: String,
 }
 
+/// An IPv4 route of the main table: where it goes and through which link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoute {
+    pub destination: crate::manifest::Ipv4Cidr,
+    /// The output interface's name (empty when the route has none, e.g. a blackhole).
+    pub link: String,
+}
+
 /// Interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL).
 pub const IFNAME_MAX: usize = 15;
 
@@ -508,6 +516,60 @@ impl Netlink {
         } else {
             Err(LinkError::Several(errors))
         }
+    }
+
+    /// Every IPv4 route of the main table (the uplink's subnet, other bridges' subnets,
+    /// static routes, the default route), with its output interface's name.
+    pub async fn routes_v4(&self) -> Result<Vec<HostRoute>> {
+        let mut names = std::collections::HashMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(|e| LinkError::ListRoutes(Box::new(e)))?
+        {
+            names.insert(
+                link.header.index,
+                link_name_of(&link).unwrap_or_default().to_owned(),
+            );
+        }
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(query).execute();
+        let mut out = Vec::new();
+        while let Some(route) = routes
+            .try_next()
+            .await
+            .map_err(|e| LinkError::ListRoutes(Box::new(e)))?
+        {
+            // RT_TABLE_MAIN: the local table's per-address entries say nothing more.
+            if route.header.table != 254 {
+                continue;
+            }
+            let addr = route
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let link = route
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Oif(i) => names.get(i).cloned(),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push(HostRoute {
+                destination: crate::manifest::Ipv4Cidr {
+                    addr,
+                    prefix: route.header.destination_prefix_length,
+                },
+                link,
+            });
+        }
+        Ok(out)
     }
 
     /// The main table's IPv4 default route, if any.

@@ -6,6 +6,7 @@ pub mod hosts;
 pub mod ipam;
 pub mod link;
 pub mod netns;
+pub mod overlap;
 pub mod runtime;
 
 pub use runtime::NetworkedRuntime;

@@ -132,6 +132,9 @@ impl<R: Runtime> NetworkedRuntime<R> {
     /// network reports why it stays, see [`NetworkedRuntime::network_statuses`]).
     pub async fn sync_networks(&self, declared: &[crate::manifest::Network], remove_stale: bool) {
         let mut st = self.state.lock().await;
+        if let Err(e) = st.nets.refresh_host_routes().await {
+            tracing::warn!(error = %e, "read the host's routes");
+        }
         let resolved = match st.nets.resolve(declared) {
             Ok(r) => r,
             Err(e) => {

@@ -82,7 +82,10 @@ mod tests {
         let layer = d.path().join("layer");
         std::fs::create_dir_all(&layer).unwrap();
         std::os::unix::fs::symlink(&host, layer.join("etc")).unwrap();
-        assert_eq!(read_from_layers(std::slice::from_ref(&layer), "/etc/passwd"), None);
+        assert_eq!(
+            read_from_layers(std::slice::from_ref(&layer), "/etc/passwd"),
+            None
+        );
         std::fs::remove_file(layer.join("etc")).unwrap();
         std::fs::create_dir(layer.join("etc")).unwrap();
         std::os::unix::fs::symlink(host.join("passwd"), layer.join("etc/passwd")).unwrap();

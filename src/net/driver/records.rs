@@ -28,6 +28,11 @@ pub(super) struct Records {
     /// Networks whose bridge `ensure_network` made, by name.
     #[serde(default)]
     pub ensured: BTreeMap<String, NetworkConfig>,
+    /// The subnet of the built-in `default`, chosen when first resolved (see
+    /// `overlap::free_default_subnet`) and kept, so addresses stay stable. Absent in
+    /// records of older agents, which always used 10.88.0.0/16.
+    #[serde(default)]
+    pub default_subnet: Option<crate::manifest::Ipv4Cidr>,
 }
 
 fn version() -> u32 {

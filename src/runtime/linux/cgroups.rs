@@ -23,6 +23,10 @@ pub enum CgroupError {
     },
     #[error("cgroup {path} has no {controller} controller on this host")]
     MissingController { path: String, controller: String },
+    /// `/sys/fs/cgroup` holds no cgroup filesystem at all: typically an agent started
+    /// with `ip netns exec`, which mounts a fresh sysfs in a private mount namespace.
+    #[error("no cgroup filesystem is mounted at /sys/fs/cgroup (an agent started with `ip netns exec` sees a fresh /sys without one; start it with `nsenter --net=/run/netns/NAME` instead, or mount cgroup2 there)")]
+    NotMounted,
     #[error("device rules of cgroup {path}: {message}")]
     Devices { path: String, message: String },
     #[error("remove cgroup {path}: {source}")]
@@ -44,6 +48,9 @@ pub fn container_path(instance: &str, name: &str) -> String {
 /// two of the `mkdir`s `cgroups-rs` makes here; it only logs such a failure, so this
 /// checks the result and tries again.
 pub fn ensure(path: &str) -> Result<Cgroup, CgroupError> {
+    if !cgroup_fs_mounted(std::path::Path::new("/sys/fs/cgroup")) {
+        return Err(CgroupError::NotMounted);
+    }
     let mut attempts = 0;
     loop {
         let cg = Cgroup::new(hierarchies::auto(), path).map_err(|source| CgroupError::Create {
@@ -199,6 +206,24 @@ fn apply_device_rules(cg: &Cgroup, path: &str, rules: &[DeviceRule]) -> Result<(
         })?;
     }
     Ok(())
+}
+
+/// Whether `dir` is a cgroup2 mount or holds v1 hierarchies (the hybrid layout has
+/// both): `statfs` magic of the directory, or of a folder in it.
+fn cgroup_fs_mounted(dir: &std::path::Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+    let is_cgroup = |p: &std::path::Path| {
+        statfs(p).is_ok_and(|s| {
+            let t = s.filesystem_type();
+            t == CGROUP2_SUPER_MAGIC || t == CGROUP_SUPER_MAGIC
+        })
+    };
+    is_cgroup(dir)
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && is_cgroup(&e.path()))
+        })
 }
 
 fn missing(path: &str, controller: &str) -> CgroupError {
@@ -413,6 +438,17 @@ fn list_dirs(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_without_any_cgroup_mount_is_told_apart() {
+        assert!(cgroup_fs_mounted(std::path::Path::new("/sys/fs/cgroup")));
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::create_dir(empty.path().join("memory")).unwrap();
+        assert!(!cgroup_fs_mounted(empty.path()));
+        assert!(CgroupError::NotMounted
+            .to_string()
+            .contains("ip netns exec"));
+    }
     use std::fs;
 
     /// A cgroup v2 hierarchy at a temp dir, for `cgroups-rs` (which otherwise only knows
