@@ -315,3 +315,61 @@ fn the_manifest_folder_cannot_stop_or_fool_the_agent() {
         "{c}"
     );
 }
+
+/// `kill -9` of a container's shim: the agent notices, stops the container (nothing
+/// could log its output or record its exit any more), says so on the container object,
+/// and the restart policy applies: under `Always` it runs again, logged; under `Never`
+/// it stays exited with the reason.
+#[test]
+fn a_killed_shim_is_noticed_said_and_recovered_per_policy() {
+    if !(common::privileged("killed_shim") && common::agent::registry_up("killed_shim")) {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    let script = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done";
+    agent.write(
+        "always.yaml",
+        &container_yaml("always", script, "  restartPolicy: Always\n"),
+    );
+    agent.write(
+        "never.yaml",
+        &container_yaml("never", script, "  restartPolicy: Never\n"),
+    );
+    let shim_of = |name: &str| -> i32 {
+        let state = agent.run.join("containers").join(name).join("state.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+        v["shimPid"].as_i64().unwrap() as i32
+    };
+    for name in ["always", "never"] {
+        let c = agent.wait_container(name, 60, "running", |c| c["state"] == "running");
+        let (pid, shim) = (pid_of(&c), shim_of(name));
+        assert!(shim > 0 && common::agent::alive(shim));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let c = agent.wait_container(name, 30, "the dead shim noticed", |c| {
+            c["message"].as_str().is_some_and(|m| m.contains("shim"))
+        });
+        assert!(!common::agent::alive(pid), "{name}: the orphaned init still runs");
+        assert_eq!(c["exitCode"], 137, "{c}");
+        if name == "never" {
+            assert_eq!(c["state"], "exited", "{c}");
+            continue;
+        }
+        // Always: started again, with a shim, and its output logged again.
+        let c = agent.wait_container(name, 30, "restarted", |c| {
+            c["state"] == "running" && pid_of(c) != pid
+        });
+        assert!(common::agent::alive(shim_of(name)));
+        let before = agent.get("/v1/containers/always/logs").unwrap().1.len();
+        common::wait_for(30, "new output logged", || {
+            let now = agent.get("/v1/containers/always/logs")?.1.len();
+            (now > before).then_some(())
+        });
+        assert_eq!(c["restartCount"], 1, "{c}");
+    }
+}

@@ -326,6 +326,9 @@ fn container_status(
                         .into(),
                 );
             }
+            if let (Some(m), None) = (&e.message, &status.message) {
+                status.message = Some(m.clone());
+            }
             status.finished_at = Some(rfc3339(e.finished_at));
             status.state = if let Some(err) = &e.error {
                 status.message = Some(err.clone());

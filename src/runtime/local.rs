@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 
 use super::linux::{cgroups, proc};
 use super::process::resolve_user;
-use super::records::{ExitRecord, Paths, Record, Running, ShimConfig, StartReport};
+use super::records::{now, ExitRecord, Paths, Record, Running, ShimConfig, StartReport};
 use super::rootfs_files::read_from_layers;
 use super::spec::{self, ConfigInputs};
 use super::{Observed, ObservedState, Runtime, RuntimeError, StartRequest, Usage};
@@ -250,6 +250,18 @@ impl LinuxRuntime {
         let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
         let state = match (running, exit) {
             (_, Some(exit)) if exit.run == record.run => ObservedState::Exited(exit),
+            // The shim died (kill -9, OOM) while the init runs on: nobody reads its output
+            // or will record its exit. Stopped and recorded here, so the loss is said and
+            // the restart policy decides what comes next (containerd does the same when a
+            // shim disconnects).
+            (Some(r), _)
+                if r.run == record.run
+                    && r.shim_pid > 0
+                    && !proc::is_alive(r.shim_pid, r.shim_start_time)
+                    && proc::is_alive(r.pid, r.start_time) =>
+            {
+                ObservedState::Exited(self.stop_orphan(name, &paths, &r))
+            }
             (Some(r), _) if r.run == record.run && proc::is_alive(r.pid, r.start_time) => {
                 ObservedState::Running(r)
             }
@@ -278,6 +290,38 @@ impl LinuxRuntime {
             started_at: record.started_at,
             log_path: paths.log(),
         })
+    }
+
+    /// Stops the init of a container whose shim is gone, and records the exit in its
+    /// place. The init is SIGKILLed (the kernel then ends the rest of its pid namespace);
+    /// its new parent (the host's init, or a subreaper) reaps it.
+    fn stop_orphan(&self, name: &str, paths: &Paths, r: &Running) -> ExitRecord {
+        tracing::warn!(container = %name, shim = r.shim_pid, pid = r.pid, "the container's shim is gone; stopping it");
+        let _ = proc::signal_if_same(r.pid, r.start_time, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proc::is_alive(r.pid, r.start_time) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let cgroup = cgroups::container_path(&self.instance, name);
+        if let Err(e) = cgroups::remove(&cgroup) {
+            tracing::warn!(container = %name, error = %e, "remove the cgroup of a container whose shim died");
+        }
+        let record = ExitRecord {
+            run: r.run,
+            exit_code: 128 + Signal::SIGKILL as i32,
+            signal: Some(Signal::SIGKILL as i32),
+            finished_at: now(),
+            error: None,
+            oom_killed: false,
+            message: Some(format!(
+                "its shim (pid {}) died, so its output could no longer be logged nor its exit recorded: wharf stopped it (SIGKILL); the restart policy applies",
+                r.shim_pid
+            )),
+        };
+        if let Err(e) = state::write_json(&paths.exit(), &record) {
+            tracing::warn!(container = %name, error = %e, "record the exit of a container whose shim died");
+        }
+        record
     }
 
     /// Blocking stop: signal, grace, SIGKILL, then wait for the shim to record the exit

@@ -87,6 +87,10 @@ pub struct ExitRecord {
     /// The kernel's OOM killer ended it (memory limit exceeded).
     #[serde(default)]
     pub oom_killed: bool,
+    /// Why the container ended, when it was not its own doing and no `error` (e.g. its
+    /// shim died and the agent stopped it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The runtime's per-container record.

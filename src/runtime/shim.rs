@@ -236,6 +236,7 @@ fn finish(shim: &ShimConfig, exit_code: i32, signal: Option<i32>, error: Option<
         finished_at: now(),
         error,
         oom_killed,
+        message: None,
     };
     if let Err(e) = state::write_json(&shim.exit_path, &record) {
         eprintln!("record exit: {e}");

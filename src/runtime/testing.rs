@@ -52,6 +52,7 @@ impl FakeRuntime {
                 finished_at: now(),
                 error: None,
                 oom_killed: false,
+                message: None,
             });
         }
     }
@@ -136,6 +137,7 @@ impl Runtime for FakeRuntime {
                     finished_at: now(),
                     error: None,
                     oom_killed: false,
+                    message: None,
                 });
             }
         }
