@@ -189,6 +189,7 @@ async fn remove_waits_for_a_shim_still_recording_the_exit() {
         finished_at: 0,
         error: None,
         oom_killed: false,
+        message: None,
     };
     std::fs::write(paths.exit(), serde_json::to_vec(&exit).unwrap()).unwrap();
     shim.kill().unwrap();
