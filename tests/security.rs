@@ -354,7 +354,10 @@ fn a_killed_shim_is_noticed_said_and_recovered_per_policy() {
         let c = agent.wait_container(name, 30, "the dead shim noticed", |c| {
             c["message"].as_str().is_some_and(|m| m.contains("shim"))
         });
-        assert!(!common::agent::alive(pid), "{name}: the orphaned init still runs");
+        assert!(
+            !common::agent::alive(pid),
+            "{name}: the orphaned init still runs"
+        );
         assert_eq!(c["exitCode"], 137, "{c}");
         if name == "never" {
             assert_eq!(c["state"], "exited", "{c}");
