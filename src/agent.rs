@@ -259,6 +259,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                         }
                     }
                     Some(_) = reconciler.step_done() => {}
+                    // A shim ended: its container exited, or the shim was killed.
+                    () = linux.shim_ended() => {}
                     _ = tokio::time::sleep(sleep) => {
                         if last_net_sync.elapsed() >= args.resync {
                             sync_networks(&runtime, &desired).await;

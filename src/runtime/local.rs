@@ -15,6 +15,7 @@ use super::linux::{cgroups, proc};
 use super::process::resolve_user;
 use super::records::{now, ExitRecord, Paths, Record, Running, ShimConfig, StartReport};
 use super::rootfs_files::read_from_layers;
+use super::shim_watch::ShimWatch;
 use super::spec::{self, ConfigInputs};
 use super::{Observed, ObservedState, Runtime, RuntimeError, StartRequest, Usage};
 use crate::manifest::MountSpec;
@@ -34,6 +35,8 @@ pub struct LinuxRuntime {
     instance: String,
     shim_exe: PathBuf,
     usage_cache: Arc<Mutex<UsageCache>>,
+    /// The shims of the running containers of the last list, watched by pidfd.
+    shims: ShimWatch,
 }
 
 /// The last usage read per container: for which run (run, init pid, start time), when,
@@ -50,7 +53,15 @@ impl LinuxRuntime {
             instance: instance.to_owned(),
             shim_exe,
             usage_cache: Arc::default(),
+            shims: ShimWatch::default(),
         }
+    }
+
+    /// Resolves as soon as the shim of a container the last list saw running has ended:
+    /// its container exited (and the exit is recorded), or the shim was killed. Time to
+    /// list again.
+    pub async fn shim_ended(&self) {
+        self.shims.ended().await;
     }
 
     /// The usage of a running container, read from its cgroup at most every
@@ -439,6 +450,10 @@ impl LinuxRuntime {
                 }),
             }
         }
+        self.shims.update(out.iter().filter_map(|o| match &o.state {
+            ObservedState::Running(r) => Some((o.name.as_str(), r)),
+            _ => None,
+        }));
         Ok(out)
     }
 

@@ -8,6 +8,7 @@ pub mod process;
 pub mod records;
 pub mod rootfs_files;
 pub mod shim;
+pub mod shim_watch;
 pub mod spec;
 pub mod testing;
 

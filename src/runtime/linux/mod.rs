@@ -145,6 +145,34 @@ pub fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// A pidfd of `pid` (`pidfd_open(2)`, Linux 5.3): readable once the process has ended,
+/// whoever its parent is, and never confused with a later process of the same pid.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags (0) by value and touches no memory of ours.
+    #[allow(unsafe_code)]
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel returned a new descriptor, which nothing else owns.
+    #[allow(unsafe_code)]
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until `fd` (a pidfd) is readable, on the current tokio runtime's reactor.
+pub async fn readable(fd: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor, and the `AsyncFd` owns it from here
+    // until it is dropped at the end of this function, so it stays open and the same.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(std::io::Error::from)?;
+    fd.readable().await.map(|_| ())
+}
+
 /// Ends the calling process at once, without running exit handlers or flushing stdio
 /// buffers inherited from the parent across `fork` (which would duplicate output).
 pub fn exit_now(code: i32) -> ! {
