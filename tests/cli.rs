@@ -87,3 +87,23 @@ fn an_agent_whose_endpoint_cannot_listen_fails_at_once_naming_it() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&addr), "{err}");
 }
+
+/// A NUL byte used to end the file silently: what followed (here an unknown field) went
+/// unseen and `wharf validate` exited 0.
+#[test]
+fn validate_reports_a_nul_byte_with_its_position_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nul.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: c\nspec:\n  image: busybox\n\0  bogus: 1\n",
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let (code, out, _) = wharf(&["validate", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("{path}:7:1: character U+0000 is not allowed")),
+        "{out}"
+    );
+}
