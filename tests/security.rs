@@ -376,3 +376,77 @@ fn a_killed_shim_is_noticed_said_and_recovered_per_policy() {
         assert_eq!(c["restartCount"], 1, "{c}");
     }
 }
+
+/// runc's CVE-2025-31133, against wharf: an image whose `/dev` links to a folder the
+/// container controls (here a bind at `/data`) holding `null -> core_pattern`. Had the
+/// `/dev` tmpfs followed the link, masking would bind "`/dev/null`", that is the host's
+/// `core_pattern`, read-write over `/proc/keys` and the rest. The kernel's filesystems
+/// are mounted only where no symlink leads, and masks use a checked null device: the
+/// start is refused, and a plain container's masks are the null device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_cannot_choose_what_dev_null_is_for_the_masks() {
+    if !common::privileged("dev_null_masks") {
+        return;
+    }
+    let f = fixture();
+    let before = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let evil = f._tmp.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", evil.join("null")).unwrap();
+
+    // A plain container first: its masked /proc/keys is the null device.
+    let plain = "plain";
+    let _c = Cleanup(&f.rt, plain);
+    let mut req = request(&f, plain, &["sleep", "60"]);
+    req.process.cwd = "/".into();
+    let pid = f.rt.start(req).await.unwrap().pid;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let keys = std::fs::metadata(format!("/proc/{pid}/root/proc/keys")).unwrap();
+    assert!(keys.file_type().is_char_device());
+    assert_eq!(keys.rdev(), nix::sys::stat::makedev(1, 3));
+    f.rt.remove(plain).await.unwrap();
+
+    std::fs::create_dir_all(f.layer.join("data")).unwrap();
+    std::os::unix::fs::symlink("/data", f.layer.join("dev")).unwrap();
+    let name = "devlink";
+    let _c2 = Cleanup(&f.rt, name);
+    let mut req = request(&f, name, &["sleep", "60"]);
+    req.process.cwd = "/".into();
+    req.mounts = vec![MountSpec::Bind {
+        source: evil.display().to_string(),
+        target: "/data".into(),
+        read_only: false,
+        create_host_path: false,
+    }];
+    let err = f.rt.start(req).await.unwrap_err().to_string();
+    assert!(err.contains("mount target /dev"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        before
+    );
+
+    // A manifest's own mount on /dev: its `null -> <host file>` must not be given the
+    // device nodes' mode (0666) on the host, nor serve as the masks' null device.
+    std::fs::remove_file(f.layer.join("dev")).unwrap();
+    let host_file = f._tmp.path().join("host-secret");
+    std::fs::write(&host_file, "secret").unwrap();
+    std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let devdir = f._tmp.path().join("devdir");
+    std::fs::create_dir_all(&devdir).unwrap();
+    std::os::unix::fs::symlink(&host_file, devdir.join("null")).unwrap();
+    let name = "devmount";
+    let _c3 = Cleanup(&f.rt, name);
+    let mut req = request(&f, name, &["sleep", "60"]);
+    req.process.cwd = "/".into();
+    req.mounts = vec![MountSpec::Bind {
+        source: devdir.display().to_string(),
+        target: "/dev".into(),
+        read_only: false,
+        create_host_path: false,
+    }];
+    let err = f.rt.start(req).await.unwrap_err().to_string();
+    assert!(err.contains("not the null device"), "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&host_file).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "the host file's mode changed");
+}

@@ -32,6 +32,8 @@ struct Memo {
     /// The last attempt failed in a way the user must fix (state `failed`), rather than
     /// a wait (state `pending`).
     failed: bool,
+    /// The last attempt failed in a way no retry can fix (see `Failure::retry`).
+    unrunnable: bool,
     /// Consecutive failures or quick exits, for the backoff.
     failures: u32,
     not_before: Option<Instant>,
@@ -162,7 +164,7 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
             if let Some(t) = memo.not_before {
                 inputs.not_before.insert(name.clone(), t);
             }
-            if memo.failed {
+            if memo.unrunnable {
                 inputs.failed.insert(name.clone());
             }
         }
@@ -388,6 +390,7 @@ impl<R: Runtime, I: Images> Task<R, I> {
             Ok(()) => {
                 memo.message = None;
                 memo.failed = false;
+                memo.unrunnable = false;
                 if !matches!(step, Step::Restart { .. }) {
                     memo.failures = 0;
                 }
@@ -396,10 +399,15 @@ impl<R: Runtime, I: Images> Task<R, I> {
                     memos.remove(&name);
                 }
             }
-            Err(Failure { message, failed }) => {
+            Err(Failure {
+                message,
+                failed,
+                retry,
+            }) => {
                 tracing::warn!(container = %name, %message, "step failed");
                 memo.message = Some(message);
                 memo.failed = failed;
+                memo.unrunnable = !retry;
                 memo.failures += 1;
                 memo.not_before = Some(Instant::now() + backoff::delay(memo.failures - 1));
             }
@@ -543,6 +551,11 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 Ok(())
             }
             Err(RuntimeError::StartFailed(m)) => Err(Failure::failed(m)),
+            Err(RuntimeError::Unrunnable(m)) => Err(Failure {
+                message: m,
+                failed: true,
+                retry: false,
+            }),
             Err(e) => Err(Failure::failed(e.to_string())),
         }
     }
@@ -568,6 +581,9 @@ fn normalize_signal(s: &str) -> String {
 struct Failure {
     message: String,
     failed: bool,
+    /// False when only an edit of the spec can help (`RuntimeError::Unrunnable`): not
+    /// retried under `Never`.
+    retry: bool,
 }
 
 impl Failure {
@@ -575,12 +591,14 @@ impl Failure {
         Failure {
             message: e.to_string(),
             failed: false,
+            retry: true,
         }
     }
     fn failed(e: impl ToString) -> Self {
         Failure {
             message: e.to_string(),
             failed: true,
+            retry: true,
         }
     }
 }

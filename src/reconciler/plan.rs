@@ -50,8 +50,8 @@ pub struct Inputs {
     /// Per name: no action before this time (backoff after a failure or a crash).
     pub not_before: BTreeMap<String, Instant>,
     /// Names whose current spec failed to start in a way only an edit can fix (an
-    /// unknown user, a missing command). Under `Never` they are not tried again; other
-    /// policies retry with backoff, as kubelet does.
+    /// unknown user: `RuntimeError::Unrunnable`). Under `Never` they are not tried
+    /// again; other policies retry with backoff, as kubelet does.
     pub failed: BTreeSet<String>,
 }
 

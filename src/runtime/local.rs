@@ -97,7 +97,7 @@ impl LinuxRuntime {
         let passwd = read_from_layers(&req.layers, "/etc/passwd").unwrap_or_default();
         let group = read_from_layers(&req.layers, "/etc/group").unwrap_or_default();
         let user =
-            resolve_user(&req.process.user, &passwd, &group).map_err(RuntimeError::StartFailed)?;
+            resolve_user(&req.process.user, &passwd, &group).map_err(RuntimeError::Unrunnable)?;
         let paths = self.paths(&req.name);
         let mut record: Record = if req.fresh {
             Record::default()

@@ -122,6 +122,10 @@ pub enum RuntimeError {
     /// missing user...), reported on its status as `failed`.
     #[error("{0}")]
     StartFailed(String),
+    /// The spec cannot run on its image whatever is retried (a user the image does not
+    /// have): `failed` until the manifest changes, and never retried under `Never`.
+    #[error("{0}")]
+    Unrunnable(String),
     #[error("prepare container {name}: {message}")]
     Prepare { name: String, message: String },
     #[error("spawn shim for {name}: {source}")]

@@ -344,9 +344,13 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     }
     // Every mount target is resolved against this descriptor of the root, never by path.
     let root_fd = Root::open(&rootfs).map_err(|err| format!("open {}: {err}", rootfs.display()))?;
+    let mut dev_populated = false;
     for m in spec.mounts().iter().flatten() {
         rootfs::mount_one(&root_fd, m).map_err(e)?;
-        if m.destination() == Path::new("/dev") {
+        // The template's /dev tmpfs only, once: a manifest's mount on /dev is the
+        // container's own (and may hold anything).
+        if m.destination() == Path::new("/dev") && !dev_populated {
+            dev_populated = true;
             let extra = spec.linux().as_ref().and_then(|l| l.devices().clone());
             rootfs::populate_dev(&root_fd, extra.as_deref().unwrap_or_default()).map_err(e)?;
         }
@@ -356,7 +360,9 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     }
     rootfs::pivot(&rootfs).map_err(e)?;
     if let Some(linux) = spec.linux() {
-        rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or_default()).map_err(e)?;
+        let null = rootfs::null_device().map_err(e)?;
+        rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or_default(), &null)
+            .map_err(e)?;
         rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default()).map_err(e)?;
     }
     if root.readonly().unwrap_or(false) {

@@ -83,7 +83,7 @@ impl Runtime for FakeRuntime {
             )));
         }
         if req.process.user.starts_with("missing") {
-            return Err(RuntimeError::StartFailed(format!(
+            return Err(RuntimeError::Unrunnable(format!(
                 "unable to find user {}: no matching entries in passwd file",
                 req.process.user
             )));
@@ -252,7 +252,7 @@ pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path
     req.process.user = "missing-user".into();
     let err = rt.start(req).await.expect_err("an unknown user must fail");
     assert!(
-        matches!(&err, RuntimeError::StartFailed(m) if m.contains("unable to find user missing-user")),
+        matches!(&err, RuntimeError::Unrunnable(m) if m.contains("unable to find user missing-user")),
         "{err}"
     );
     let listed = rt.list().await.expect("list");

@@ -41,6 +41,13 @@ pub enum Kind {
     File,
 }
 
+/// Whether symlinks on the way are followed (inside the root) or refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Symlinks {
+    InRoot,
+    Refuse,
+}
+
 /// A container's root, held open, against which targets are resolved.
 #[derive(Debug)]
 pub struct Root {
@@ -71,6 +78,18 @@ impl Root {
     /// existing object of `kind`, creating missing directories on the way and the
     /// target itself. The descriptor always names an object inside the root.
     pub fn ensure(&self, target: &Path, kind: Kind) -> io::Result<OwnedFd> {
+        self.ensure_with(target, kind, Symlinks::InRoot)
+    }
+
+    /// [`Root::ensure`] refusing every symlink on the way (`RESOLVE_NO_SYMLINKS`), for
+    /// the kernel's filesystems (`/proc`, `/dev`, `/sys`): an image whose `/dev` links
+    /// to a volume would otherwise let the container choose what `/dev/null` is while
+    /// the shim still uses it (runc's CVE-2025-31133).
+    pub fn ensure_strict(&self, target: &Path, kind: Kind) -> io::Result<OwnedFd> {
+        self.ensure_with(target, kind, Symlinks::Refuse)
+    }
+
+    fn ensure_with(&self, target: &Path, kind: Kind, links: Symlinks) -> io::Result<OwnedFd> {
         let parts = components(target)?;
         let Some((last, dirs)) = parts.split_last() else {
             // The root itself.
@@ -79,10 +98,10 @@ impl Root {
                 Kind::File => Err(Errno::EISDIR.into()),
             };
         };
-        let parent = self.ensure_dirs(dirs)?;
+        let parent = self.ensure_dirs(dirs, links)?;
         match kind {
             Kind::Dir => {
-                match self.lookup(&parts) {
+                match self.lookup(&parts, links) {
                     Ok(fd) => return expect_kind(fd, Kind::Dir),
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => return Err(e),
@@ -93,7 +112,7 @@ impl Root {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
-                expect_kind(self.lookup(&parts)?, Kind::Dir)
+                expect_kind(self.lookup(&parts, links)?, Kind::Dir)
             }
             Kind::File => {
                 // Looked up relative to the parent's descriptor, without following the
@@ -105,6 +124,9 @@ impl Root {
                     Mode::empty(),
                 ) {
                     Ok(fd) if file_type(&fd)? == SFlag::S_IFLNK => {
+                        if links == Symlinks::Refuse {
+                            return Err(Errno::ELOOP.into());
+                        }
                         unlinkat(&parent, *last, UnlinkatFlags::NoRemoveDir)?;
                     }
                     Ok(fd) => return expect_kind(fd, Kind::File),
@@ -143,7 +165,7 @@ impl Root {
     /// Resolves an existing `target` (absolute in the container) to an `O_PATH`
     /// descriptor, or `Ok(None)` when it does not exist.
     pub fn find(&self, target: &Path) -> io::Result<Option<OwnedFd>> {
-        match self.lookup(&components(target)?) {
+        match self.lookup(&components(target)?, Symlinks::InRoot) {
             Ok(fd) => Ok(Some(fd)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
@@ -151,17 +173,17 @@ impl Root {
     }
 
     /// Every directory of `dirs`, created where missing; the last one's descriptor.
-    fn ensure_dirs(&self, dirs: &[&OsStr]) -> io::Result<OwnedFd> {
+    fn ensure_dirs(&self, dirs: &[&OsStr], links: Symlinks) -> io::Result<OwnedFd> {
         let mut parent = reopen(&self.fd)?;
         for i in 0..dirs.len() {
-            let fd = match self.lookup(&dirs[..=i]) {
+            let fd = match self.lookup(&dirs[..=i], links) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     match mkdirat(&parent, dirs[i], Mode::from_bits_truncate(0o755)) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    self.lookup(&dirs[..=i])?
+                    self.lookup(&dirs[..=i], links)?
                 }
                 Err(e) => return Err(e),
             };
@@ -171,14 +193,18 @@ impl Root {
     }
 
     /// `O_PATH` descriptor of `parts` below the root, following symlinks inside it.
-    fn lookup(&self, parts: &[&OsStr]) -> io::Result<OwnedFd> {
+    fn lookup(&self, parts: &[&OsStr], links: Symlinks) -> io::Result<OwnedFd> {
         if parts.is_empty() {
             return reopen(&self.fd);
         }
         let rel: PathBuf = parts.iter().collect();
+        let mut resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        if links == Symlinks::Refuse {
+            resolve |= ResolveFlag::RESOLVE_NO_SYMLINKS;
+        }
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+            .resolve(resolve);
         match openat2(&self.fd, &rel, how) {
             Err(Errno::ENOSYS) | Err(Errno::E2BIG) => walk_no_symlinks(&self.fd, parts),
             // openat2 retries internally, then gives up with EAGAIN if a rename raced the
@@ -363,6 +389,30 @@ mod tests {
             .unwrap()
             .is_file());
         assert_eq!(fs::read_to_string(outside.path()).unwrap(), "host");
+    }
+
+    #[test]
+    fn strict_resolution_refuses_any_symlink_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("data")).unwrap();
+        symlink("/data", dir.path().join("dev")).unwrap();
+        symlink(
+            "/proc/sys/kernel/core_pattern",
+            dir.path().join("data/null"),
+        )
+        .unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let e = root
+            .ensure_strict(Path::new("/dev"), Kind::Dir)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        let e = root
+            .ensure_strict(Path::new("/data/null"), Kind::File)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        // Not strict: followed inside the root.
+        let fd = root.ensure(Path::new("/dev"), Kind::Dir).unwrap();
+        assert_eq!(real(&fd), dir.path().join("data"));
     }
 
     #[test]

@@ -144,13 +144,23 @@ fn parse_options(options: &[String], target: &Path) -> Result<(MsFlags, Vec<Stri
     Ok((flags, data))
 }
 
-/// [`Root::ensure`], its error naming the target.
+/// [`Root::ensure`], its error naming the target. Under `/proc`, `/dev` and `/sys`,
+/// where the kernel's filesystems go and the shim itself uses what it mounted
+/// (`/dev/null` for masking, `/dev` for device nodes), no symlink is followed at all
+/// ([`Root::ensure_strict`]).
 pub(super) fn ensure(root: &Root, dest: &Path, kind: Kind) -> Result<OwnedFd, RootfsError> {
-    root.ensure(dest, kind)
-        .map_err(|source| RootfsError::Target {
-            target: dest.to_owned(),
-            source,
-        })
+    let system = ["/proc", "/dev", "/sys"]
+        .iter()
+        .any(|p| dest.starts_with(p));
+    let resolved = if system {
+        root.ensure_strict(dest, kind)
+    } else {
+        root.ensure(dest, kind)
+    };
+    resolved.map_err(|source| RootfsError::Target {
+        target: dest.to_owned(),
+        source,
+    })
 }
 
 /// Performs one OCI mount under `root`. The target is resolved inside the root and
@@ -260,7 +270,7 @@ pub fn populate_dev(
     }
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
-        if !path.exists() {
+        if path.symlink_metadata().is_err() {
             mknod(
                 &path,
                 SFlag::S_IFCHR,
@@ -303,12 +313,43 @@ pub fn pivot(root: &Path) -> Result<(), RootfsError> {
     chdir("/").map_err(pivot_err)
 }
 
-/// Hides paths after the pivot: `/dev/null` over files, an empty read-only tmpfs over
-/// directories. Missing paths are skipped.
-pub fn mask_paths(paths: &[String]) -> Result<(), RootfsError> {
+/// The container's `/dev/null` (after the pivot), opened without following a link and
+/// checked to be the null device (character 1:3), for [`mask_paths`]. The container's
+/// `/dev` may be a volume's by then, and its `null` a link to
+/// `/proc/sys/kernel/core_pattern`: masks bound from it would expose that file
+/// read-write (runc's CVE-2025-31133, fixed the same way). The check is made on the
+/// descriptor the mounts then use, so nothing can be swapped in between.
+pub fn null_device() -> Result<OwnedFd, RootfsError> {
+    let path = Path::new("/dev/null");
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open", path)(e.into()))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| io_err("stat", path)(e.into()))?;
+    let is_char = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFCHR;
+    if !is_char || st.st_rdev != makedev(1, 3) {
+        return Err(io_err("check", path)(io::Error::other(
+            "/dev/null is not the null device (1:3); refusing to mask paths with it",
+        )));
+    }
+    Ok(fd)
+}
+
+/// Hides paths after the pivot: `null` (the checked null device, see [`null_device`])
+/// over files, an empty read-only tmpfs over directories. Missing paths are skipped.
+pub fn mask_paths(paths: &[String], null: &OwnedFd) -> Result<(), RootfsError> {
+    let null = fd_path(null);
     for p in paths {
         let path = Path::new(p);
-        let Ok(meta) = path.metadata() else { continue };
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            // Masks name the kernel's own files; a link there is not one to follow.
+            continue;
+        }
         if meta.is_dir() {
             mount(
                 Some("tmpfs"),
@@ -319,7 +360,7 @@ pub fn mask_paths(paths: &[String]) -> Result<(), RootfsError> {
             )
         } else {
             mount(
-                Some("/dev/null"),
+                Some(&null),
                 path,
                 None::<&str>,
                 MsFlags::MS_BIND,
