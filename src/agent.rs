@@ -95,6 +95,7 @@ fn raise_open_files_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => {
+            crate::runtime::set_inherited_nofile(soft);
             if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
             }

@@ -261,19 +261,27 @@ fn the_manifest_folder_cannot_stop_or_fool_the_agent() {
         return;
     }
     let mut agent = Agent::new();
+    agent.nofile_soft = Some(1000);
     agent.start();
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid().unwrap())).unwrap();
-    let open_files: Vec<&str> = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    assert_eq!(open_files[3], open_files[4], "soft != hard: {limits}");
+    let open_files = |pid: u32| -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let words: Vec<String> = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        (words[3].clone(), words[4].clone())
+    };
+    let (soft, hard) = open_files(agent.pid().unwrap());
+    assert_eq!(soft, hard, "the agent did not raise its soft limit");
 
     let web = container_yaml("web", "exec sleep 1000", "");
     agent.write("web.yaml", &web);
     let pid = pid_of(&agent.wait_container("web", 60, "running", |c| c["state"] == "running"));
+    // Containers start with the limit the agent was given, not the raised one.
+    assert_eq!(open_files(pid as u32).0, "1000");
 
     // `cat > web.yaml`: truncated, then written 50 ms later, three times.
     let path = agent.manifests.join("web.yaml");

@@ -238,6 +238,12 @@ pub struct Networks {
     /// The host's routes at the last [`Networks::refresh_host_routes`], for choosing
     /// subnets that collide with nothing.
     host_routes: Vec<link::HostRoute>,
+    /// Whether this process has checked that the firewall table exists. The records
+    /// survive a reboot (or an `nft flush ruleset`) and the table does not: the first
+    /// ensure applies it when it is missing, before `route_localnet` is set (its input
+    /// chain is what keeps containers off the host's loopback). A table that exists is
+    /// left alone, so published ports keep answering across an agent restart.
+    firewall_checked: bool,
 }
 
 impl Networks {
@@ -264,6 +270,7 @@ impl Networks {
             attached: BTreeMap::new(),
             published: BTreeMap::new(),
             host_routes: Vec::new(),
+            firewall_checked: false,
         })
     }
 
@@ -409,11 +416,14 @@ impl Networks {
         // The table first: its `input` chain drops martian loopback traffic from the
         // bridge, which `route_localnet` would otherwise let reach the host's
         // 127.0.0.1 services.
-        if previous.as_ref() != Some(net) {
+        let table_missing = !self.firewall_checked
+            && !firewall::wharf_tables()?.contains(&firewall::table_name(&self.instance));
+        if previous.as_ref() != Some(net) || table_missing {
             self.records.ensured.insert(net.name.clone(), net.clone());
             self.save_records()?;
             self.sync_firewall()?;
         }
+        self.firewall_checked = true;
         if !net.internal {
             firewall::set_route_localnet(&net.bridge)?;
             firewall::enable_forwarding()?;

@@ -190,6 +190,7 @@ impl LinuxRuntime {
             home: Some(user.home),
             volumes: mounted_volumes,
             seccomp: !req.privileged,
+            nofile_soft: super::inherited_nofile(),
         };
         state::write_json(&paths.shim_config(), &shim).map_err(|e| fail(e.to_string()))?;
         state::write_json(&paths.record(), &record).map_err(|e| fail(e.to_string()))?;

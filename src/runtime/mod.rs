@@ -115,6 +115,22 @@ pub struct Observed {
     pub usage: Option<Usage>,
 }
 
+static INHERITED_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Records the soft open-files limit the agent was started with, before it raises its
+/// own to the hard limit: containers start with this one, as they would under the
+/// service manager that started the agent (Go's runtime does the same for its
+/// children). A soft limit of hundreds of thousands slows programs that loop over
+/// every descriptor, and breaks those that still use `select`.
+pub fn set_inherited_nofile(soft: u64) {
+    let _ = INHERITED_NOFILE.set(soft);
+}
+
+/// See [`set_inherited_nofile`]; `None` when the agent did not record one.
+pub fn inherited_nofile() -> Option<u64> {
+    INHERITED_NOFILE.get().copied()
+}
+
 /// Errors of the runtime, named for the failed operation.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

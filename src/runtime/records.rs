@@ -43,6 +43,10 @@ pub struct ShimConfig {
     /// Install Docker's default seccomp profile before exec (off when privileged).
     #[serde(default)]
     pub seccomp: bool,
+    /// The soft open-files limit the container starts with: the agent's before it
+    /// raised its own (see `runtime::inherited_nofile`). `None`: the shim's.
+    #[serde(default)]
+    pub nofile_soft: Option<u64>,
 }
 
 /// The container's init, as the host sees it.

@@ -397,6 +397,14 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
         super::capabilities::apply_sets(c)?;
     }
     chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
+    if let Some(soft) = shim.nofile_soft {
+        // Lowering the soft limit needs no privilege; the hard one stays.
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)
+                .map_err(|e| format!("set the open files limit: {e}"))?;
+        }
+    }
     if process.no_new_privileges().unwrap_or(false) {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }

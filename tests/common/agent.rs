@@ -69,6 +69,8 @@ pub struct Agent {
     pub netns: PathBuf,
     /// Extra agent flags.
     pub extra: Vec<String>,
+    /// Start the agent with this soft open-files limit (through `prlimit`).
+    pub nofile_soft: Option<u64>,
     child: Option<Child>,
 }
 
@@ -86,6 +88,7 @@ impl Agent {
             addr: format!("unix:{}", tmp.path().join("agent.sock").display()),
             netns,
             extra: Vec::new(),
+            nofile_soft: None,
             tmp,
             child: None,
         }
@@ -117,7 +120,15 @@ impl Agent {
         if !self.state.join("images/refs").exists() {
             self.pre_pull(&busybox());
         }
-        let child = Command::new("nsenter")
+        let mut command = match self.nofile_soft {
+            Some(soft) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:")).arg("--").arg("nsenter");
+                c
+            }
+            None => Command::new("nsenter"),
+        };
+        let child = command
             .arg(format!("--net={}", self.netns.display()))
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_wharf"))

@@ -20,8 +20,31 @@ use crate::images::config::ACCEPTED_MANIFESTS;
 /// The largest manifest or index wharf reads, as containerd's limit.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
-/// The body of the manifest `reference` names, at most [`MAX_MANIFEST_BYTES`].
+/// The longest one manifest request may take, whole: the idle timeout alone lets a
+/// registry that sends a byte every 29 s hold a pull for days.
+pub const MANIFEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The body of the manifest `reference` names, at most [`MAX_MANIFEST_BYTES`], within
+/// [`MANIFEST_DEADLINE`].
 pub(super) async fn get_manifest(
+    ctx: &Ctx,
+    auth: &RegistryAuth,
+    reference: &Reference,
+) -> Result<Vec<u8>, TryError> {
+    match tokio::time::timeout(MANIFEST_DEADLINE, get_manifest_once(ctx, auth, reference)).await {
+        Ok(result) => result,
+        Err(_) => Err(TryError::Local(ImageError::Task {
+            reference: ctx.normalised.clone(),
+            reason: format!(
+                "the manifest from {} did not arrive within {}s; the registry is too slow or stalling",
+                ctx.endpoint.host,
+                MANIFEST_DEADLINE.as_secs()
+            ),
+        })),
+    }
+}
+
+async fn get_manifest_once(
     ctx: &Ctx,
     auth: &RegistryAuth,
     reference: &Reference,

@@ -280,7 +280,10 @@ async fn pull_locked(
     let registry = &inner.registry;
     let plain_http = registry.plain_http_hosts()?;
     let client = client_with(plain_http.clone(), registry.timeout);
-    let http = registry::http_client(registry.timeout);
+    let http = registry::http_client(registry.timeout).map_err(|e| ImageError::Task {
+        reference: normalised.to_string(),
+        reason: format!("build the HTTP client: {e}"),
+    })?;
     let config_path = auth::docker_config_path(registry.docker_config.as_deref());
 
     // 1. The first endpoint that serves the manifest. Any failure of a mirror falls

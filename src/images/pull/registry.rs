@@ -135,14 +135,13 @@ fn config(plain_http: Vec<String>, timeout: Option<Duration>) -> ClientConfig {
 
 /// The plain HTTP client for the requests wharf makes itself (bounded manifest GETs),
 /// with the timeouts of [`client_with`]'s.
-pub(super) fn http_client(timeout: Option<Duration>) -> reqwest::Client {
+pub(super) fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .connect_timeout(timeout.unwrap_or(CONNECT_TIMEOUT).min(CONNECT_TIMEOUT))
         .read_timeout(timeout.unwrap_or(DEFAULT_TIMEOUT))
         .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
 }
 
 /// One place to pull from: a mirror (the reference carries the mirror host) or the
