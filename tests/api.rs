@@ -210,6 +210,7 @@ async fn idle_clients_are_cut_off_and_never_lock_out_a_real_one() {
     let limits = api::Limits {
         max_connections: 8,
         header_timeout: Duration::from_millis(300),
+        ..api::Limits::default()
     };
     let server = Server::start_with("127.0.0.1:0", limits).await;
     let addr = server.url.trim_start_matches("http://").to_owned();
@@ -240,6 +241,32 @@ async fn idle_clients_are_cut_off_and_never_lock_out_a_real_one() {
     server.stop().await.unwrap();
 }
 
+/// A client that asks for a large log and never reads it is cut off once the server's
+/// write has waited the write timeout, and its slot serves the next client (with one
+/// slot, `/healthz` would otherwise never be answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gives_its_slot_back() {
+    use tokio::io::AsyncWriteExt;
+    let limits = api::Limits {
+        max_connections: 1,
+        write_timeout: Duration::from_millis(300),
+        ..api::Limits::default()
+    };
+    let server = Server::start_with("127.0.0.1:0", limits).await;
+    std::fs::write(&server.log, "x".repeat(63).repeat(1 << 18) + "\n").unwrap();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut hog = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    hog.write_all(b"GET /v1/containers/web/logs HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(20), get(&server, "/healthz"))
+        .await
+        .expect("the slot was never given back");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    drop(hog);
+    server.stop().await.unwrap();
+}
+
 /// A kept-alive connection serves several requests, and is closed once it idles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_connection_is_closed_once_idle() {
@@ -247,6 +274,7 @@ async fn a_kept_alive_connection_is_closed_once_idle() {
     let limits = api::Limits {
         max_connections: 8,
         header_timeout: Duration::from_millis(300),
+        ..api::Limits::default()
     };
     let server = Server::start_with("127.0.0.1:0", limits).await;
     let addr = server.url.trim_start_matches("http://").to_owned();

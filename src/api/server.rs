@@ -12,11 +12,18 @@
 //! - an `accept` that fails (`EMFILE` from elsewhere in the agent) backs off instead of
 //!   spinning.
 //!
-//! A response in progress is not timed: `logs?follow=true` streams for as long as the
-//! client reads. Followers count against the cap, and end when the agent stops.
+//! - a client that stops reading is cut off once a write has waited
+//!   [`Limits::write_timeout`]: otherwise a large response, or a `logs?follow=true`
+//!   stream, that nobody reads would hold its slot forever.
+//!
+//! A response is not timed as a whole: a follower that reads streams for as long as it
+//! likes. Followers count against the cap, and end when the agent stops.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -34,6 +41,8 @@ pub struct Limits {
     /// Time to receive a request head, and to wait for the next request on a
     /// kept-alive connection.
     pub header_timeout: Duration,
+    /// How long a write may wait for the client to read.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +50,7 @@ impl Default for Limits {
         Limits {
             max_connections: 256,
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -119,6 +129,7 @@ pub(super) async fn serve<L: Accept>(
             }
         };
         let service = TowerToHyperService::new(app.clone());
+        let stream = WriteTimeout::new(stream, limits.write_timeout);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -132,5 +143,79 @@ pub(super) async fn serve<L: Accept>(
         .is_err()
     {
         tracing::warn!("endpoint connections still open after the shutdown grace; leaving them");
+    }
+}
+
+/// A stream whose writes fail with `TimedOut` once one has waited `limit` for the peer
+/// to make room (it stopped reading). Reads pass through.
+struct WriteTimeout<S> {
+    inner: S,
+    limit: Duration,
+    /// Set while a write is pending: when it gives up.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// `Pending` from the inner stream: arms (or checks) the deadline.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let sleep = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
