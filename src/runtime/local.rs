@@ -272,7 +272,10 @@ impl LinuxRuntime {
                     && !proc::is_alive(r.shim_pid, r.shim_start_time)
                     && proc::is_alive(r.pid, r.start_time) =>
             {
-                ObservedState::Exited(self.stop_orphan(name, &paths, &r))
+                match self.stop_orphan(name, &paths, &r) {
+                    Some(exit) => ObservedState::Exited(exit),
+                    None => ObservedState::Running(r),
+                }
             }
             (Some(r), _) if r.run == record.run && proc::is_alive(r.pid, r.start_time) => {
                 ObservedState::Running(r)
@@ -306,13 +309,19 @@ impl LinuxRuntime {
 
     /// Stops the init of a container whose shim is gone, and records the exit in its
     /// place. The init is SIGKILLed (the kernel then ends the rest of its pid namespace);
-    /// its new parent (the host's init, or a subreaper) reaps it.
-    fn stop_orphan(&self, name: &str, paths: &Paths, r: &Running) -> ExitRecord {
+    /// its new parent (the host's init, or a subreaper) reaps it. `None` while it still
+    /// lives (stuck in the kernel): nothing is recorded, so no second copy is started
+    /// beside it; the next list tries again.
+    fn stop_orphan(&self, name: &str, paths: &Paths, r: &Running) -> Option<ExitRecord> {
         tracing::warn!(container = %name, shim = r.shim_pid, pid = r.pid, "the container's shim is gone; stopping it");
         let _ = proc::signal_if_same(r.pid, r.start_time, Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(5);
         while proc::is_alive(r.pid, r.start_time) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if proc::is_alive(r.pid, r.start_time) {
+            tracing::warn!(container = %name, pid = r.pid, "a container whose shim died survives SIGKILL; trying again at the next list");
+            return None;
         }
         let cgroup = cgroups::container_path(&self.instance, name);
         if let Err(e) = cgroups::remove(&cgroup) {
@@ -333,7 +342,7 @@ impl LinuxRuntime {
         if let Err(e) = state::write_json(&paths.exit(), &record) {
             tracing::warn!(container = %name, error = %e, "record the exit of a container whose shim died");
         }
-        record
+        Some(record)
     }
 
     /// Blocking stop: signal, grace, SIGKILL, then wait for the shim to record the exit

@@ -48,8 +48,17 @@ pub fn mount_view(root: &Root, dest: &Path, flags: MsFlags) -> Result<(), Rootfs
         Some("mode=755"),
     )
     .map_err(mount_err("tmpfs", target))?;
-    // The descriptor names the directory under the new tmpfs: resolve again.
+    // The descriptor names the directory under the new tmpfs: resolve again, and check
+    // that it is a tmpfs (a folder swapped in meanwhile would not be).
     let view = resolve()?;
+    let is_tmpfs = nix::sys::statfs::fstatfs(&view)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !is_tmpfs {
+        return Err(RootfsError::Target {
+            target: dest.to_owned(),
+            source: std::io::Error::other("the mount point changed while it was being mounted"),
+        });
+    }
     let target = &fd_path(&view);
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;

@@ -197,16 +197,26 @@ pub fn mount_one(root: &Root, m: &Mount) -> Result<(), RootfsError> {
         mount(Some(&source), &at, None::<&str>, bind, None::<&str>)
             .map_err(mount_err(&what, &shown))?;
         // Bind mounts ignore other flags until a remount applies them. The remount goes
-        // to the new mount, which the old descriptor no longer names: resolve again
-        // (inside the root, so at worst another path of this container).
+        // to the new mount, which the old descriptor no longer names: resolve again, and
+        // check that what was found is the bind's source. A container sharing a folder
+        // on the way could have moved the mount point and planted a link, so that the
+        // remount (`ro`!) lands on something else while the bind stays writable.
         let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !rest.is_empty() {
-            let mounted = root
-                .ensure(dest, kind)
-                .map_err(|source| RootfsError::Target {
+            let mounted = ensure(root, dest, kind)?;
+            let id = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
+            let found =
+                nix::sys::stat::fstat(&mounted).map_err(|e| io_err("stat", &shown)(e.into()))?;
+            let wanted =
+                nix::sys::stat::stat(&source).map_err(|e| io_err("stat", &source)(e.into()))?;
+            if id(found) != id(wanted) {
+                return Err(RootfsError::Target {
                     target: dest.to_owned(),
-                    source,
-                })?;
+                    source: io::Error::other(
+                        "the mount point changed while it was being mounted; refusing to apply its options elsewhere",
+                    ),
+                });
+            }
             mount(
                 None::<&str>,
                 &fd_path(&mounted),
