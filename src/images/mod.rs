@@ -52,6 +52,7 @@ mod push;
 mod reference;
 mod retry;
 mod store;
+mod tar_guard;
 mod unpack;
 
 use std::path::PathBuf;

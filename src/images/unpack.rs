@@ -29,6 +29,7 @@ use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use sha2::{Digest as _, Sha256};
 
+use super::tar_guard::TarGuard;
 use super::ImageError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -107,7 +108,10 @@ pub fn unpack_layer_with(
             inner: &mut hashing,
             offset: 0,
         };
-        let mut archive = tar::Archive::new(&mut padded);
+        // Under the crate: a long name or PAX header of gigabytes fails at its header,
+        // before the crate reads it into memory (see `tar_guard`).
+        let mut guarded = TarGuard::new(&mut padded);
+        let mut archive = tar::Archive::new(&mut guarded);
         for entry in archive.entries().map_err(layer_err)? {
             let entry = entry.map_err(layer_err)?;
             unpacker.apply(entry)?;
