@@ -10,7 +10,8 @@
 //!    `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: the kernel treats the root as
 //!    `/` for every component, so `..` and absolute symlinks stay inside it whatever is
 //!    swapped meanwhile. Symlinks are followed inside the root, as under Docker (an image
-//!    with `/var/run -> /run` and a volume at `/var/run/app` works).
+//!    with `/var/run -> /run` and a volume at `/var/run/app` works), except on the way
+//!    to the kernel's filesystems (`Root::ensure_strict`, for `/proc`, `/dev`, `/sys`).
 //! 2. Create a missing component with `mkdirat`/`openat(O_CREAT | O_EXCL)` relative to
 //!    its parent's descriptor (neither follows a symlink in the last component), then
 //!    resolve again.
