@@ -224,11 +224,12 @@ async fn idle_clients_are_cut_off_and_never_lock_out_a_real_one() {
         }
         idle.push(s);
     }
-    // Served, though 100 idle clients came first and the cap is 8.
-    let started = std::time::Instant::now();
-    let (status, _, body) = get(&server, "/healthz").await;
+    // Served, though 100 idle clients came first and the cap is 8 (the timeout only
+    // turns a hang into a failure).
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(60), get(&server, "/healthz"))
+        .await
+        .expect("locked out by idle clients");
     assert_eq!((status, body.as_str()), (200, "ok"));
-    assert!(started.elapsed() < Duration::from_secs(20));
     // The first idle ones were accepted, then closed by the server.
     for s in idle.iter_mut().take(4) {
         let mut buf = [0u8; 256];

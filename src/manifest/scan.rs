@@ -268,7 +268,7 @@ fn not_regular(t: &fs::FileType) -> String {
 fn outside_message(real: &Path) -> String {
     format!(
         "is a symlink to {}, outside the manifests folder; move the target into the folder, \
-         or start the agent with --allow-external-symlinks",
+         or run the agent with --allow-external-symlinks (wharf validate and plan never follow such links)",
         escape_name(real.as_os_str())
     )
 }

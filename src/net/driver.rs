@@ -236,8 +236,8 @@ pub struct Networks {
     /// The port rules in the applied firewall table, per container.
     published: BTreeMap<String, Vec<PortRule>>,
     /// The host's routes at the last [`Networks::refresh_host_routes`], for choosing
-    /// subnets that collide with nothing.
-    host_routes: Vec<link::HostRoute>,
+    /// subnets that collide with nothing; `None` until they were read once.
+    host_routes: Option<Vec<link::HostRoute>>,
     /// Whether this process has checked that the firewall table exists. The records
     /// survive a reboot (or an `nft flush ruleset`) and the table does not: the first
     /// ensure applies it when it is missing, before `route_localnet` is set (its input
@@ -269,7 +269,7 @@ impl Networks {
             netlink: Netlink::connect()?,
             attached: BTreeMap::new(),
             published: BTreeMap::new(),
-            host_routes: Vec::new(),
+            host_routes: None,
             firewall_checked: false,
         })
     }
@@ -277,7 +277,7 @@ impl Networks {
     /// Reads the host's routes, which [`Networks::resolve`] then avoids when it picks a
     /// subnet (for `default` on first use, and for declared networks without one).
     pub async fn refresh_host_routes(&mut self) -> Result<(), NetError> {
-        self.host_routes = self.netlink.routes_v4().await?;
+        self.host_routes = Some(self.netlink.routes_v4().await?);
         Ok(())
     }
 
@@ -293,18 +293,19 @@ impl Networks {
             declared.iter().filter_map(|n| n.spec.subnet).collect();
         // `default`'s subnet is chosen once and kept: 10.88.0.0/16 unless another link
         // of the host routes it (another agent, Docker), then the first free candidate.
+        // Chosen blind (routes never read), it is used but not kept, so that the next
+        // resolve with the routes known can still choose.
         let default_bridge = link::bridge_name(&self.instance, 0);
-        let default_subnet = match self.records.default_subnet {
-            Some(s) => s,
-            None => {
-                let s = overlap::free_default_subnet(
-                    &default_bridge,
-                    &self.host_routes,
-                    &declared_subnets,
-                )
-                .unwrap_or(DEFAULT_NETWORK_SUBNET);
+        let routes = self.host_routes.as_deref().unwrap_or_default();
+        let mut chose_default = false;
+        let default_subnet = match (self.records.default_subnet, &self.host_routes) {
+            (Some(s), _) => s,
+            (None, None) => DEFAULT_NETWORK_SUBNET,
+            (None, Some(routes)) => {
+                let s = overlap::free_default_subnet(&default_bridge, routes, &declared_subnets)
+                    .unwrap_or(DEFAULT_NETWORK_SUBNET);
                 self.records.default_subnet = Some(s);
-                self.save_records()?;
+                chose_default = true;
                 s
             }
         };
@@ -313,7 +314,7 @@ impl Networks {
         // Routes of other links (not ours) are taken too, for automatic subnets.
         let ours = link::link_prefix(&self.instance);
         taken.extend(
-            self.host_routes
+            routes
                 .iter()
                 .filter(|r| r.destination.prefix > 0 && !r.link.starts_with(&ours))
                 .map(|r| r.destination),
@@ -327,6 +328,7 @@ impl Networks {
             .chain([DEFAULT_NETWORK])
             .collect();
         let mut changed = self.records.prune(&keep);
+        changed |= chose_default;
         let mut bridge = |records: &mut Records, name: &str| {
             let (index, new) = records
                 .index_for(name)

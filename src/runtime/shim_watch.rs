@@ -76,17 +76,13 @@ impl ShimWatch {
     }
 
     /// How many shims are watched.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .watched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
-    }
-
-    /// Whether no shim is watched.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

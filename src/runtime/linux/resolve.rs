@@ -163,16 +163,6 @@ impl Root {
         }
     }
 
-    /// Resolves an existing `target` (absolute in the container) to an `O_PATH`
-    /// descriptor, or `Ok(None)` when it does not exist.
-    pub fn find(&self, target: &Path) -> io::Result<Option<OwnedFd>> {
-        match self.lookup(&components(target)?, Symlinks::InRoot) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Every directory of `dirs`, created where missing; the last one's descriptor.
     fn ensure_dirs(&self, dirs: &[&OsStr], links: Symlinks) -> io::Result<OwnedFd> {
         let mut parent = reopen(&self.fd)?;
