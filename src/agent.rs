@@ -59,17 +59,17 @@ pub fn instance_id(state_root: &Path) -> String {
 pub struct StoreImages(pub ImageStore);
 
 impl Images for StoreImages {
-    async fn ensure(&self, reference: &str, policy: PullPolicy) -> Result<ImageInfo, String> {
+    async fn ensure(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<ImageInfo, images::ImageError> {
         let policy = match policy {
             PullPolicy::IfNotPresent => images::PullPolicy::IfNotPresent,
             PullPolicy::Always => images::PullPolicy::Always,
             PullPolicy::Never => images::PullPolicy::Never,
         };
-        let image = self
-            .0
-            .ensure(reference, policy)
-            .await
-            .map_err(|e| e.to_string())?;
+        let image = self.0.ensure(reference, policy).await?;
         // Counts as a use for garbage collection: the container is created next.
         self.0.mark_used(&image.digest);
         Ok(ImageInfo {

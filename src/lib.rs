@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod class;
 pub mod cli;
 pub mod client;
 pub mod images;

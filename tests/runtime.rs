@@ -81,7 +81,7 @@ async fn container_runs_in_new_namespaces_with_the_image_rootfs_and_logs() {
     let observed = f.rt.list().await.unwrap();
     assert_eq!(observed.len(), 1);
     assert!(matches!(observed[0].state, ObservedState::Running(r) if r.pid == pid));
-    assert_eq!(observed[0].annotations["io.wharf.test"], "yes");
+    assert_eq!(observed[0].meta.as_ref().unwrap().source, "test.yaml");
     let log = common::wait_for(30, "log lines", || {
         let log = std::fs::read_to_string(&observed[0].log_path).ok()?;
         log.contains("err").then_some(log)
@@ -164,6 +164,7 @@ async fn remove_waits_for_a_shim_still_recording_the_exit() {
         pid: init_pid,
         start_time: 1,
         started_at: 0,
+        started_at_ms: 0,
         shim_pid,
         shim_start_time: proc::start_time(shim_pid).unwrap(),
     };
@@ -187,6 +188,7 @@ async fn remove_waits_for_a_shim_still_recording_the_exit() {
         exit_code: 0,
         signal: None,
         finished_at: 0,
+        finished_at_ms: 0,
         error: None,
         oom_killed: false,
         message: None,
@@ -212,14 +214,15 @@ async fn missing_command_fails_with_dockers_message() {
         f.rt.start(request(&f, name, &["no-such-binary"]))
             .await
             .unwrap_err();
+    // Permanent: only an edit of the manifest can help.
     match err {
-        RuntimeError::StartFailed(m) => {
+        RuntimeError::Unrunnable(m) => {
             assert!(
                 m.contains("\"no-such-binary\": executable file not found in $PATH"),
                 "{m}"
             )
         }
-        other => panic!("expected StartFailed, got {other}"),
+        other => panic!("expected Unrunnable, got {other}"),
     }
 }
 

@@ -359,22 +359,30 @@ fn a_killed_shim_is_noticed_said_and_recovered_per_policy() {
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
-        let c = agent.wait_container(name, 30, "the dead shim noticed", |c| {
-            c["message"].as_str().is_some_and(|m| m.contains("shim"))
-        });
-        assert!(
-            !common::agent::alive(pid),
-            "{name}: the orphaned init still runs"
-        );
-        assert_eq!(c["exitCode"], 137, "{c}");
         if name == "never" {
-            assert_eq!(c["state"], "exited", "{c}");
+            let c = agent.wait_container(name, 30, "the dead shim noticed", |c| {
+                c["message"].as_str().is_some_and(|m| m.contains("shim"))
+            });
+            assert!(!common::agent::alive(pid), "the orphaned init still runs");
+            assert_eq!(
+                (&c["state"], &c["exitCode"]),
+                (&"exited".into(), &137.into()),
+                "{c}"
+            );
             continue;
         }
-        // Always: started again, with a shim, and its output logged again.
+        // Always: started again at once (the first restart does not wait), with a
+        // shim, its output logged again, and the loss said in its last state.
         let c = agent.wait_container(name, 30, "restarted", |c| {
             c["state"] == "running" && pid_of(c) != pid
         });
+        assert!(!common::agent::alive(pid), "the orphaned init still runs");
+        let last = &c["lastState"];
+        assert_eq!(last["exitCode"], 137, "{c}");
+        assert!(
+            last["message"].as_str().is_some_and(|m| m.contains("shim")),
+            "{c}"
+        );
         assert!(common::agent::alive(shim_of(name)));
         let before = agent.get("/v1/containers/always/logs").unwrap().1.len();
         common::wait_for(30, "new output logged", || {

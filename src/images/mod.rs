@@ -277,3 +277,22 @@ pub enum ImageError {
         attempts: u32,
     },
 }
+
+impl crate::class::Classify for ImageError {
+    /// Permanent: what no retry of the same reference can change (a malformed
+    /// reference, an image without this platform, a layer format or size wharf does not
+    /// take). The rest is transient: a registry down, slow or refusing credentials, a
+    /// missing tag (it may be pushed later, as kubelet's ImagePullBackOff assumes), a
+    /// full disk.
+    fn class(&self) -> crate::class::ErrorClass {
+        use crate::class::ErrorClass::{Permanent, Transient};
+        match self {
+            ImageError::ParseReference { .. }
+            | ImageError::SelectPlatform { .. }
+            | ImageError::UnsupportedLayer { .. }
+            | ImageError::LayerTooLarge { .. }
+            | ImageError::InvalidMirror { .. } => Permanent,
+            _ => Transient,
+        }
+    }
+}

@@ -20,13 +20,6 @@ use super::driver::{NetworkConfig, NetworkKind, Networks, PortMapping};
 use super::hosts;
 use crate::runtime::{NetworkMode, Observed, Running, Runtime, RuntimeError, StartRequest};
 
-/// Annotation with the container's addresses, `[{"network", "ip"}]`.
-pub const ADDRESSES: &str = "io.wharf.addresses";
-/// Annotation with the networks a container is attached to, for re-adoption.
-pub const NETWORKS: &str = "io.wharf.networks";
-/// Annotation with the ports a container publishes, for re-adoption.
-pub const PORTS: &str = "io.wharf.ports";
-
 /// One address of a container, as status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
@@ -211,13 +204,10 @@ impl<R: Runtime> NetworkedRuntime<R> {
     pub async fn adopt(&self, observed: &[Observed]) {
         let mut st = self.state.lock().await;
         for o in observed {
-            let Some(names) = o
-                .annotations
-                .get(NETWORKS)
-                .and_then(|j| serde_json::from_str::<Vec<String>>(j).ok())
-            else {
+            let Some(meta) = o.meta.as_ref().filter(|m| !m.networks.is_empty()) else {
                 continue;
             };
+            let names = &meta.networks;
             let configs: Option<Vec<NetworkConfig>> =
                 names.iter().map(|n| st.resolved.get(n).cloned()).collect();
             let Some(configs) = configs else { continue };
@@ -225,12 +215,7 @@ impl<R: Runtime> NetworkedRuntime<R> {
                 tracing::warn!(container = %o.name, error = %e, "re-attach networks");
                 continue;
             }
-            let ports: Vec<PortMapping> = o
-                .annotations
-                .get(PORTS)
-                .and_then(|j| serde_json::from_str(j).ok())
-                .unwrap_or_default();
-            st.ports.insert(o.name.clone(), ports);
+            st.ports.insert(o.name.clone(), meta.ports.clone());
         }
         let known: Vec<String> = observed.iter().map(|o| o.name.clone()).collect();
         match st.nets.cleanup_orphans(&known).await {
@@ -334,25 +319,15 @@ impl<R: Runtime> NetworkedRuntime<R> {
             ("hosts".into(), st.nets.hosts_file(&req.name, &req.hostname)),
             ("resolv.conf".into(), hosts::render_resolv_conf(&resolv)),
         ];
-        let addresses: Vec<Address> = attached
+        req.meta.addresses = attached
             .iter()
             .map(|n| Address {
                 network: n.network.clone(),
                 ip: n.ip,
             })
             .collect();
-        req.annotations.insert(
-            ADDRESSES.into(),
-            serde_json::to_string(&addresses).unwrap_or_default(),
-        );
-        req.annotations.insert(
-            NETWORKS.into(),
-            serde_json::to_string(&req.networks).unwrap_or_default(),
-        );
-        req.annotations.insert(
-            PORTS.into(),
-            serde_json::to_string(&ports).unwrap_or_default(),
-        );
+        req.meta.networks = req.networks.clone();
+        req.meta.ports = ports;
         req.network = NetworkMode::Join(netns);
         let name = req.name.clone();
         // Not held across the runtime's start, most of a start's time: other containers

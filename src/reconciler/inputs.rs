@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use super::keys;
 use super::plan::{Have, Inputs, Phase, Step, Want};
 use crate::manifest::{changed_fields, Container, DesiredState};
 use crate::runtime::{Observed, ObservedState};
@@ -76,6 +75,10 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
         );
     }
     for (name, o) in observed {
+        if o.refused.is_some() {
+            // Its record is of a newer wharf: neither replaced nor removed.
+            inputs.frozen.insert(name.clone());
+        }
         let phase = match &o.state {
             ObservedState::Running(_) => Phase::Running,
             ObservedState::Exited(e) if e.error.is_some() => Phase::StartFailed,
@@ -85,7 +88,7 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
         inputs.observed.insert(
             name.clone(),
             Have {
-                hash: o.annotations.get(keys::SPEC_HASH).cloned(),
+                hash: o.meta.as_ref().map(|m| m.hash.clone()),
                 phase,
             },
         );
@@ -94,16 +97,16 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
 }
 
 /// Fills in which fields a replace changes, from the manifest object the old container
-/// was created from (kept in its annotations) and the new one.
+/// was created from (kept in its record) and the new one.
 pub fn explain(step: &mut Step, desired: &DesiredState, observed: &BTreeMap<String, Observed>) {
     let Step::Replace { name, changed } = step else {
         return;
     };
     let old = observed
         .get(name.as_str())
-        .and_then(|o| o.annotations.get(keys::CONTAINER))
-        .and_then(|j| serde_json::from_str::<Container>(j).ok());
+        .and_then(|o| o.meta.as_ref())
+        .and_then(|m| m.spec.as_ref());
     if let (Some(old), Some(new)) = (old, desired.containers.get(name.as_str())) {
-        *changed = changed_fields(&old, &new.object);
+        *changed = changed_fields(old, &new.object);
     }
 }

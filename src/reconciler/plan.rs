@@ -49,9 +49,8 @@ pub struct Inputs {
     pub complete: bool,
     /// Per name: no action before this time (backoff after a failure or a crash).
     pub not_before: BTreeMap<String, Instant>,
-    /// Names whose current spec failed to start in a way only an edit can fix (an
-    /// unknown user: `RuntimeError::Unrunnable`). Under `Never` they are not tried
-    /// again; other policies retry with backoff, as kubelet does.
+    /// Names given up on until their spec changes: a permanent failure (an unknown
+    /// user, a command the image lacks), or any failed start under `Never`.
     pub failed: BTreeSet<String>,
 }
 
@@ -122,7 +121,7 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         if inputs.frozen.contains(name) || !want.unsupported.is_empty() {
             continue;
         }
-        if want.restart_policy == RestartPolicy::Never && inputs.failed.contains(name) {
+        if inputs.failed.contains(name) {
             continue;
         }
         let step = match inputs.observed.get(name) {
@@ -134,10 +133,12 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
             Some(have) => match have.phase {
                 Phase::Running => continue,
                 Phase::Exited { code } if !should_restart(want.restart_policy, code) => continue,
+                // A start failure is no run: `Never` means never, and the others try
+                // again with backoff.
+                Phase::StartFailed if want.restart_policy == RestartPolicy::Never => continue,
+                // Lost (a reboot, or a create cut short) never finished: it is started
+                // again whatever the policy, as the manifest still wants it running.
                 Phase::Exited { .. } | Phase::StartFailed | Phase::Lost => {
-                    if want.restart_policy == RestartPolicy::Never && have.phase != Phase::Lost {
-                        continue;
-                    }
                     Step::Restart { name: name.clone() }
                 }
             },

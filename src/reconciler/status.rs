@@ -58,9 +58,35 @@ pub struct ContainerStatus {
     /// The named volumes it mounts (its running version and its declared one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// How its previous run ended (kubectl's `lastState.terminated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<LastStateStatus>,
+    /// RFC 3339, UTC, with milliseconds: when the next restart or retry is due, while
+    /// it backs off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_at: Option<String>,
     /// Where the shim writes the container's stdout and stderr (not serialised).
     #[serde(skip)]
     pub log_path: Option<PathBuf>,
+}
+
+/// How a container's previous run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastStateStatus {
+    pub exit_code: i32,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// `Completed` (exit 0), `OOMKilled`, or `Error`, as kubectl says.
+    pub reason: String,
+    #[serde(rename = "oomKilled")]
+    pub oom_killed: bool,
+    /// RFC 3339, UTC.
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    /// Why it ended, when that was not its own doing (its shim died...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One error in a manifest file.

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::status::{ContainerState, StatusSnapshot};
-use super::{keys, ImageInfo, Images, Reconciler};
+use super::{ImageInfo, Images, Reconciler};
+use crate::images::ImageError;
 use crate::manifest::{DesiredState, Loader, PullPolicy, SourceFile};
 use crate::runtime::testing::FakeRuntime;
 use crate::runtime::{ImageConfig, Runtime};
@@ -17,9 +18,14 @@ struct FakeImages {
 }
 
 impl Images for FakeImages {
-    async fn ensure(&self, reference: &str, _policy: PullPolicy) -> Result<ImageInfo, String> {
+    async fn ensure(&self, reference: &str, _policy: PullPolicy) -> Result<ImageInfo, ImageError> {
         if let Some(e) = self.broken.get(reference) {
-            return Err(e.clone());
+            return Err(ImageError::RegistryAccess {
+                reference: reference.into(),
+                registry: "registry.test".into(),
+                reason: e.clone(),
+                hint: "retried".into(),
+            });
         }
         Ok(ImageInfo {
             digest: "sha256:abc".into(),
@@ -187,7 +193,7 @@ async fn privileged_gets_every_capability_and_volumes_are_recorded_on_the_contai
         !a.capabilities.contains(&"CAP_SYS_MODULE".to_string()),
         "dropped"
     );
-    assert_eq!(a.annotations[keys::VOLUMES], "data");
+    assert_eq!(a.meta.volumes, ["data"]);
     let status = s.container("a").unwrap();
     assert_eq!(status.volumes, ["data"]);
     let b = rt.last_request("b").unwrap();
@@ -266,4 +272,69 @@ async fn a_container_whose_network_is_not_declared_is_left_as_it_runs_and_says_w
     let s = converge(&mut r2, &desired(&[("app.yaml", &app)])).await;
     assert_eq!(state_of(&s, "app").0, ContainerState::Pending);
     assert!(rt2.calls().is_empty());
+}
+
+/// A start that fails is a start failure: under `Never` the one try, `failed`, never
+/// restarted (it was seen as "lost" and restarted); under `Always` retried with backoff,
+/// `pending` with the time of the next try, and no restart counted.
+#[tokio::test]
+async fn a_failed_start_is_never_retried_under_never_and_retried_with_backoff_otherwise() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let spec = |policy: &str| {
+        container(
+            "job",
+            "busybox",
+            &format!("  command: [flaky]\n  restartPolicy: {policy}\n"),
+        )
+    };
+    let d = desired(&[("job.yaml", &spec("Never"))]);
+    let (state, message) = state_of(&converge(&mut r, &d).await, "job");
+    assert_eq!(state, ContainerState::Failed);
+    assert!(message.unwrap().contains("restartPolicy Never"));
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    converge(&mut r, &d).await;
+    assert_eq!(rt.calls().len(), 1, "{:?}", rt.calls());
+
+    let d = desired(&[("job.yaml", &spec("Always"))]);
+    let s = converge(&mut r, &d).await;
+    let job = s.container("job").unwrap();
+    assert_eq!(job.state, ContainerState::Pending);
+    assert!(job.next_restart_at.is_some(), "{job:?}");
+    assert!(
+        job.message.as_deref().unwrap().contains("next try at"),
+        "{job:?}"
+    );
+    assert_eq!(job.restart_count, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    converge(&mut r, &d).await;
+    assert_eq!(
+        rt.calls().len(),
+        3,
+        "retried after 100 ms: {:?}",
+        rt.calls()
+    );
+}
+
+/// The first restart after a crash is immediate; the next waits, and says until when;
+/// the status shows how the previous run ended.
+#[tokio::test]
+async fn a_crash_restarts_at_once_then_backs_off_and_shows_the_last_state() {
+    let rt = Arc::new(FakeRuntime::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let d = desired(&[("a.yaml", &container("a", "busybox", ""))]);
+    converge(&mut r, &d).await;
+    rt.exit("a", 3);
+    let s = converge(&mut r, &d).await;
+    let a = s.container("a").unwrap();
+    assert_eq!((a.state, a.restart_count), (ContainerState::Running, 1));
+    let last = a.last_state.as_ref().expect("lastState");
+    assert_eq!((last.exit_code, last.reason.as_str()), (3, "Error"));
+    rt.exit("a", 4);
+    let s = converge(&mut r, &d).await;
+    let a = s.container("a").unwrap();
+    assert_eq!(a.state, ContainerState::Pending, "{a:?}");
+    assert!(a.next_restart_at.is_some(), "{a:?}");
+    assert!(a.message.as_deref().unwrap().contains("back-off"), "{a:?}");
+    assert_eq!(rt.calls().len(), 2, "{:?}", rt.calls());
 }

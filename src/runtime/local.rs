@@ -13,7 +13,10 @@ use nix::sys::signal::Signal;
 
 use super::linux::{cgroups, proc};
 use super::process::resolve_user;
-use super::records::{now, ExitRecord, Paths, Record, Running, ShimConfig, StartReport};
+use super::records::{
+    now, ContainerMeta, ExitRecord, LastState, Paths, Record, RecordError, RunSummary, Running,
+    ShimConfig, StartReport,
+};
 use super::rootfs_files::read_from_layers;
 use super::shim_watch::ShimWatch;
 use super::spec::{self, ConfigInputs};
@@ -102,7 +105,7 @@ impl LinuxRuntime {
         let mut record: Record = if req.fresh {
             Record::default()
         } else {
-            state::read_json(&paths.record())
+            Record::load(&paths.record())
                 .map_err(|e| fail(e.to_string()))?
                 .unwrap_or_default()
         };
@@ -117,14 +120,20 @@ impl LinuxRuntime {
             }
             let _ = fs::remove_file(paths.log());
         } else {
-            record.restart_count += 1;
+            note_previous_run(&mut record, &paths);
         }
         record.run += 1;
+        record.version = super::records::RECORD_VERSION;
+        record.started_at = None;
+        record.meta = Some(req.meta.clone());
         for p in [paths.upper(), paths.work(), paths.rootfs()] {
             fs::create_dir_all(&p).map_err(|e| fail(format!("create {}: {e}", p.display())))?;
         }
         let _ = fs::remove_file(paths.exit());
         let _ = fs::remove_file(paths.state());
+        // The intent first: a crash from here on leaves a record that says what this
+        // container is, so the next agent finishes or undoes the start, never guesses.
+        state::write_json(&paths.record(), &record).map_err(|e| fail(e.to_string()))?;
 
         let cgroup = cgroups::container_path(&self.instance, &req.name);
         // /etc/hosts, /etc/hostname, /etc/resolv.conf: written before the start (so a plain
@@ -173,7 +182,10 @@ impl LinuxRuntime {
                 .map_err(RuntimeError::StartFailed)?,
             cgroup: cgroup.clone(),
             privileged: req.privileged,
-            annotations: req.annotations.clone(),
+            annotations: std::collections::HashMap::from([(
+                "io.wharf.name".to_owned(),
+                req.name.clone(),
+            )]),
         })
         .map_err(|e| fail(format!("build OCI config: {e}")))?;
         state::write_json(&paths.config(), &config).map_err(|e| fail(e.to_string()))?;
@@ -193,7 +205,6 @@ impl LinuxRuntime {
             nofile_soft: super::inherited_nofile(),
         };
         state::write_json(&paths.shim_config(), &shim).map_err(|e| fail(e.to_string()))?;
-        state::write_json(&paths.record(), &record).map_err(|e| fail(e.to_string()))?;
         Ok((paths, shim))
     }
 
@@ -231,15 +242,25 @@ impl LinuxRuntime {
         read.map_err(spawn_err)?;
         match serde_json::from_str::<StartReport>(line.trim()) {
             Ok(StartReport::Started(running)) => {
-                let mut record: Record = state::read_json(&paths.record())
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                record.started_at = Some(running.started_at);
-                let _ = state::write_json(&paths.record(), &record);
+                if let Ok(Some(mut record)) = Record::load(&paths.record()) {
+                    record.started_at = Some(running.started_at);
+                    record.push_history(RunSummary {
+                        run: running.run,
+                        started_at_ms: Some(running.started_at_ms),
+                        finished_at_ms: None,
+                        exit_code: None,
+                    });
+                    if let Err(e) = state::write_json(&paths.record(), &record) {
+                        tracing::warn!(container = %name, error = %e, "record the start");
+                    }
+                }
                 Ok(running)
             }
-            Ok(StartReport::Failed { message }) => Err(RuntimeError::StartFailed(message)),
+            Ok(StartReport::Failed {
+                message,
+                permanent: true,
+            }) => Err(RuntimeError::Unrunnable(message)),
+            Ok(StartReport::Failed { message, .. }) => Err(RuntimeError::StartFailed(message)),
             Err(_) => {
                 let log = fs::read_to_string(paths.shim_log()).unwrap_or_default();
                 let last = log.lines().last().unwrap_or("no output").to_owned();
@@ -251,13 +272,40 @@ impl LinuxRuntime {
     }
 
     /// Reads one container's observed state. Blocking.
-    fn observe(&self, name: &str) -> Option<Observed> {
+    fn observe(&self, name: &str) -> Observed {
         let paths = self.paths(name);
-        let annotations = config_annotations(&paths.config())?;
-        let record: Record = state::read_json(&paths.record())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let mut observed = Observed {
+            name: name.to_owned(),
+            meta: None,
+            refused: None,
+            state: ObservedState::Lost,
+            last_state: None,
+            restart_count: 0,
+            started_at: None,
+            log_path: paths.log(),
+            usage: None,
+        };
+        let record = match Record::load(&paths.record()) {
+            Ok(Some(r)) => r,
+            // A create that died before its record: lost, so the reconciler removes or
+            // recreates it.
+            Ok(None) => return observed,
+            Err(e @ RecordError::UnknownVersion { .. }) => {
+                observed.refused = Some(e.to_string());
+                return observed;
+            }
+            Err(e) => {
+                tracing::warn!(container = %name, error = %e, "unreadable record");
+                return observed;
+            }
+        };
+        observed.meta = record.meta.clone().or_else(|| {
+            // Made by a wharf from before record versions.
+            (record.version == 0)
+                .then(|| config_annotations(&paths.config()))
+                .flatten()
+                .and_then(|a| ContainerMeta::from_annotations(&a))
+        });
         let running: Option<Running> = state::read_json(&paths.state()).ok().flatten();
         let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
         let state = match (running, exit) {
@@ -292,19 +340,15 @@ impl LinuxRuntime {
             }
             _ => ObservedState::Lost,
         };
-        let usage = match &state {
+        observed.usage = match &state {
             ObservedState::Running(r) => self.usage(name, r),
             _ => None,
         };
-        Some(Observed {
-            name: name.to_owned(),
-            annotations,
-            usage,
-            state,
-            restart_count: record.restart_count,
-            started_at: record.started_at,
-            log_path: paths.log(),
-        })
+        observed.state = state;
+        observed.restart_count = record.restart_count;
+        observed.started_at = record.started_at;
+        observed.last_state = record.last_state;
+        observed
     }
 
     /// Stops the init of a container whose shim is gone, and records the exit in its
@@ -332,6 +376,7 @@ impl LinuxRuntime {
             exit_code: 128 + Signal::SIGKILL as i32,
             signal: Some(Signal::SIGKILL as i32),
             finished_at: now(),
+            finished_at_ms: super::records::now_ms(),
             error: None,
             oom_killed: false,
             message: Some(format!(
@@ -443,23 +488,7 @@ impl LinuxRuntime {
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
-        let mut out = Vec::new();
-        for name in names {
-            match self.observe(&name) {
-                Some(o) => out.push(o),
-                // A directory without a readable config is a create that died half way:
-                // list it as lost so the reconciler removes or recreates it.
-                None => out.push(Observed {
-                    name: name.clone(),
-                    annotations: HashMap::new(),
-                    state: ObservedState::Lost,
-                    restart_count: 0,
-                    started_at: None,
-                    log_path: self.paths(&name).log(),
-                    usage: None,
-                }),
-            }
-        }
+        let out: Vec<Observed> = names.iter().map(|name| self.observe(name)).collect();
         self.shims.update(out.iter().filter_map(|o| match &o.state {
             ObservedState::Running(r) => Some((o.name.as_str(), r)),
             _ => None,
@@ -488,10 +517,58 @@ impl LinuxRuntime {
     }
 }
 
-/// The annotations of a container's OCI config, which is all a relist needs of it:
-/// parsing the whole config (`Spec::load`, a byte-at-a-time reader) for every container
-/// every second was most of an idle agent's CPU after the cgroup reads. `None` when the
-/// file is missing or not JSON (a create that died half way).
+/// Before a restart: the run that ended counts as a restart only if its process had
+/// started (a start that failed is not a run), and becomes the `lastState`.
+fn note_previous_run(record: &mut Record, paths: &Paths) {
+    if record.started_at.is_none() {
+        return;
+    }
+    record.restart_count += 1;
+    let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
+    let Some(exit) = exit.filter(|e| e.run == record.run) else {
+        // Lost (a reboot): it ran, but how it ended is unknown.
+        record.last_state = None;
+        return;
+    };
+    record.last_state = Some(LastState {
+        exit_code: exit.exit_code,
+        signal: exit.signal,
+        oom_killed: exit.oom_killed,
+        started_at: record.started_at,
+        finished_at: exit.finished_at,
+        message: exit.message,
+    });
+    if let Some(h) = record.history.iter_mut().find(|h| h.run == exit.run) {
+        h.finished_at_ms = Some(exit.finished_at_ms);
+        h.exit_code = Some(exit.exit_code);
+    }
+}
+
+/// Records a start that failed before the shim could: the container is then observed
+/// as failed to start (not lost, which would restart it even under `Never`).
+fn record_start_failure(paths: &Paths, run: u64, error: &RuntimeError) {
+    let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
+    if exit.is_some_and(|e| e.run == run) {
+        return; // the shim recorded it
+    }
+    let record = ExitRecord {
+        run,
+        exit_code: 127,
+        signal: None,
+        finished_at: now(),
+        finished_at_ms: super::records::now_ms(),
+        error: Some(error.to_string()),
+        oom_killed: false,
+        message: None,
+    };
+    if let Err(e) = state::write_json(&paths.exit(), &record) {
+        tracing::warn!(path = %paths.exit().display(), error = %e, "record a failed start");
+    }
+}
+
+/// The annotations of a container's OCI config: where a wharf from before record
+/// versions kept what the reconciler made the container from. Only those are parsed
+/// (`Spec::load` reads byte by byte). `None` when the file is missing or not JSON.
 fn config_annotations(config: &Path) -> Option<HashMap<String, String>> {
     #[derive(serde::Deserialize)]
     struct Annotations {
@@ -525,8 +602,12 @@ impl Runtime for LinuxRuntime {
         let name = req.name.clone();
         blocking(
             move || {
-                let (paths, _shim) = me.prepare(&req)?;
-                me.spawn_shim(&req.name, &paths)
+                let (paths, shim) = me.prepare(&req)?;
+                let started = me.spawn_shim(&req.name, &paths);
+                if let Err(e) = &started {
+                    record_start_failure(&paths, shim.run, e);
+                }
+                started
             },
             &name,
         )
@@ -555,11 +636,13 @@ pub fn image_users(state_root: &Path) -> std::collections::BTreeMap<String, Vec<
     };
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(mut annotations) = config_annotations(&entry.path().join("config.json")) else {
-            continue;
+        let dir = entry.path();
+        let meta = match Record::load(&dir.join("record.json")) {
+            Ok(Some(r)) if r.meta.is_some() => r.meta,
+            _ => config_annotations(&dir.join("config.json"))
+                .and_then(|a| ContainerMeta::from_annotations(&a)),
         };
-        let digest = annotations.remove(crate::reconciler::keys::IMAGE_DIGEST);
-        if let Some(digest) = digest {
+        if let Some(digest) = meta.map(|m| m.image_digest).filter(|d| !d.is_empty()) {
             users.entry(digest).or_default().push(name);
         }
     }

@@ -12,14 +12,13 @@ pub mod shim_watch;
 pub mod spec;
 pub mod testing;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use local::{image_users, LinuxRuntime};
 pub use process::{ImageConfig, ProcessPlan, ProcessRequest};
-pub use records::{ExitRecord, Running};
+pub use records::{ContainerMeta, ExitRecord, LastState, Running};
 
 /// What it takes to start a container.
 #[derive(Debug, Clone)]
@@ -49,8 +48,8 @@ pub struct StartRequest {
     pub mounts: Vec<crate::manifest::MountSpec>,
     /// Ports to publish (with `networks`).
     pub ports: Vec<crate::manifest::PortSpec>,
-    /// Stored in the OCI config; the reconciler keeps its spec hash and source here.
-    pub annotations: HashMap<String, String>,
+    /// The reconciler's part of the container's record, written before the start.
+    pub meta: ContainerMeta,
     /// true: a new container (fresh writable layer, log and restart count); false: a
     /// restart of the same container (keeps them, counts the restart).
     pub fresh: bool,
@@ -105,8 +104,14 @@ pub enum ObservedState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub name: String,
-    pub annotations: HashMap<String, String>,
+    /// What the reconciler made it from; `None` for a create that died half way.
+    pub meta: Option<ContainerMeta>,
+    /// Why its record cannot be used (written by a newer wharf): the container is
+    /// left exactly as it is.
+    pub refused: Option<String>,
     pub state: ObservedState,
+    /// How its previous run that had started ended.
+    pub last_state: Option<LastState>,
     pub restart_count: u32,
     /// Seconds since the epoch of the latest start.
     pub started_at: Option<i64>,
@@ -158,6 +163,18 @@ pub enum RuntimeError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl crate::class::Classify for RuntimeError {
+    /// Permanent: the image cannot run what the manifest asks (`Unrunnable`). A start
+    /// that failed otherwise (a mount source missing, a cgroup busy), or a failed stop,
+    /// remove or list, may work on another try.
+    fn class(&self) -> crate::class::ErrorClass {
+        match self {
+            RuntimeError::Unrunnable(_) => crate::class::ErrorClass::Permanent,
+            _ => crate::class::ErrorClass::Transient,
+        }
+    }
 }
 
 /// The reconciler's view of a container runtime. Implementations: [`LinuxRuntime`],

@@ -35,7 +35,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 ///   `command`, also discards the image's CMD; `args` replaces CMD.
 /// - `env` is merged over the image's env; `PATH` and `HOSTNAME` get Docker's defaults.
 /// - `workingDir` defaults to the image's, else `/`; `user` to the image's, else root.
-pub fn plan_process(req: &ProcessRequest, image: &ImageConfig) -> Result<ProcessPlan, String> {
+pub fn plan_process(
+    req: &ProcessRequest,
+    image: &ImageConfig,
+) -> Result<ProcessPlan, super::RuntimeError> {
     let (entrypoint, cmd) = match &req.command {
         Some(command) => (command.clone(), req.args.clone().unwrap_or_default()),
         None => (
@@ -48,9 +51,9 @@ pub fn plan_process(req: &ProcessRequest, image: &ImageConfig) -> Result<Process
     };
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
-        return Err(
+        return Err(super::RuntimeError::Unrunnable(
             "no command to run: the image has no ENTRYPOINT or CMD; set spec.command".into(),
-        );
+        ));
     }
 
     let mut env: Vec<(String, String)> = Vec::new();
@@ -275,7 +278,7 @@ mod tests {
     #[test]
     fn nothing_to_run_is_an_error_naming_the_fix() {
         let err = plan_process(&req(), &ImageConfig::default()).unwrap_err();
-        assert!(err.contains("spec.command"));
+        assert!(err.to_string().contains("spec.command"));
     }
 
     #[test]

@@ -36,6 +36,10 @@ use super::linux::{cgroups, fork_into_cgroup, fork_single_threaded, proc, rootfs
 use super::records::{now, ExitRecord, Running, ShimConfig, StartReport};
 use crate::state;
 
+/// How the messages of a failed exec begin (Docker's wording): the one failure of a
+/// start that is the image's and the manifest's, not the host's.
+const EXEC_FAILED: &str = "exec";
+
 /// Runs the shim for the bundle in `bundle`; returns the shim's exit code.
 pub fn main(bundle: &Path) -> i32 {
     // A new session: signals to the agent's process group or terminal never reach us.
@@ -45,7 +49,10 @@ pub fn main(bundle: &Path) -> i32 {
         Ok(()) => 0,
         Err(message) => {
             eprintln!("wharf shim {}: {message}", bundle.display());
-            report(&StartReport::Failed { message });
+            // The two exec failures of `setup` (not found, execve refused) are the
+            // image's and the manifest's: no retry helps.
+            let permanent = message.starts_with(EXEC_FAILED);
+            report(&StartReport::Failed { message, permanent });
             1
         }
     }
@@ -164,6 +171,7 @@ fn parent(
         pid,
         start_time,
         started_at: now(),
+        started_at_ms: super::records::now_ms(),
         shim_pid: me,
         shim_start_time: proc::start_time(me).unwrap_or(0),
     };
@@ -234,6 +242,7 @@ fn finish(shim: &ShimConfig, exit_code: i32, signal: Option<i32>, error: Option<
         exit_code,
         signal,
         finished_at: now(),
+        finished_at_ms: super::records::now_ms(),
         error,
         oom_killed,
         message: None,
@@ -447,7 +456,7 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     let envp: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
     let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
     let err = execve(&exe_c, &argv, &envp).unwrap_err();
-    Err(format!("exec {}: {err}", exe.display()))
+    Err(format!("{EXEC_FAILED} {}: {err}", exe.display()))
 }
 
 /// Resolves `program` like execvp(3) but against the container's `PATH`, with Docker's
@@ -458,7 +467,7 @@ fn find_executable(program: &str, path: &str) -> Result<PathBuf, String> {
         return match p.metadata() {
             Ok(_) => Ok(p),
             Err(_) => Err(format!(
-                "exec: \"{program}\": stat {program}: no such file or directory"
+                "{EXEC_FAILED}: \"{program}\": stat {program}: no such file or directory"
             )),
         };
     }
@@ -469,7 +478,7 @@ fn find_executable(program: &str, path: &str) -> Result<PathBuf, String> {
         }
     }
     Err(format!(
-        "exec: \"{program}\": executable file not found in $PATH"
+        "{EXEC_FAILED}: \"{program}\": executable file not found in $PATH"
     ))
 }
 

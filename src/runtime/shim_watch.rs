@@ -97,6 +97,7 @@ mod tests {
             pid,
             start_time: 0,
             started_at: 0,
+            started_at_ms: 0,
             shim_pid: pid,
             shim_start_time: proc::start_time(pid).unwrap(),
         }

@@ -3,7 +3,7 @@
 //! containerd's snapshotter test suite), so the fake the reconciler's tests rely on
 //! cannot drift from the real thing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -50,6 +50,7 @@ impl FakeRuntime {
                 exit_code: code,
                 signal: None,
                 finished_at: now(),
+                finished_at_ms: super::records::now_ms(),
                 error: None,
                 oom_killed: false,
                 message: None,
@@ -78,9 +79,38 @@ impl Runtime for FakeRuntime {
         self.requests.lock().expect("requests").push(req.clone());
         let program = req.process.args.first().cloned().unwrap_or_default();
         if program.starts_with("missing") {
-            return Err(RuntimeError::StartFailed(format!(
-                "exec: \"{program}\": executable file not found in $PATH"
-            )));
+            // Like the real runtime: the container exists, failed to start.
+            let message = format!("exec: \"{program}\": executable file not found in $PATH");
+            let mut containers = self.containers.lock().expect("containers");
+            let previous = containers.get(&req.name);
+            let run = previous.map_or(0, run_of) + 1;
+            let restart_count = previous
+                .filter(|_| !req.fresh)
+                .map_or(0, |o| o.restart_count + u32::from(o.started_at.is_some()));
+            containers.insert(
+                req.name.clone(),
+                Observed {
+                    name: req.name.clone(),
+                    meta: Some(req.meta),
+                    refused: None,
+                    state: ObservedState::Exited(ExitRecord {
+                        run,
+                        exit_code: 127,
+                        signal: None,
+                        finished_at: now(),
+                        finished_at_ms: super::records::now_ms(),
+                        error: Some(message.clone()),
+                        oom_killed: false,
+                        message: None,
+                    }),
+                    last_state: None,
+                    restart_count,
+                    started_at: None,
+                    log_path: "/dev/null".into(),
+                    usage: None,
+                },
+            );
+            return Err(RuntimeError::Unrunnable(message));
         }
         if req.process.user.starts_with("missing") {
             return Err(RuntimeError::Unrunnable(format!(
@@ -88,17 +118,33 @@ impl Runtime for FakeRuntime {
                 req.process.user
             )));
         }
+        if program.starts_with("flaky") {
+            return Err(RuntimeError::StartFailed(format!(
+                "mount {program}: no such file or directory"
+            )));
+        }
         let mut containers = self.containers.lock().expect("containers");
         let previous = containers.get(&req.name);
+        // Only a run that had started is restarted (a failed start is not a run).
         let restart_count = match previous {
-            Some(o) if !req.fresh => o.restart_count + 1,
+            Some(o) if !req.fresh && o.started_at.is_some() => o.restart_count + 1,
+            Some(o) if !req.fresh => o.restart_count,
             _ => 0,
         };
-        let run = match previous.map(|o| &o.state) {
-            Some(ObservedState::Running(r)) => r.run + 1,
-            Some(ObservedState::Exited(e)) => e.run + 1,
-            _ => 1,
+        let last_state = match previous.map(|o| (&o.state, o.started_at)) {
+            Some((ObservedState::Exited(e), started_at)) if !req.fresh && e.error.is_none() => {
+                Some(super::LastState {
+                    exit_code: e.exit_code,
+                    signal: e.signal,
+                    oom_killed: e.oom_killed,
+                    started_at,
+                    finished_at: e.finished_at,
+                    message: e.message.clone(),
+                })
+            }
+            _ => None,
         };
+        let run = previous.map_or(0, run_of) + 1;
         let mut next = self.next_pid.lock().expect("pid");
         *next += 1;
         let running = Running {
@@ -106,6 +152,7 @@ impl Runtime for FakeRuntime {
             pid: 1000 + *next,
             start_time: 1,
             started_at: now(),
+            started_at_ms: super::records::now_ms(),
             shim_pid: 0,
             shim_start_time: 0,
         };
@@ -113,8 +160,10 @@ impl Runtime for FakeRuntime {
             req.name.clone(),
             Observed {
                 name: req.name.clone(),
-                annotations: req.annotations,
+                meta: Some(req.meta),
+                refused: None,
                 state: ObservedState::Running(running),
+                last_state,
                 restart_count,
                 started_at: Some(running.started_at),
                 log_path: "/dev/null".into(),
@@ -135,6 +184,7 @@ impl Runtime for FakeRuntime {
                     exit_code: 137,
                     signal: Some(9),
                     finished_at: now(),
+                    finished_at_ms: super::records::now_ms(),
                     error: None,
                     oom_killed: false,
                     message: None,
@@ -148,6 +198,14 @@ impl Runtime for FakeRuntime {
         self.record(format!("remove {name}"));
         self.containers.lock().expect("containers").remove(name);
         Ok(())
+    }
+}
+
+fn run_of(o: &Observed) -> u64 {
+    match &o.state {
+        ObservedState::Running(r) => r.run,
+        ObservedState::Exited(e) => e.run,
+        ObservedState::Lost => 0,
     }
 }
 
@@ -173,7 +231,10 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         limits: super::Limits::default(),
         privileged: false,
         mounts: Vec::new(),
-        annotations: HashMap::from([("io.wharf.conformance".into(), name.to_owned())]),
+        meta: super::ContainerMeta {
+            source: format!("conformance/{name}"),
+            ..Default::default()
+        },
         fresh: true,
     }
 }
@@ -196,9 +257,11 @@ pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path
         "running after start"
     );
     assert_eq!(
-        o.annotations["io.wharf.conformance"], name,
-        "annotations kept"
+        o.meta.as_ref().map(|m| m.source.as_str()),
+        Some(format!("conformance/{name}").as_str()),
+        "meta kept"
     );
+    assert!(o.last_state.is_none(), "a first run has no last state");
     assert_eq!(o.restart_count, 0);
 
     // Stopping waits until it has exited; the exit is recorded.
@@ -221,6 +284,11 @@ pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path
     let o = find(rt.list().await.expect("list"), &name).expect("listed after restart");
     assert_eq!(o.restart_count, 1, "restart counted");
     assert_eq!(o.state, ObservedState::Running(second));
+    assert_eq!(
+        o.last_state.as_ref().map(|l| (l.exit_code, l.signal)),
+        Some((137, Some(9))),
+        "the stopped run is the last state"
+    );
 
     // Remove kills and forgets; removing again, or an unknown name, is success.
     rt.remove(&name).await.expect("remove");
@@ -240,8 +308,23 @@ pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path
         .await
         .expect_err("a missing command must fail");
     assert!(
-        matches!(&err, RuntimeError::StartFailed(m) if m.contains("executable file not found")),
+        matches!(&err, RuntimeError::Unrunnable(m) if m.contains("executable file not found")),
         "{err}"
+    );
+    // Listed as failed to start, not lost (lost is restarted even under `Never`); a
+    // second failed start is no restart: it never ran.
+    let o = find(rt.list().await.expect("list"), &missing).expect("a failed start is listed");
+    assert!(
+        matches!(&o.state, ObservedState::Exited(e) if e.error.is_some()),
+        "{o:?}"
+    );
+    let mut again = request(&missing, &["missing-command"], layers.clone());
+    again.fresh = false;
+    rt.start(again).await.expect_err("still missing");
+    let o = find(rt.list().await.expect("list"), &missing).expect("listed");
+    assert_eq!(
+        o.restart_count, 0,
+        "a start that never ran is not a restart"
     );
     rt.remove(&missing).await.expect("remove failed container");
 

@@ -1,8 +1,6 @@
 //! The built-in runtime on temp roots, for the runtime and isolation tests.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-
 use wharf::runtime::{LinuxRuntime, ObservedState, ProcessPlan, Runtime, StartRequest};
 
 /// A runtime on temp roots with a busybox layer made from the host's busybox-static.
@@ -91,7 +89,10 @@ pub fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
         limits: wharf::runtime::Limits::default(),
         privileged: false,
         mounts: Vec::new(),
-        annotations: HashMap::from([("io.wharf.test".into(), "yes".into())]),
+        meta: wharf::runtime::ContainerMeta {
+            source: "test.yaml".into(),
+            ..Default::default()
+        },
         fresh: true,
     }
 }

@@ -1,0 +1,264 @@
+//! The work of one step on one container: pull, start, stop, remove, through the
+//! `Runtime` and `Images` seams. Its outcome goes to the container's memo.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::memo::Memo;
+use super::plan::Step;
+use super::Images;
+use crate::class::{Classify, ErrorClass};
+use crate::images::ImageError;
+use crate::manifest::{Container, RestartPolicy, Sourced};
+use crate::runtime::process::{plan_process, resolve_capabilities, ProcessRequest};
+use crate::runtime::{ContainerMeta, NetworkMode, Observed, Runtime, RuntimeError, StartRequest};
+
+/// Default grace period between the stop signal and SIGKILL (Docker's is 10 s).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub(super) type Memos = Arc<Mutex<std::collections::HashMap<String, Memo>>>;
+
+/// Why a step failed, by the seam that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("image {reference}: {source}")]
+    Image {
+        reference: String,
+        source: ImageError,
+    },
+    /// The runtime's start (or what it needs: the process plan) failed.
+    #[error(transparent)]
+    Start(RuntimeError),
+    /// Stopping or removing the old container failed.
+    #[error(transparent)]
+    Teardown(RuntimeError),
+}
+
+impl Classify for StepError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            StepError::Image { source, .. } => source.class(),
+            StepError::Start(e) | StepError::Teardown(e) => e.class(),
+        }
+    }
+}
+
+/// The work of one step on one container.
+pub(super) struct Task<R, I> {
+    pub runtime: Arc<R>,
+    pub images: Arc<I>,
+    pub memos: Memos,
+    pub desired: Option<Sourced<Container>>,
+    /// The desired container's effective hash (see `inputs::effective_hash`).
+    pub hash: String,
+    pub observed: Option<Observed>,
+}
+
+impl<R: Runtime, I: Images> Task<R, I> {
+    pub async fn run(self, step: Step) {
+        let name = step.name().to_owned();
+        let result = match &step {
+            Step::Remove { .. } => self.remove(&name).await,
+            Step::Replace { .. } => match self.remove(&name).await {
+                Ok(()) => self.create(&name, true).await,
+                Err(e) => Err(e),
+            },
+            Step::Create { .. } => self.create(&name, true).await,
+            Step::Restart { .. } => self.create(&name, false).await,
+        };
+        let policy = self
+            .desired
+            .as_ref()
+            .map_or(RestartPolicy::Never, |c| c.object.spec.restart_policy);
+        let mut memos = self.memos.lock().expect("memo lock");
+        match result {
+            Ok(()) if matches!(step, Step::Remove { .. }) => {
+                memos.remove(&name);
+            }
+            Ok(()) => memos
+                .entry(name)
+                .or_default()
+                .note_success(matches!(step, Step::Restart { .. })),
+            Err(e) => {
+                tracing::warn!(container = %name, error = %e, "step failed");
+                let at_start = matches!(e, StepError::Start(_));
+                memos
+                    .entry(name)
+                    .or_default()
+                    .note_failure(&e, at_start, policy, Instant::now());
+            }
+        }
+    }
+
+    /// Stops (its stop signal, its grace period, then SIGKILL) and removes.
+    async fn remove(&self, name: &str) -> Result<(), StepError> {
+        let Some(o) = &self.observed else {
+            return Ok(());
+        };
+        let meta = o.meta.as_ref();
+        let signal = meta
+            .and_then(|m| Signal::from_str(&m.stop_signal).ok())
+            .unwrap_or(Signal::SIGTERM);
+        // For a replace, the new spec's grace period (stopGracePeriod takes effect at
+        // the next use, without a restart); else the one it was created with.
+        let grace = self
+            .desired
+            .as_ref()
+            .and_then(|c| c.object.spec.stop_grace_period)
+            .or_else(|| meta?.spec.as_ref()?.spec.stop_grace_period)
+            .unwrap_or(DEFAULT_STOP_GRACE);
+        self.runtime
+            .stop(name, signal, grace)
+            .await
+            .map_err(StepError::Teardown)?;
+        self.runtime.remove(name).await.map_err(StepError::Teardown)
+    }
+
+    async fn create(&self, name: &str, fresh: bool) -> Result<(), StepError> {
+        let Some(c) = &self.desired else {
+            return Ok(());
+        };
+        let spec = &c.object.spec;
+        // A restart reuses the image it has; only a create honours `Always`.
+        let policy = if fresh {
+            spec.pull_policy
+        } else {
+            crate::manifest::PullPolicy::IfNotPresent
+        };
+        let image = self
+            .images
+            .ensure(&spec.image, policy)
+            .await
+            .map_err(|source| StepError::Image {
+                reference: spec.image.clone(),
+                source,
+            })?;
+        let hostname = spec.hostname.clone().unwrap_or_else(|| name.to_owned());
+        let process = plan_process(
+            &ProcessRequest {
+                command: spec.command.clone(),
+                args: spec.args.clone(),
+                env: spec.env.clone(),
+                working_dir: spec.working_dir.clone(),
+                user: spec.user.clone(),
+                hostname: hostname.clone(),
+            },
+            &image.defaults,
+        )
+        .map_err(StepError::Start)?;
+        let stop_signal = spec
+            .stop_signal
+            .clone()
+            .or_else(|| image.defaults.stop_signal.clone())
+            .map(|s| normalize_signal(&s))
+            .unwrap_or_else(|| "SIGTERM".into());
+        let networks: Vec<String> = spec
+            .networks
+            .clone()
+            .unwrap_or_else(|| vec!["default".to_owned()]);
+        let previous_generation = self
+            .observed
+            .as_ref()
+            .and_then(|o| o.meta.as_ref())
+            .map_or(0, |m| m.generation);
+        let meta = ContainerMeta {
+            spec: Some(c.object.clone()),
+            hash: self.hash.clone(),
+            source: c.file.clone(),
+            image: spec.image.clone(),
+            image_digest: image.digest.clone(),
+            stop_signal,
+            // Filled in by the networking layer as it attaches the container.
+            networks: Vec::new(),
+            addresses: Vec::new(),
+            ports: Vec::new(),
+            volumes: c.object.volume_names().map(str::to_owned).collect(),
+            generation: if fresh {
+                previous_generation + 1
+            } else {
+                previous_generation.max(1)
+            },
+        };
+        let host = networks == ["host"];
+        let req = StartRequest {
+            name: name.to_owned(),
+            hostname,
+            process,
+            layers: image.layers.clone(),
+            read_only_rootfs: spec.read_only_root_filesystem,
+            network: if host {
+                NetworkMode::Host
+            } else {
+                NetworkMode::Private
+            },
+            etc_files: Vec::new(),
+            // `none` and `host` are namespaces, not networks to attach to.
+            networks: if host || networks == ["none"] {
+                Vec::new()
+            } else {
+                networks
+            },
+            ports: spec.ports.clone(),
+            // Privileged: every capability but those `capabilities.drop` names.
+            capabilities: if spec.privileged {
+                let drop = spec
+                    .capabilities
+                    .as_ref()
+                    .map(|c| c.drop.clone())
+                    .unwrap_or_default();
+                resolve_capabilities(&["ALL".to_owned()], &drop)
+            } else {
+                spec.capabilities
+                    .as_ref()
+                    .map(|c| resolve_capabilities(&c.add, &c.drop))
+                    .unwrap_or_else(|| resolve_capabilities(&[], &[]))
+            },
+            privileged: spec.privileged,
+            limits: spec
+                .resources
+                .as_ref()
+                .map(|r| crate::runtime::Limits {
+                    memory: r.memory,
+                    cpus: r.cpus,
+                    pids: r.pids,
+                })
+                .unwrap_or_default(),
+            mounts: spec.mounts.clone(),
+            meta,
+            fresh,
+        };
+        let r = self.runtime.start(req).await.map_err(StepError::Start)?;
+        tracing::info!(container = %name, pid = r.pid, "started");
+        Ok(())
+    }
+}
+
+/// `TERM`, `SIGTERM` or `15` → `SIGTERM`.
+fn normalize_signal(s: &str) -> String {
+    if let Ok(n) = s.parse::<i32>() {
+        if let Ok(sig) = Signal::try_from(n) {
+            return sig.as_str().to_owned();
+        }
+    }
+    let upper = s.to_ascii_uppercase();
+    if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_normalised_to_their_sig_name() {
+        assert_eq!(normalize_signal("TERM"), "SIGTERM");
+        assert_eq!(normalize_signal("sigquit"), "SIGQUIT");
+        assert_eq!(normalize_signal("9"), "SIGKILL");
+    }
+}
