@@ -13,10 +13,10 @@ use crate::api;
 use crate::cli::AgentArgs;
 use crate::images::{self, ImageStore, RegistryConfig};
 use crate::manifest::{self, Loader, PullPolicy};
-use crate::net::{driver::Networks, NetworkedRuntime};
+use crate::net::{driver::Networks, BridgeNetwork};
 use crate::reconciler::status::{ImageStatus, StatusSnapshot};
 use crate::reconciler::{ImageInfo, Images, Reconciler};
-use crate::runtime::{LinuxRuntime, Runtime};
+use crate::runtime::LinuxRuntime;
 use crate::volumes::{Declared, VolumeStore};
 
 /// How often the runtime is relisted to notice exits (kubelet's PLEG relists every
@@ -133,7 +133,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let shim_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let linux = LinuxRuntime::new(&args.state, &args.run_dir, &instance, shim_exe);
     let nets = Networks::new(&instance, &args.state, &args.run_dir)?;
-    let runtime = Arc::new(NetworkedRuntime::new(linux.clone(), nets, &args.state));
+    let network = Arc::new(BridgeNetwork::new(nets, &args.state));
     let store = ImageStore::open_with(
         &args.state.join("images"),
         RegistryConfig {
@@ -143,7 +143,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             ..Default::default()
         },
     )?;
-    let mut reconciler = Reconciler::new(runtime.clone(), Arc::new(StoreImages(store.clone())));
+    let mut reconciler = Reconciler::new(
+        Arc::new(linux.clone()),
+        Arc::new(StoreImages(store.clone())),
+        network,
+    );
     let mut loader = Loader::new(Some(args.state.join("manifests-last-good.json")));
     let policy = manifest::ScanPolicy {
         external_links: args.allow_external_symlinks,
@@ -206,12 +210,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     declared_volumes_tx.send_replace(declared_volumes(&desired));
     // Networks first (netns-first for containers), then re-adopt what runs: same
     // addresses, published ports restored, leftovers of vanished containers removed.
-    sync_networks(&runtime, &desired).await;
-    match runtime.list().await {
-        Ok(observed) => runtime.adopt(&observed).await,
-        Err(e) => tracing::warn!(error = %e, "list containers for network adoption"),
+    if let Err(e) = reconciler.adopt(&desired).await {
+        tracing::warn!(error = %e, "list containers for network adoption");
     }
-    let mut last_net_sync = Instant::now();
+    let mut last_repair = Instant::now();
     let mut first_pass = true;
     loop {
         match reconciler.pass(&desired).await {
@@ -232,7 +234,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 }
                 let mut status = status;
                 status.images = images_rx.borrow().clone();
-                status.networks = runtime.network_statuses().await;
                 status.volumes = volumes_rx.borrow().clone();
                 status_tx.send_replace(Arc::new(status));
                 heartbeat.store(now_millis(), Ordering::Relaxed);
@@ -243,7 +244,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 tokio::select! {
                     changed = files.changed() => {
                         if changed.is_ok() {
-                            let before = declared_networks(&desired);
                             desired = loader.load(&files.borrow_and_update());
                             declared_volumes_tx.send_if_modified(|v| {
                                 let new = declared_volumes(&desired);
@@ -251,21 +251,15 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                                 *v = new;
                                 changed
                             });
-                            // Only a change of the declared networks needs netlink and
-                            // nft work now; a container edit must not wait for it.
-                            if declared_networks(&desired) != before {
-                                sync_networks(&runtime, &desired).await;
-                                last_net_sync = Instant::now();
-                            }
                         }
                     }
                     Some(_) = reconciler.step_done() => {}
                     // A shim ended: its container exited, or the shim was killed.
                     () = linux.shim_ended() => {}
                     _ = tokio::time::sleep(sleep) => {
-                        if last_net_sync.elapsed() >= args.resync {
-                            sync_networks(&runtime, &desired).await;
-                            last_net_sync = Instant::now();
+                        if last_repair.elapsed() >= args.resync {
+                            reconciler.repair_networks().await;
+                            last_repair = Instant::now();
                         }
                     }
                     _ = &mut shutdown => break,
@@ -288,14 +282,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         Ok(Ok(Err(e))) => Err(e.into()),
         _ => Ok(()),
     }
-}
-
-/// Brings networks to the manifests; removes none while some manifest file is invalid
-/// without a last good version (it may declare them).
-async fn sync_networks(runtime: &NetworkedRuntime<LinuxRuntime>, desired: &manifest::DesiredState) {
-    runtime
-        .sync_networks(&declared_networks(desired), desired.complete)
-        .await;
 }
 
 fn declared_volumes(desired: &manifest::DesiredState) -> Declared {
@@ -322,14 +308,6 @@ fn declared_volumes(desired: &manifest::DesiredState) -> Declared {
             .collect(),
         complete: desired.complete,
     }
-}
-
-fn declared_networks(desired: &manifest::DesiredState) -> Vec<manifest::Network> {
-    desired
-        .networks
-        .values()
-        .map(|n| n.object.clone())
-        .collect()
 }
 
 async fn shutdown_signal() {

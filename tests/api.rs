@@ -88,14 +88,14 @@ impl Server {
                 last_used: Some("2026-11-27T21:00:00Z".to_owned()),
                 used_by: vec!["web".to_owned()],
             }],
-            networks: vec![wharf::net::runtime::NetworkStatus {
+            networks: vec![wharf::net::NetworkStatus {
                 name: "default".to_owned(),
                 driver: wharf::net::driver::NetworkKind::Bridge,
                 subnet: Some("10.88.0.0/16".to_owned()),
                 gateway: Some("10.88.0.1".parse().unwrap()),
                 bridge: Some("wh0a1b2cb0".to_owned()),
                 internal: false,
-                containers: vec![wharf::net::runtime::NetworkMember {
+                containers: vec![wharf::net::NetworkMember {
                     name: "web".to_owned(),
                     ip: "10.88.0.2".parse().unwrap(),
                 }],

@@ -497,3 +497,27 @@ fn a_subnet_another_link_routes_is_never_used_and_default_moves_aside() {
         second.remove_network("default").await.unwrap();
     });
 }
+
+/// The real network service passes the conformance suite the reconciler's fake passes,
+/// and a teardown then leaves no link, namespace or table of the instance.
+#[test]
+fn the_bridge_network_passes_the_conformance_suite() {
+    if !privileged("bridge_network_conformance") {
+        return;
+    }
+    in_test_host(|| async {
+        let dirs = Dirs::new();
+        let (state, run) = (dirs.state.path().to_owned(), dirs.run.path().to_owned());
+        let nets = Networks::new(INSTANCE, &state, &run).unwrap();
+        let service = wharf::net::BridgeNetwork::new(nets, &state);
+        let subnet = "10.123.0.0/24".parse().unwrap();
+        wharf::net::testing::conformance(&service, "c", subnet).await;
+        service.teardown().await.unwrap();
+        assert_eq!(wharf_links(), Vec::<(String, u64)>::new());
+        assert_eq!(wharf_tables(), Vec::<String>::new());
+        assert_eq!(
+            netns::list(&run.join("netns")).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+    });
+}

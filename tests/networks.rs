@@ -358,3 +358,58 @@ fn host_none_multiple_networks_and_udp_ports_behave_as_with_docker() {
     });
     assert!(remaining.contains(&"lo".to_owned()), "{remaining:?}");
 }
+
+/// A Network and its containers removed in one change are all gone at once, without
+/// the periodic resync (an hour here): the containers go, then the network, each
+/// removal unblocking the next. Its bridge, veths and namespace files go with them.
+#[test]
+fn a_network_removed_with_its_containers_goes_in_the_same_change() {
+    if !ready("network_removed_with_containers") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.resync = "1h";
+    agent.start();
+    agent.write(
+        "backend.yaml",
+        "apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: backend\nspec:\n  subnet: 10.89.60.0/24\n",
+    );
+    for name in ["one", "two"] {
+        agent.write(
+            &format!("{name}.yaml"),
+            &container_yaml(name, "exec sleep 1000", "  networks: [backend]\n"),
+        );
+        agent.wait_container(name, 60, "running", |c| c["state"] == "running");
+    }
+    // Exactly the instance's links: its bridges (`…b<index>`) and veths (`…v<hash>`).
+    let prefix = wharf::net::link::link_prefix(&agent.instance());
+    let ours = |agent: &Agent| -> Vec<String> {
+        links(agent)
+            .into_iter()
+            .filter(|l| l.starts_with(&prefix))
+            .collect()
+    };
+    let before = ours(&agent);
+    assert_eq!(
+        before.len(),
+        4,
+        "default, backend and two veths: {before:?}"
+    );
+    for file in ["backend.yaml", "one.yaml", "two.yaml"] {
+        std::fs::remove_file(agent.manifests.join(file)).unwrap();
+    }
+    common::wait_for(20, "containers and backend removed", || {
+        let (_, body) = agent.get("/v1/networks")?;
+        let gone = agent.container("one").is_none()
+            && agent.container("two").is_none()
+            && !body.contains("\"backend\"");
+        gone.then_some(())
+    });
+    // `default` stays (the built-in network is never removed by the manifests).
+    let default = wharf::net::link::bridge_name(&agent.instance(), 0);
+    assert_eq!(ours(&agent), [default]);
+    let netns_left = std::fs::read_dir(agent.run.join("netns"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(netns_left, 0, "network namespace files left");
+}

@@ -102,10 +102,29 @@ pub enum NetError {
         error: Box<NetError>,
         cleanup: Vec<NetError>,
     },
+    /// A published port cannot be had (taken on the host or by another container, no
+    /// non-internal network, an IPv6 host address).
+    #[error("cannot publish ports of container {container:?}: {reason}")]
+    PortsUnavailable { container: String, reason: String },
     #[error("a blocking network task failed: {0}")]
     Join(String),
     #[error("{}", several_message(.0))]
     Several(Vec<NetError>),
+}
+
+impl crate::class::Classify for NetError {
+    /// Permanent: what the manifest must change (a subnet another link routes, an
+    /// impossible combination of networks). The rest may pass: a network still in
+    /// use, not made yet, a port taken by something that may go away, a busy kernel.
+    fn class(&self) -> crate::class::ErrorClass {
+        use crate::class::ErrorClass::{Permanent, Transient};
+        match self {
+            NetError::SubnetOverlaps { .. } | NetError::InvalidAttach { .. } => Permanent,
+            NetError::AttachFailed { error, .. } => error.class(),
+            NetError::Several(errors) if errors.iter().all(|e| e.class() == Permanent) => Permanent,
+            _ => Transient,
+        }
+    }
 }
 
 fn cleanup_message(cleanup: &[NetError]) -> String {
@@ -431,6 +450,21 @@ impl Networks {
             firewall::enable_forwarding()?;
         }
         Ok(())
+    }
+
+    /// Restores the kernel objects of every network made: a bridge someone deleted, a
+    /// firewall table a `nft flush ruleset` (a firewalld reload) wiped, with the
+    /// published ports in it. What exists is left alone.
+    pub async fn repair(&mut self) -> Result<(), NetError> {
+        self.firewall_checked = false;
+        let nets: Vec<NetworkConfig> = self.records.ensured.values().cloned().collect();
+        let mut errors = Vec::new();
+        for net in nets.iter().filter(|n| n.kind == NetworkKind::Bridge) {
+            if let Err(e) = self.ensure_network(net).await {
+                errors.push(e);
+            }
+        }
+        collected(errors)
     }
 
     /// Removes the bridge, pool and records of `name`; refuses while containers are

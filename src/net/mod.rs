@@ -1,5 +1,7 @@
-//! Networking: bridges, namespaces, IPAM (pure) and the nftables firewall.
+//! Networking: the `Network` seam the reconciler drives, its bridge implementation,
+//! namespaces, IPAM (pure) and the nftables firewall.
 
+pub mod bridge;
 pub mod driver;
 pub mod firewall;
 pub mod hosts;
@@ -7,6 +9,8 @@ pub mod ipam;
 pub mod link;
 pub mod netns;
 pub mod overlap;
-pub mod runtime;
+pub mod seam;
+pub mod testing;
 
-pub use runtime::NetworkedRuntime;
+pub use bridge::BridgeNetwork;
+pub use seam::{Address, AttachSpec, Attached, Network, NetworkMember, NetworkStatus};

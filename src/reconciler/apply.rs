@@ -1,5 +1,5 @@
-//! Apply: runs the planner's steps through the `Runtime` and `Images` traits, one task
-//! per container, and builds the status snapshot.
+//! Apply: runs the planner's steps through the `Runtime`, `Images` and `Network`
+//! seams, one task per object, and builds the status snapshot.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -7,48 +7,120 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::plan::{self, Inputs, Step};
+use super::memo::Memo;
+use super::plan::{self, Inputs, NetworkInputs, Step};
 use super::report::container_status;
 use super::status::{ManifestError, ManifestReport, StatusSnapshot};
-use super::task::{Memos, Task};
+use super::task::{Memos, NetworkTask, Task};
 use super::Images;
 use crate::manifest::DesiredState;
+use crate::net::driver::NetworkConfig;
+use crate::net::{Network, NetworkStatus};
 use crate::runtime::{Observed, ObservedState, Runtime, RuntimeError};
 
-/// Converges containers; generic over the runtime and the image store so tests use
-/// small fakes and production the real ones.
-pub struct Reconciler<R: Runtime, I: Images> {
+/// Converges containers and networks; generic over the runtime, the image store and
+/// the network service, so tests use small fakes and production the real ones.
+pub struct Reconciler<R: Runtime, I: Images, N: Network> {
     runtime: Arc<R>,
     images: Arc<I>,
+    network: Arc<N>,
     memos: Memos,
+    net_memos: Memos,
+    /// The steps running, by `Kind/name` ([`Step::key`]): one per object at a time.
     inflight: HashMap<String, Step>,
+    /// Containers held until a network is made, with its name (from the last plan).
+    waiting: BTreeMap<String, String>,
+    /// Why the networks could not be resolved, if they could not.
+    resolve_error: Option<String>,
     done_tx: mpsc::UnboundedSender<String>,
     done_rx: mpsc::UnboundedReceiver<String>,
 }
 
-impl<R: Runtime, I: Images> Reconciler<R, I> {
-    pub fn new(runtime: Arc<R>, images: Arc<I>) -> Self {
+impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
+    pub fn new(runtime: Arc<R>, images: Arc<I>, network: Arc<N>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Reconciler {
             runtime,
             images,
+            network,
             memos: Arc::default(),
+            net_memos: Arc::default(),
             inflight: HashMap::new(),
+            waiting: BTreeMap::new(),
+            resolve_error: None,
             done_tx,
             done_rx,
         }
     }
 
-    /// Waits until a step finishes; returns its container's name.
+    /// Waits until a step finishes; returns its object's `Kind/name`.
     pub async fn step_done(&mut self) -> Option<String> {
-        let name = self.done_rx.recv().await?;
-        self.inflight.remove(&name);
-        Some(name)
+        let key = self.done_rx.recv().await?;
+        self.inflight.remove(&key);
+        Some(key)
     }
 
     /// Whether any step is still running.
     pub fn busy(&self) -> bool {
         !self.inflight.is_empty()
+    }
+
+    /// At agent start, before the first pass: makes the declared networks (so the
+    /// containers that still run are re-attached to what they were on), then re-adopts
+    /// those containers and removes what belongs to containers that are gone.
+    pub async fn adopt(&mut self, desired: &DesiredState) -> Result<(), RuntimeError> {
+        if let Some(nets) = self.network_inputs(desired).await {
+            for (name, net) in nets
+                .desired
+                .iter()
+                .filter(|(n, d)| nets.observed.get(*n) != Some(*d) && !nets.frozen.contains(*n))
+            {
+                if let Err(e) = self.network.ensure(net).await {
+                    tracing::warn!(network = %name, error = %e, "make network");
+                }
+            }
+        }
+        let observed = self.runtime.list().await?;
+        self.network.adopt(&observed).await;
+        Ok(())
+    }
+
+    /// Restores the kernel objects of the networks made (a deleted bridge, a flushed
+    /// firewall): the periodic resync's safety net.
+    pub async fn repair_networks(&self) {
+        if let Err(e) = self.network.repair().await {
+            tracing::warn!(error = %e, "repair networks");
+        }
+    }
+
+    /// The planner's view of the networks; `None` if they cannot be resolved (the
+    /// reason is kept for the status).
+    async fn network_inputs(&mut self, desired: &DesiredState) -> Option<NetworkInputs> {
+        let declared: Vec<crate::manifest::Network> = desired
+            .networks
+            .values()
+            .map(|n| n.object.clone())
+            .collect();
+        let resolved = match self.network.resolve(&declared).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "resolve networks");
+                self.resolve_error = Some(e.to_string());
+                return None;
+            }
+        };
+        self.resolve_error = None;
+        Some(NetworkInputs {
+            desired: resolved.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            observed: self.network.list().await,
+            frozen: desired
+                .frozen
+                .iter()
+                .filter_map(|k| k.strip_prefix("Network/"))
+                .map(str::to_owned)
+                .collect(),
+            ..Default::default()
+        })
     }
 
     /// One level-triggered pass: observe, plan, start the steps not already running,
@@ -64,36 +136,135 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
             .into_iter()
             .map(|o| (o.name.clone(), o))
             .collect();
+        let networks = self.network_inputs(desired).await;
         let now = Instant::now();
-        let inputs = self.inputs(desired, &observed, now);
+        let mut inputs = self.inputs(desired, &observed, now);
+        inputs.networks = match networks {
+            Some(nets) => Some(self.network_backoff(nets)),
+            // Unresolvable: nothing is made or removed, and containers wait for nothing
+            // more than the networks already made.
+            None => {
+                let made = self.network.list().await;
+                Some(NetworkInputs {
+                    desired: made.clone(),
+                    observed: made,
+                    ..Default::default()
+                })
+            }
+        };
         let plan = plan::plan(&inputs, now);
+        let resolved = inputs.networks.map(|n| n.desired).unwrap_or_default();
         for mut step in plan.steps {
-            let name = step.name().to_owned();
+            let key = step.key();
             super::inputs::explain(&mut step, desired, &observed);
-            if self.inflight.contains_key(&name) {
+            if self.inflight.contains_key(&key) {
                 continue;
             }
-            tracing::info!(container = %name, ?step, "apply");
-            self.inflight.insert(name.clone(), step.clone());
-            let task = Task {
-                runtime: self.runtime.clone(),
-                images: self.images.clone(),
-                memos: self.memos.clone(),
-                desired: desired.containers.get(&name).cloned(),
-                hash: desired
-                    .containers
-                    .get(&name)
-                    .map(|c| super::inputs::effective_hash(&c.object, desired))
-                    .unwrap_or_default(),
-                observed: observed.get(&name).cloned(),
-            };
+            tracing::info!(object = %key, ?step, "apply");
+            self.inflight.insert(key.clone(), step.clone());
             let done = self.done_tx.clone();
-            tokio::spawn(async move {
-                task.run(step).await;
-                let _ = done.send(name);
-            });
+            match &step {
+                Step::EnsureNetwork { name } | Step::RemoveNetwork { name } => {
+                    let task = NetworkTask {
+                        network: self.network.clone(),
+                        memos: self.net_memos.clone(),
+                        config: resolved.get(name).cloned(),
+                    };
+                    tokio::spawn(async move {
+                        task.run(step).await;
+                        let _ = done.send(key);
+                    });
+                }
+                _ => {
+                    let name = step.name();
+                    let task = Task {
+                        runtime: self.runtime.clone(),
+                        images: self.images.clone(),
+                        network: self.network.clone(),
+                        memos: self.memos.clone(),
+                        desired: desired.containers.get(name).cloned(),
+                        hash: desired
+                            .containers
+                            .get(name)
+                            .map(|c| super::inputs::effective_hash(&c.object, desired))
+                            .unwrap_or_default(),
+                        observed: observed.get(name).cloned(),
+                    };
+                    tokio::spawn(async move {
+                        task.run(step).await;
+                        let _ = done.send(key);
+                    });
+                }
+            }
         }
-        Ok((self.status(desired, &observed), plan.wake_at))
+        self.waiting = plan.waiting;
+        let mut status = self.status(desired, &observed);
+        status.networks = self.network_statuses(&resolved).await;
+        Ok((status, plan.wake_at))
+    }
+
+    /// Adds the networks' backoff and given-up state to the planner's inputs, from
+    /// their memos (a new config starts a fresh memo).
+    fn network_backoff(&self, mut nets: NetworkInputs) -> NetworkInputs {
+        let mut memos = self.net_memos.lock().expect("memo lock");
+        memos.retain(|name, _| nets.desired.contains_key(name) || nets.observed.contains_key(name));
+        for (name, memo) in memos.iter_mut() {
+            let hash = nets.desired.get(name).map(config_hash).unwrap_or_default();
+            if memo.hash != hash {
+                *memo = Memo {
+                    hash,
+                    ..Default::default()
+                };
+            }
+            if let Some((t, _)) = memo.not_before {
+                nets.not_before.insert(name.clone(), t);
+            }
+            if memo.gave_up {
+                nets.failed.insert(name.clone());
+            }
+        }
+        nets
+    }
+
+    /// `/v1/networks`: what the network service shows, with why a network is not
+    /// (yet) as declared.
+    async fn network_statuses(
+        &self,
+        resolved: &BTreeMap<String, NetworkConfig>,
+    ) -> Vec<NetworkStatus> {
+        let memos = self.net_memos.lock().expect("memo lock").clone();
+        let mut statuses = self.network.statuses().await;
+        for s in &mut statuses {
+            let key = format!("Network/{}", s.name);
+            let memo = memos.get(&s.name);
+            s.message = match (
+                memo.and_then(|m| m.message.as_ref()),
+                self.inflight.get(&key),
+            ) {
+                (Some(m), _) => Some(match memo.and_then(|m| m.next_try(Instant::now())) {
+                    Some(t) => format!(
+                        "{m}; next try at {}",
+                        crate::runtime::records::rfc3339_ms(super::report::wall_ms(t))
+                    ),
+                    None => m.clone(),
+                }),
+                (None, Some(Step::EnsureNetwork { .. })) => Some("creating".into()),
+                (None, Some(Step::RemoveNetwork { .. })) => {
+                    Some("removing: no manifest declares it".into())
+                }
+                _ if !resolved.contains_key(&s.name)
+                    && s.driver == crate::net::driver::NetworkKind::Bridge =>
+                {
+                    let users: Vec<&str> = s.containers.iter().map(|m| m.name.as_str()).collect();
+                    Some(format!(
+                        "removed from the manifests; kept while it is still used by container(s) {}",
+                        users.join(", ")
+                    ))
+                }
+                _ => self.resolve_error.clone(),
+            };
+        }
+        statuses
     }
 
     fn inputs(
@@ -109,7 +280,7 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
         for (name, want) in &inputs.desired {
             let memo = memos.entry(name.clone()).or_default();
             if memo.hash != want.hash {
-                *memo = super::memo::Memo {
+                *memo = Memo {
                     hash: want.hash.clone(),
                     ..Default::default()
                 };
@@ -150,10 +321,13 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
                 Some(c),
                 observed.get(name),
                 &memo,
-                self.inflight.get(name),
+                self.inflight.get(&format!("Container/{name}")),
                 now,
             );
             s.spec_hash = Some(super::inputs::effective_hash(&c.object, desired));
+            if let (Some(network), None) = (self.waiting.get(name), &s.message) {
+                s.message = Some(format!("waiting for network {network} to be made"));
+            }
             let missing = super::inputs::missing_networks(&c.object, desired);
             if !missing.is_empty() {
                 s.message = Some(format!(
@@ -168,7 +342,8 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
                 continue;
             }
             let memo = memos.get(name).cloned().unwrap_or_default();
-            let mut s = container_status(name, None, Some(o), &memo, self.inflight.get(name), now);
+            let inflight = self.inflight.get(&format!("Container/{name}"));
+            let mut s = container_status(name, None, Some(o), &memo, inflight, now);
             if desired.frozen.contains(&format!("Container/{name}")) {
                 s.message = Some(format!(
                     "Container/{name} is defined more than once (see /v1/manifests); it is left as it runs until one definition is removed"
@@ -203,4 +378,9 @@ impl<R: Runtime, I: Images> Reconciler<R, I> {
             volumes: Vec::new(),
         }
     }
+}
+
+/// What identifies a network's resolved config for its memo: a change starts afresh.
+pub(super) fn config_hash(c: &NetworkConfig) -> String {
+    serde_json::to_string(c).unwrap_or_default()
 }

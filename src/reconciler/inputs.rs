@@ -46,6 +46,16 @@ pub fn missing_networks(c: &Container, desired: &DesiredState) -> Vec<String> {
         .collect()
 }
 
+/// The bridge networks `c` attaches to, in interface order: `default` unless it
+/// names some; none for `host` and `none`, which are namespaces.
+pub fn bridge_networks(c: &Container) -> Vec<String> {
+    match c.spec.networks.as_deref() {
+        None => vec!["default".to_owned()],
+        Some([only]) if only == "host" || only == "none" => Vec::new(),
+        Some(names) => names.to_vec(),
+    }
+}
+
 /// The planner's view of `desired` and `observed`, without backoff.
 pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> Inputs {
     let mut inputs = Inputs {
@@ -71,6 +81,7 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
                 hash: effective_hash(&c.object, desired),
                 restart_policy: c.object.spec.restart_policy,
                 unsupported: c.object.unsupported_fields(),
+                networks: bridge_networks(&c.object),
             },
         );
     }
@@ -90,6 +101,11 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
             Have {
                 hash: o.meta.as_ref().map(|m| m.hash.clone()),
                 phase,
+                networks: o
+                    .meta
+                    .as_ref()
+                    .map(|m| m.networks.clone())
+                    .unwrap_or_default(),
             },
         );
     }

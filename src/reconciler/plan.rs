@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::manifest::RestartPolicy;
+use crate::net::driver::NetworkConfig;
 
 /// A container as the manifests want it.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +14,8 @@ pub struct Want {
     pub restart_policy: RestartPolicy,
     /// Fields this release cannot apply yet; non-empty means the container is rejected.
     pub unsupported: Vec<&'static str>,
+    /// The bridge networks it attaches to: it is started only once they are made.
+    pub networks: Vec<String>,
 }
 
 /// What a container is doing, as far as the planner cares.
@@ -35,6 +38,31 @@ pub struct Have {
     /// The spec hash it was created from (`None` for a half-created record).
     pub hash: Option<String>,
     pub phase: Phase,
+    /// The bridge networks it is attached to: they stay until it is gone.
+    pub networks: Vec<String>,
+}
+
+/// The networks, as the planner sees them.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkInputs {
+    /// The bridge networks the manifests want (with `default`), resolved.
+    pub desired: BTreeMap<String, NetworkConfig>,
+    /// The bridge networks made.
+    pub observed: BTreeMap<String, NetworkConfig>,
+    /// Declared more than once: left exactly as they are.
+    pub frozen: BTreeSet<String>,
+    pub not_before: BTreeMap<String, Instant>,
+    /// Given up on until their manifest changes.
+    pub failed: BTreeSet<String>,
+}
+
+impl NetworkInputs {
+    /// Made, and made as the manifests want it.
+    fn ready(&self, name: &str) -> bool {
+        self.desired
+            .get(name)
+            .is_some_and(|d| self.observed.get(name) == Some(d))
+    }
 }
 
 /// Everything the planner looks at.
@@ -49,6 +77,9 @@ pub struct Inputs {
     pub complete: bool,
     /// Per name: no action before this time (backoff after a failure or a crash).
     pub not_before: BTreeMap<String, Instant>,
+    /// The networks; `None` when they are not planned (`wharf plan`, offline): every
+    /// container's networks then count as made.
+    pub networks: Option<NetworkInputs>,
     /// Names given up on until their spec changes: a permanent failure (an unknown
     /// user, a command the image lacks), or any failed start under `Never`.
     pub failed: BTreeSet<String>,
@@ -66,6 +97,10 @@ pub enum Step {
     Restart { name: String },
     /// Stop (stop signal, grace, SIGKILL) and remove.
     Remove { name: String },
+    /// Create a network, or bring it to its manifest.
+    EnsureNetwork { name: String },
+    /// Remove a network no manifest declares, once no container is on it.
+    RemoveNetwork { name: String },
 }
 
 impl Step {
@@ -74,7 +109,20 @@ impl Step {
             Step::Create { name }
             | Step::Replace { name, .. }
             | Step::Restart { name }
-            | Step::Remove { name } => name,
+            | Step::Remove { name }
+            | Step::EnsureNetwork { name }
+            | Step::RemoveNetwork { name } => name,
+        }
+    }
+
+    /// `Kind/name`: one step per object at a time (a container and a network may share
+    /// a name).
+    pub fn key(&self) -> String {
+        match self {
+            Step::EnsureNetwork { name } | Step::RemoveNetwork { name } => {
+                format!("Network/{name}")
+            }
+            _ => format!("Container/{}", self.name()),
         }
     }
 }
@@ -84,6 +132,8 @@ impl Step {
 pub struct Plan {
     pub steps: Vec<Step>,
     pub wake_at: Option<Instant>,
+    /// Containers held until a network is made, with that network's name.
+    pub waiting: BTreeMap<String, String>,
 }
 
 /// Whether a container that exited with `code` is restarted under `policy`.
@@ -95,12 +145,16 @@ pub fn should_restart(policy: RestartPolicy, code: i32) -> bool {
     }
 }
 
-/// Computes the steps that bring `observed` to `desired`. Removals come first (they free
-/// names and resources), then creates, replaces and restarts, each in name order.
+/// Computes the steps that bring `observed` to `desired`, in dependency order:
+/// networks made first, then container removals (they free names, addresses and
+/// ports), then creates, replaces and restarts (only of containers whose networks are
+/// made), and last the removal of networks no container is on any more. Steps run in
+/// parallel; the order is kept by what each waits for, and a finished step makes the
+/// next pass plan what it unblocked.
 pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
     let mut out = Plan::default();
-    let held = |name: &str, out: &mut Plan| -> bool {
-        match inputs.not_before.get(name) {
+    let held = |until: Option<&Instant>, out: &mut Plan| -> bool {
+        match until {
             Some(t) if *t > now => {
                 out.wake_at = Some(out.wake_at.map_or(*t, |w| w.min(*t)));
                 true
@@ -108,6 +162,30 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
             _ => false,
         }
     };
+    let nets = inputs.networks.as_ref();
+    let users = |network: &str| -> bool {
+        inputs
+            .observed
+            .values()
+            .any(|h| h.networks.iter().any(|n| n == network))
+    };
+
+    if let Some(nets) = nets {
+        for (name, want) in &nets.desired {
+            if nets.frozen.contains(name) || nets.failed.contains(name) {
+                continue;
+            }
+            match nets.observed.get(name) {
+                Some(have) if have == want => continue,
+                // Its addressing changes: its containers are replaced first.
+                Some(_) if users(name) => continue,
+                _ => {}
+            }
+            if !held(nets.not_before.get(name), &mut out) {
+                out.steps.push(Step::EnsureNetwork { name: name.clone() });
+            }
+        }
+    }
 
     if inputs.complete {
         for name in inputs.observed.keys() {
@@ -124,12 +202,21 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         if inputs.failed.contains(name) {
             continue;
         }
+        let waiting_for = nets.and_then(|nets| want.networks.iter().find(|n| !nets.ready(n)));
         let step = match inputs.observed.get(name) {
             None => Step::Create { name: name.clone() },
-            Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => Step::Replace {
-                name: name.clone(),
-                changed: Vec::new(),
-            },
+            Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => {
+                if waiting_for.is_some() {
+                    // The old container goes now (its network may be changing under
+                    // it); the new one starts once the network is made.
+                    Step::Remove { name: name.clone() }
+                } else {
+                    Step::Replace {
+                        name: name.clone(),
+                        changed: Vec::new(),
+                    }
+                }
+            }
             Some(have) => match have.phase {
                 Phase::Running => continue,
                 Phase::Exited { code } if !should_restart(want.restart_policy, code) => continue,
@@ -143,10 +230,25 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
                 }
             },
         };
-        if held(name, &mut out) {
+        if let (Some(network), false) = (waiting_for, matches!(step, Step::Remove { .. })) {
+            out.waiting.insert(name.clone(), network.clone());
+            continue;
+        }
+        if held(inputs.not_before.get(name), &mut out) {
             continue;
         }
         out.steps.push(step);
+    }
+
+    if let (Some(nets), true) = (nets, inputs.complete) {
+        for name in nets.observed.keys() {
+            if nets.desired.contains_key(name) || nets.frozen.contains(name) || users(name) {
+                continue;
+            }
+            if !held(nets.not_before.get(name), &mut out) {
+                out.steps.push(Step::RemoveNetwork { name: name.clone() });
+            }
+        }
     }
     out
 }
@@ -174,6 +276,7 @@ mod tests {
                     hash: hash.into(),
                     restart_policy: policy,
                     unsupported: vec![],
+                    networks: vec![],
                 },
             );
             self
@@ -184,6 +287,7 @@ mod tests {
                 Have {
                     hash: Some(hash.into()),
                     phase,
+                    networks: vec![],
                 },
             );
             self
@@ -336,6 +440,114 @@ mod tests {
                 Step::Remove { name: "old".into() },
                 Step::Create { name: "new".into() }
             ]
+        );
+    }
+
+    fn with_networks(mut w: World, desired: &[(&str, &str)], made: &[(&str, &str)]) -> World {
+        let cfg = |name: &str, subnet: &str| NetworkConfig {
+            name: name.into(),
+            kind: crate::net::driver::NetworkKind::Bridge,
+            subnet: subnet.parse().unwrap(),
+            gateway: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            internal: false,
+            bridge: format!("br-{name}"),
+        };
+        w.0.networks = Some(NetworkInputs {
+            desired: desired
+                .iter()
+                .map(|(n, s)| (n.to_string(), cfg(n, s)))
+                .collect(),
+            observed: made
+                .iter()
+                .map(|(n, s)| (n.to_string(), cfg(n, s)))
+                .collect(),
+            ..Default::default()
+        });
+        w
+    }
+
+    fn on(mut w: World, container: &str, network: &str) -> World {
+        if let Some(want) = w.0.desired.get_mut(container) {
+            want.networks = vec![network.into()];
+        }
+        if let Some(have) = w.0.observed.get_mut(container) {
+            have.networks = vec![network.into()];
+        }
+        w
+    }
+
+    #[test]
+    fn a_network_is_made_before_the_container_that_needs_it_starts() {
+        let w = on(
+            World::new().want("app", "h", RestartPolicy::Always),
+            "app",
+            "back",
+        );
+        let w = with_networks(w, &[("back", "10.1.0.0/24")], &[]);
+        let p = w.plan(Instant::now());
+        assert_eq!(
+            p.steps,
+            [Step::EnsureNetwork {
+                name: "back".into()
+            }]
+        );
+        assert_eq!(p.waiting["app"], "back");
+        let w = with_networks(w, &[("back", "10.1.0.0/24")], &[("back", "10.1.0.0/24")]);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Create { name: "app".into() }]
+        );
+    }
+
+    #[test]
+    fn a_network_removed_with_its_containers_goes_once_they_are_gone() {
+        let w = on(World::new().have("app", "h", Phase::Running), "app", "back");
+        let w = with_networks(w, &[], &[("back", "10.1.0.0/24")]);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Remove { name: "app".into() }],
+            "the network waits for its container"
+        );
+        let w = with_networks(World::new(), &[], &[("back", "10.1.0.0/24")]);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::RemoveNetwork {
+                name: "back".into()
+            }]
+        );
+        let mut w = w;
+        w.0.complete = false;
+        assert!(
+            steps(w.plan(Instant::now())).is_empty(),
+            "kept while a file is invalid"
+        );
+    }
+
+    #[test]
+    fn a_subnet_change_takes_the_old_containers_down_first_then_remakes_the_network() {
+        let w = on(
+            World::new()
+                .want("app", "h2", RestartPolicy::Always)
+                .have("app", "h1", Phase::Running),
+            "app",
+            "back",
+        );
+        let w = with_networks(w, &[("back", "10.2.0.0/24")], &[("back", "10.1.0.0/24")]);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Remove { name: "app".into() }]
+        );
+        let w = on(
+            World::new().want("app", "h2", RestartPolicy::Always),
+            "app",
+            "back",
+        );
+        let w = with_networks(w, &[("back", "10.2.0.0/24")], &[("back", "10.1.0.0/24")]);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::EnsureNetwork {
+                name: "back".into()
+            }]
         );
     }
 }

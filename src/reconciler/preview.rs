@@ -82,6 +82,8 @@ pub fn render(steps: &[Step], unchanged: &[String]) -> String {
             Step::Replace { name, .. } => writeln!(out, "replace  {name}"),
             Step::Restart { name } => writeln!(out, "restart  {name}"),
             Step::Remove { name } => writeln!(out, "remove   {name}"),
+            Step::EnsureNetwork { name } => writeln!(out, "make     network {name}"),
+            Step::RemoveNetwork { name } => writeln!(out, "remove   network {name}"),
         };
     }
     if !unchanged.is_empty() {

@@ -17,7 +17,7 @@ pub(super) fn unsupported_message(fields: &[&str]) -> String {
     )
 }
 
-fn wall_ms(t: SystemTime) -> i64 {
+pub(super) fn wall_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
@@ -162,7 +162,12 @@ pub(super) fn container_status(
                 }
                 Step::Replace { .. } => "replacing: the spec changed".into(),
                 Step::Restart { .. } => "restarting".into(),
+                // A replace whose network is being remade stops the old one first.
+                Step::Remove { .. } if desired.is_some() => {
+                    "replacing: stopping the old container".into()
+                }
                 Step::Remove { .. } => "removing: no manifest declares it".into(),
+                Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } => String::new(),
             });
         }
     }

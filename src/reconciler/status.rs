@@ -51,7 +51,7 @@ pub struct ContainerStatus {
     pub message: Option<String>,
     /// Its addresses, one per attached network.
     #[serde(default)]
-    pub addresses: Vec<crate::net::runtime::Address>,
+    pub addresses: Vec<crate::net::Address>,
     /// What it uses now (while it runs), from its cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::runtime::Usage>,
@@ -159,7 +159,7 @@ pub struct StatusSnapshot {
     pub containers: Vec<ContainerStatus>,
     pub manifests: Vec<ManifestReport>,
     pub images: Vec<ImageStatus>,
-    pub networks: Vec<crate::net::runtime::NetworkStatus>,
+    pub networks: Vec<crate::net::NetworkStatus>,
     pub volumes: Vec<VolumeStatus>,
 }
 

@@ -13,6 +13,8 @@ use super::Images;
 use crate::class::{Classify, ErrorClass};
 use crate::images::ImageError;
 use crate::manifest::{Container, RestartPolicy, Sourced};
+use crate::net::driver::{NetError, NetworkConfig, PortMapping};
+use crate::net::{AttachSpec, Network};
 use crate::runtime::process::{plan_process, resolve_capabilities, ProcessRequest};
 use crate::runtime::{ContainerMeta, NetworkMode, Observed, Runtime, RuntimeError, StartRequest};
 
@@ -32,9 +34,15 @@ pub enum StepError {
     /// The runtime's start (or what it needs: the process plan) failed.
     #[error(transparent)]
     Start(RuntimeError),
+    /// Attaching it to its networks (addresses, ports) failed.
+    #[error(transparent)]
+    Attach(NetError),
     /// Stopping or removing the old container failed.
     #[error(transparent)]
     Teardown(RuntimeError),
+    /// Detaching the removed container from its networks failed.
+    #[error(transparent)]
+    Detach(NetError),
 }
 
 impl Classify for StepError {
@@ -42,14 +50,16 @@ impl Classify for StepError {
         match self {
             StepError::Image { source, .. } => source.class(),
             StepError::Start(e) | StepError::Teardown(e) => e.class(),
+            StepError::Attach(e) | StepError::Detach(e) => e.class(),
         }
     }
 }
 
 /// The work of one step on one container.
-pub(super) struct Task<R, I> {
+pub(super) struct Task<R, I, N> {
     pub runtime: Arc<R>,
     pub images: Arc<I>,
+    pub network: Arc<N>,
     pub memos: Memos,
     pub desired: Option<Sourced<Container>>,
     /// The desired container's effective hash (see `inputs::effective_hash`).
@@ -57,7 +67,7 @@ pub(super) struct Task<R, I> {
     pub observed: Option<Observed>,
 }
 
-impl<R: Runtime, I: Images> Task<R, I> {
+impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
     pub async fn run(self, step: Step) {
         let name = step.name().to_owned();
         let result = match &step {
@@ -68,6 +78,8 @@ impl<R: Runtime, I: Images> Task<R, I> {
             },
             Step::Create { .. } => self.create(&name, true).await,
             Step::Restart { .. } => self.create(&name, false).await,
+            // Networks have their own task.
+            Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } => Ok(()),
         };
         let policy = self
             .desired
@@ -84,7 +96,8 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 .note_success(matches!(step, Step::Restart { .. })),
             Err(e) => {
                 tracing::warn!(container = %name, error = %e, "step failed");
-                let at_start = matches!(e, StepError::Start(_));
+                // The start itself: under `Never` that was the one try.
+                let at_start = matches!(e, StepError::Start(_) | StepError::Attach(_));
                 memos
                     .entry(name)
                     .or_default()
@@ -114,7 +127,16 @@ impl<R: Runtime, I: Images> Task<R, I> {
             .stop(name, signal, grace)
             .await
             .map_err(StepError::Teardown)?;
-        self.runtime.remove(name).await.map_err(StepError::Teardown)
+        self.runtime
+            .remove(name)
+            .await
+            .map_err(StepError::Teardown)?;
+        // After the container: its addresses and ports are free only once it is gone.
+        // A record without networks (host, none) has nothing attached.
+        if meta.is_none_or(|m| !m.networks.is_empty()) {
+            self.network.detach(name).await.map_err(StepError::Detach)?;
+        }
+        Ok(())
     }
 
     async fn create(&self, name: &str, fresh: bool) -> Result<(), StepError> {
@@ -155,10 +177,6 @@ impl<R: Runtime, I: Images> Task<R, I> {
             .or_else(|| image.defaults.stop_signal.clone())
             .map(|s| normalize_signal(&s))
             .unwrap_or_else(|| "SIGTERM".into());
-        let networks: Vec<String> = spec
-            .networks
-            .clone()
-            .unwrap_or_else(|| vec!["default".to_owned()]);
         let previous_generation = self
             .observed
             .as_ref()
@@ -171,7 +189,7 @@ impl<R: Runtime, I: Images> Task<R, I> {
             image: spec.image.clone(),
             image_digest: image.digest.clone(),
             stop_signal,
-            // Filled in by the networking layer as it attaches the container.
+            // Filled in below, once it is attached.
             networks: Vec::new(),
             addresses: Vec::new(),
             ports: Vec::new(),
@@ -182,8 +200,8 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 previous_generation.max(1)
             },
         };
-        let host = networks == ["host"];
-        let req = StartRequest {
+        let host = spec.networks.as_deref() == Some(&["host".to_owned()]);
+        let mut req = StartRequest {
             name: name.to_owned(),
             hostname,
             process,
@@ -195,13 +213,6 @@ impl<R: Runtime, I: Images> Task<R, I> {
                 NetworkMode::Private
             },
             etc_files: Vec::new(),
-            // `none` and `host` are namespaces, not networks to attach to.
-            networks: if host || networks == ["none"] {
-                Vec::new()
-            } else {
-                networks
-            },
-            ports: spec.ports.clone(),
             // Privileged: every capability but those `capabilities.drop` names.
             capabilities: if spec.privileged {
                 let drop = spec
@@ -230,9 +241,85 @@ impl<R: Runtime, I: Images> Task<R, I> {
             meta,
             fresh,
         };
-        let r = self.runtime.start(req).await.map_err(StepError::Start)?;
-        tracing::info!(container = %name, pid = r.pid, "started");
-        Ok(())
+        let bridges = super::inputs::bridge_networks(&c.object);
+        let attach = !bridges.is_empty();
+        if attach {
+            let attached = self
+                .network
+                .attach(&AttachSpec {
+                    container: name.to_owned(),
+                    hostname: req.hostname.clone(),
+                    networks: bridges.clone(),
+                    ports: spec.ports.iter().map(PortMapping::from).collect(),
+                })
+                .await
+                .map_err(StepError::Attach)?;
+            req.network = NetworkMode::Join(attached.netns);
+            req.etc_files = attached.etc_files;
+            req.meta.networks = bridges;
+            req.meta.addresses = attached.addresses;
+            req.meta.ports = attached.ports;
+        }
+        match self.runtime.start(req).await {
+            Ok(r) => {
+                tracing::info!(container = %name, pid = r.pid, "started");
+                if attach {
+                    self.network.started(name).await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Undone; a restart attaches again, to the same address.
+                if attach {
+                    if let Err(d) = self.network.detach(name).await {
+                        tracing::warn!(container = %name, error = %d, "detach after a failed start");
+                    }
+                }
+                Err(StepError::Start(e))
+            }
+        }
+    }
+}
+
+/// The work of one step on one network.
+pub(super) struct NetworkTask<N> {
+    pub network: Arc<N>,
+    pub memos: Memos,
+    /// The resolved config to ensure (none for a removal).
+    pub config: Option<NetworkConfig>,
+}
+
+impl<N: Network> NetworkTask<N> {
+    pub async fn run(self, step: Step) {
+        let name = step.name().to_owned();
+        let result = match (&step, &self.config) {
+            (Step::EnsureNetwork { .. }, Some(config)) => self.network.ensure(config).await,
+            (Step::RemoveNetwork { .. }, _) => self.network.remove(&name).await,
+            _ => Ok(()),
+        };
+        let mut memos = self.memos.lock().expect("memo lock");
+        match result {
+            Ok(()) if matches!(step, Step::RemoveNetwork { .. }) => {
+                memos.remove(&name);
+            }
+            Ok(()) => {
+                if let Some(m) = memos.get_mut(&name) {
+                    m.note_success(false);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(network = %name, error = %e, "step failed");
+                let memo = memos.entry(name).or_insert_with(|| Memo {
+                    hash: self
+                        .config
+                        .as_ref()
+                        .map(super::apply::config_hash)
+                        .unwrap_or_default(),
+                    ..Default::default()
+                });
+                memo.note_failure(&e, false, RestartPolicy::Always, Instant::now());
+            }
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use super::status::{ContainerState, StatusSnapshot};
 use super::{ImageInfo, Images, Reconciler};
 use crate::images::ImageError;
 use crate::manifest::{DesiredState, Loader, PullPolicy, SourceFile};
+use crate::net::testing::FakeNetwork;
+use crate::net::Network;
 use crate::runtime::testing::FakeRuntime;
 use crate::runtime::{ImageConfig, Runtime};
 
@@ -38,6 +40,19 @@ impl Images for FakeImages {
     }
 }
 
+type Fakes = Reconciler<FakeRuntime, FakeImages, FakeNetwork>;
+
+/// A reconciler over fakes of every seam, and its runtime.
+fn fakes() -> (Arc<FakeRuntime>, Fakes) {
+    let rt = Arc::new(FakeRuntime::default());
+    let r = Reconciler::new(
+        rt.clone(),
+        Arc::new(FakeImages::default()),
+        Arc::new(FakeNetwork::default()),
+    );
+    (rt, r)
+}
+
 fn desired(files: &[(&str, &str)]) -> DesiredState {
     let files: Vec<SourceFile> = files
         .iter()
@@ -54,8 +69,8 @@ fn container(name: &str, image: &str, extra: &str) -> String {
 }
 
 /// Runs passes until no step is in flight, returning the last status.
-async fn converge<R: Runtime, I: Images>(
-    r: &mut Reconciler<R, I>,
+async fn converge<R: Runtime, I: Images, N: Network>(
+    r: &mut Reconciler<R, I, N>,
     d: &DesiredState,
 ) -> StatusSnapshot {
     loop {
@@ -76,8 +91,7 @@ fn state_of(s: &StatusSnapshot, name: &str) -> (ContainerState, Option<String>) 
 
 #[tokio::test]
 async fn a_declared_container_is_started_and_reported_running_with_its_source() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let d = desired(&[("web.yaml", &container("web", "busybox", ""))]);
     let s = converge(&mut r, &d).await;
     let web = s.container("web").unwrap();
@@ -94,7 +108,11 @@ async fn a_registry_error_leaves_the_container_pending_with_the_reason_and_other
     let images = FakeImages {
         broken: HashMap::from([("down:1".into(), "connection refused".into())]),
     };
-    let mut r = Reconciler::new(rt.clone(), Arc::new(images));
+    let mut r = Reconciler::new(
+        rt.clone(),
+        Arc::new(images),
+        Arc::new(FakeNetwork::default()),
+    );
     let d = desired(&[
         ("a.yaml", &container("a", "down:1", "")),
         ("b.yaml", &container("b", "busybox", "")),
@@ -109,7 +127,11 @@ async fn a_registry_error_leaves_the_container_pending_with_the_reason_and_other
 #[tokio::test]
 async fn a_missing_command_fails_the_container_with_the_reason() {
     let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt, Arc::new(FakeImages::default()));
+    let mut r = Reconciler::new(
+        rt,
+        Arc::new(FakeImages::default()),
+        Arc::new(FakeNetwork::default()),
+    );
     let d = desired(&[(
         "a.yaml",
         &container("a", "busybox", "  command: [missing-cmd]\n"),
@@ -124,8 +146,7 @@ async fn a_missing_command_fails_the_container_with_the_reason() {
 /// that never existed). An edit of the spec tries again at once.
 #[tokio::test]
 async fn an_unknown_user_under_never_fails_once_and_is_not_retried() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let spec = |user: &str| {
         container(
             "job",
@@ -152,8 +173,7 @@ async fn an_unknown_user_under_never_fails_once_and_is_not_retried() {
 
 #[tokio::test]
 async fn an_unsupported_field_fails_only_its_container_and_says_so() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let d = desired(&[
         (
             "a.yaml",
@@ -172,8 +192,7 @@ async fn an_unsupported_field_fails_only_its_container_and_says_so() {
 
 #[tokio::test]
 async fn privileged_gets_every_capability_and_volumes_are_recorded_on_the_container() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let d = desired(&[
         (
             "a.yaml",
@@ -203,8 +222,7 @@ async fn privileged_gets_every_capability_and_volumes_are_recorded_on_the_contai
 
 #[tokio::test]
 async fn an_edit_stops_the_old_container_with_its_stop_signal_before_starting_the_new_one() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let d1 = desired(&[(
         "a.yaml",
         &container("a", "busybox", "  stopSignal: SIGQUIT\n"),
@@ -224,8 +242,7 @@ async fn an_edit_stops_the_old_container_with_its_stop_signal_before_starting_th
 
 #[tokio::test]
 async fn a_container_whose_manifest_is_gone_is_stopped_and_removed() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     converge(
         &mut r,
         &desired(&[("a.yaml", &container("a", "busybox", ""))]),
@@ -238,8 +255,7 @@ async fn a_container_whose_manifest_is_gone_is_stopped_and_removed() {
 
 #[tokio::test]
 async fn an_exited_container_with_never_policy_stays_exited_with_its_code() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let d = desired(&[(
         "a.yaml",
         &container("a", "busybox", "  restartPolicy: Never\n"),
@@ -254,8 +270,7 @@ async fn an_exited_container_with_never_policy_stays_exited_with_its_code() {
 
 #[tokio::test]
 async fn a_container_whose_network_is_not_declared_is_left_as_it_runs_and_says_why() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let net = "apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: backend\nspec: {}\n";
     let app = container("app", "busybox", "  networks: [backend]\n");
     converge(&mut r, &desired(&[("net.yaml", net), ("app.yaml", &app)])).await;
@@ -268,7 +283,11 @@ async fn a_container_whose_network_is_not_declared_is_left_as_it_runs_and_says_w
     assert_eq!(rt.calls().len(), 1, "{:?}", rt.calls());
     // Never declared at all: nothing is started.
     let rt2 = Arc::new(FakeRuntime::default());
-    let mut r2 = Reconciler::new(rt2.clone(), Arc::new(FakeImages::default()));
+    let mut r2 = Reconciler::new(
+        rt2.clone(),
+        Arc::new(FakeImages::default()),
+        Arc::new(FakeNetwork::default()),
+    );
     let s = converge(&mut r2, &desired(&[("app.yaml", &app)])).await;
     assert_eq!(state_of(&s, "app").0, ContainerState::Pending);
     assert!(rt2.calls().is_empty());
@@ -279,8 +298,7 @@ async fn a_container_whose_network_is_not_declared_is_left_as_it_runs_and_says_w
 /// `pending` with the time of the next try, and no restart counted.
 #[tokio::test]
 async fn a_failed_start_is_never_retried_under_never_and_retried_with_backoff_otherwise() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let spec = |policy: &str| {
         container(
             "job",
@@ -320,8 +338,7 @@ async fn a_failed_start_is_never_retried_under_never_and_retried_with_backoff_ot
 /// the status shows how the previous run ended.
 #[tokio::test]
 async fn a_crash_restarts_at_once_then_backs_off_and_shows_the_last_state() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()));
+    let (rt, mut r) = fakes();
     let d = desired(&[("a.yaml", &container("a", "busybox", ""))]);
     converge(&mut r, &d).await;
     rt.exit("a", 3);
@@ -337,4 +354,68 @@ async fn a_crash_restarts_at_once_then_backs_off_and_shows_the_last_state() {
     assert!(a.next_restart_at.is_some(), "{a:?}");
     assert!(a.message.as_deref().unwrap().contains("back-off"), "{a:?}");
     assert_eq!(rt.calls().len(), 2, "{:?}", rt.calls());
+}
+
+/// A Network and its containers: made before the container starts (which gets an
+/// address on it), and removed together in one change: the containers go, then the
+/// network, each step unblocking the next, with no periodic resync involved.
+#[tokio::test]
+async fn a_network_is_made_before_its_containers_and_removed_after_them_in_one_change() {
+    let rt = Arc::new(FakeRuntime::default());
+    let net = Arc::new(FakeNetwork::default());
+    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()), net.clone());
+    let network = "apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: backend\nspec:\n  subnet: 10.77.0.0/24\n";
+    let app = container("app", "busybox", "  networks: [backend]\n");
+    let s = converge(
+        &mut r,
+        &desired(&[("net.yaml", network), ("app.yaml", &app)]),
+    )
+    .await;
+    let c = s.container("app").unwrap();
+    assert_eq!(c.state, ContainerState::Running);
+    assert_eq!(c.addresses[0].network, "backend");
+    assert!(
+        c.addresses[0].ip.to_string().starts_with("10.77.0."),
+        "{c:?}"
+    );
+    let calls = net.calls();
+    let ensured = calls.iter().position(|c| c == "ensure backend").unwrap();
+    let attached = calls.iter().position(|c| c == "attach app").unwrap();
+    assert!(ensured < attached, "{calls:?}");
+    let backend = s.networks.iter().find(|n| n.name == "backend").unwrap();
+    assert_eq!(backend.containers[0].name, "app");
+
+    let s = converge(&mut r, &desired(&[])).await;
+    assert!(s.containers.is_empty(), "{s:?}");
+    assert_eq!(
+        net.made(),
+        ["default"],
+        "backend removed in the same change"
+    );
+    let calls = net.calls();
+    let detached = calls.iter().position(|c| c == "detach app").unwrap();
+    let removed = calls.iter().position(|c| c == "remove backend").unwrap();
+    assert!(detached < removed, "{calls:?}");
+}
+
+/// A port another container publishes: the start fails (transient: pending, retried),
+/// and the other container is untouched.
+#[tokio::test]
+async fn a_port_taken_by_another_container_leaves_the_second_pending_with_the_reason() {
+    let (_rt, mut r) = fakes();
+    let d = desired(&[
+        (
+            "a.yaml",
+            &container("a", "busybox", "  ports: [\"8080:80\"]\n"),
+        ),
+        (
+            "b.yaml",
+            &container("b", "busybox", "  ports: [\"8080:80\"]\n"),
+        ),
+    ]);
+    let s = converge(&mut r, &d).await;
+    assert_eq!(state_of(&s, "a").0, ContainerState::Running);
+    let (state, message) = state_of(&s, "b");
+    assert_eq!(state, ContainerState::Pending);
+    assert!(message.unwrap().contains("cannot publish ports"));
 }

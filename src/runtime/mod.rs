@@ -34,10 +34,6 @@ pub struct StartRequest {
     /// `/etc/<name>`: `hosts`, `hostname`, `resolv.conf`. The agent may later rewrite
     /// them in place (same inode) when peers come and go.
     pub etc_files: Vec<(String, String)>,
-    /// Bridge networks to attach to, by name, in interface order (`eth0` first); a
-    /// networking layer ([`crate::net::NetworkedRuntime`]) prepares them and turns
-    /// `network` into [`NetworkMode::Join`]. Empty: `network` as given.
-    pub networks: Vec<String>,
     /// The container's capabilities (`CAP_*`), e.g. from
     /// [`process::resolve_capabilities`]: bounding, effective and permitted sets.
     pub capabilities: Vec<String>,
@@ -46,8 +42,6 @@ pub struct StartRequest {
     pub privileged: bool,
     /// `spec.mounts`: named volumes, binds and tmpfs, in mount order.
     pub mounts: Vec<crate::manifest::MountSpec>,
-    /// Ports to publish (with `networks`).
-    pub ports: Vec<crate::manifest::PortSpec>,
     /// The reconciler's part of the container's record, written before the start.
     pub meta: ContainerMeta,
     /// true: a new container (fresh writable layer, log and restart count); false: a

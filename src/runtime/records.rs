@@ -192,7 +192,7 @@ pub struct ContainerMeta {
     #[serde(default)]
     pub networks: Vec<String>,
     #[serde(default)]
-    pub addresses: Vec<crate::net::runtime::Address>,
+    pub addresses: Vec<crate::net::Address>,
     #[serde(default)]
     pub ports: Vec<crate::net::driver::PortMapping>,
     /// The named volumes it mounts.

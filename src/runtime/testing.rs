@@ -225,8 +225,6 @@ pub fn request(name: &str, args: &[&str], layers: Vec<std::path::PathBuf>) -> St
         read_only_rootfs: false,
         network: super::NetworkMode::Private,
         etc_files: Vec::new(),
-        networks: Vec::new(),
-        ports: Vec::new(),
         capabilities: super::process::resolve_capabilities(&[], &[]),
         limits: super::Limits::default(),
         privileged: false,

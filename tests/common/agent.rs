@@ -69,6 +69,8 @@ pub struct Agent {
     pub netns: PathBuf,
     /// Extra agent flags.
     pub extra: Vec<String>,
+    /// `--resync` (2s unless a test needs the periodic resync out of the way).
+    pub resync: &'static str,
     /// Start the agent with this soft open-files limit (through `prlimit`).
     pub nofile_soft: Option<u64>,
     child: Option<Child>,
@@ -88,6 +90,7 @@ impl Agent {
             addr: format!("unix:{}", tmp.path().join("agent.sock").display()),
             netns,
             extra: Vec::new(),
+            resync: "2s",
             nofile_soft: None,
             tmp,
             child: None,
@@ -144,7 +147,7 @@ impl Agent {
                 "--insecure-registry",
                 &registry(),
                 "--resync",
-                "2s",
+                self.resync,
             ])
             .args(&self.extra)
             .env("RUST_LOG", "info")

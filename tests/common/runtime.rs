@@ -83,8 +83,6 @@ pub fn request(f: &Fixture, name: &str, args: &[&str]) -> StartRequest {
         read_only_rootfs: false,
         network: wharf::runtime::NetworkMode::Private,
         etc_files: Vec::new(),
-        networks: Vec::new(),
-        ports: Vec::new(),
         capabilities: wharf::runtime::process::resolve_capabilities(&[], &[]),
         limits: wharf::runtime::Limits::default(),
         privileged: false,
