@@ -19,9 +19,11 @@ use crate::reconciler::{ImageInfo, Images, Reconciler};
 use crate::runtime::LinuxRuntime;
 use crate::volumes::{Declared, VolumeStore};
 
-/// How often the runtime is relisted to notice exits (kubelet's PLEG relists every
-/// second too); a pass with nothing to do costs a few small file reads.
-pub const RELIST: Duration = Duration::from_secs(1);
+/// How often the runtime is relisted without any event: only a safety net. Exits are
+/// noticed at once through a pidfd on each shim (`runtime::shim_watch`), manifest
+/// changes through the watcher, finished steps and backoff deadlines wake the loop
+/// themselves. (kubelet's PLEG relists every second because it has nothing better.)
+pub const RELIST: Duration = Duration::from_secs(10);
 
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,14 @@ fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Publishes the latest snapshot with one part replaced.
+fn republish(
+    status: &watch::Sender<Arc<StatusSnapshot>>,
+    change: impl FnOnce(&mut StatusSnapshot),
+) {
+    status.send_modify(|s| change(Arc::make_mut(s)));
 }
 
 /// Raises the soft limit on open files to the hard one, as dockerd and containerd do:
@@ -162,7 +172,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     );
 
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusSnapshot::default()));
-    let (images_tx, images_rx) = watch::channel(Vec::new());
+    let (images_tx, mut images_rx) = watch::channel(Vec::new());
     let housekeeping = tokio::spawn(image_housekeeping(
         store,
         status_rx.clone(),
@@ -170,7 +180,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         args.image_gc_grace,
     ));
     let (declared_volumes_tx, declared_volumes_rx) = watch::channel(Declared::default());
-    let (volumes_tx, volumes_rx) = watch::channel(Vec::new());
+    let (volumes_tx, mut volumes_rx) = watch::channel(Vec::new());
     let volume_task = tokio::spawn(crate::volumes::housekeeping::run(
         VolumeStore::new(&args.state),
         status_rx.clone(),
@@ -185,7 +195,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             api::Heartbeat {
                 what: "the reconcile loop",
                 last: heartbeat.clone(),
-                max_silence: RELIST * 10 + Duration::from_secs(20),
+                max_silence: RELIST * 3 + Duration::from_secs(20),
             },
             api::Heartbeat {
                 what: "the manifest watcher",
@@ -215,7 +225,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     let mut last_repair = Instant::now();
     let mut first_pass = true;
-    loop {
+    'passes: loop {
         match reconciler.pass(&desired).await {
             Ok((status, wake)) => {
                 if first_pass {
@@ -233,43 +243,58 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     first_pass = false;
                 }
                 let mut status = status;
-                status.images = images_rx.borrow().clone();
-                status.volumes = volumes_rx.borrow().clone();
+                status.images = images_rx.borrow_and_update().clone();
+                status.volumes = volumes_rx.borrow_and_update().clone();
                 status_tx.send_replace(Arc::new(status));
                 heartbeat.store(now_millis(), Ordering::Relaxed);
-                let sleep = wake
-                    .map(|w| w.saturating_duration_since(Instant::now()))
-                    .unwrap_or(RELIST)
-                    .min(RELIST);
-                tokio::select! {
-                    changed = files.changed() => {
-                        if changed.is_ok() {
-                            desired = loader.load(&files.borrow_and_update());
-                            declared_volumes_tx.send_if_modified(|v| {
-                                let new = declared_volumes(&desired);
-                                let changed = *v != new;
-                                *v = new;
-                                changed
-                            });
+                let deadline = tokio::time::Instant::now()
+                    + wake
+                        .map(|w| w.saturating_duration_since(Instant::now()))
+                        .unwrap_or(RELIST)
+                        .min(RELIST);
+                // Until something calls for a pass. A refreshed image or volume list is
+                // published into the snapshot as it comes, without a pass.
+                loop {
+                    tokio::select! {
+                        changed = files.changed() => {
+                            if changed.is_ok() {
+                                desired = loader.load(&files.borrow_and_update());
+                                declared_volumes_tx.send_if_modified(|v| {
+                                    let new = declared_volumes(&desired);
+                                    let changed = *v != new;
+                                    *v = new;
+                                    changed
+                                });
+                            }
                         }
-                    }
-                    Some(_) = reconciler.step_done() => {}
-                    // A shim ended: its container exited, or the shim was killed.
-                    () = linux.shim_ended() => {}
-                    _ = tokio::time::sleep(sleep) => {
-                        if last_repair.elapsed() >= args.resync {
-                            reconciler.repair_networks().await;
-                            last_repair = Instant::now();
+                        Some(_) = reconciler.step_done() => {}
+                        // A shim ended: its container exited, or the shim was killed.
+                        () = linux.shim_ended() => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        Ok(()) = images_rx.changed() => {
+                            let images = images_rx.borrow_and_update().clone();
+                            republish(&status_tx, |s| s.images = images);
+                            continue;
                         }
+                        Ok(()) = volumes_rx.changed() => {
+                            let volumes = volumes_rx.borrow_and_update().clone();
+                            republish(&status_tx, |s| s.volumes = volumes);
+                            continue;
+                        }
+                        _ = &mut shutdown => break 'passes,
                     }
-                    _ = &mut shutdown => break,
+                    break;
+                }
+                if last_repair.elapsed() >= args.resync {
+                    reconciler.repair_networks().await;
+                    last_repair = Instant::now();
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "observe containers");
                 tokio::select! {
                     _ = tokio::time::sleep(RELIST) => {}
-                    _ = &mut shutdown => break,
+                    _ = &mut shutdown => break 'passes,
                 }
             }
         }
@@ -326,8 +351,9 @@ async fn shutdown_signal() {
 }
 
 /// Takes an exclusive lock on the state root for the agent's lifetime: two agents on
-/// one state root would fight over the same containers.
-fn lock_state(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
+/// one state root would fight over the same containers. `wharf system reset` takes it
+/// too, so it never takes apart what a running agent uses.
+pub(crate) fn lock_state(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
     let path = state.join("agent.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -43,9 +43,14 @@ pub enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
-        /// Keep printing new output.
+        /// Keep printing new output (across restarts and replaces: every line of the
+        /// old container, then the new one's).
         #[arg(long, short = 'f')]
         follow: bool,
+        /// The previous run's output: before the last restart or replace (kubectl's
+        /// `--previous`).
+        #[arg(long, short = 'p', conflicts_with = "follow")]
+        previous: bool,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -78,6 +83,9 @@ pub enum Command {
     /// Manage local images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Commands about this wharf installation as a whole.
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Internal: the per-container shim (started by the agent).
     #[command(hide = true)]
     Shim {
@@ -136,6 +144,33 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// `wharf system …`
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Remove everything this instance made: containers (stopped first), networks with
+    /// the default bridge, links, its nftables table, cgroups, the run dir. Images and
+    /// volumes stay unless --purge. Refused while an agent runs on the state root.
+    Reset(ResetArgs),
+}
+
+/// Flags of `wharf system reset`.
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    /// The state root of the instance to reset (as the agent's --state).
+    #[arg(long, env = "WHARF_STATE", default_value = "/var/lib/wharf")]
+    pub state: PathBuf,
+    /// Its run dir (as the agent's --run-dir).
+    #[arg(long, env = "WHARF_RUN_DIR", default_value = "/run/wharf")]
+    pub run_dir: PathBuf,
+    /// Also delete the state root: images, volumes, records.
+    #[arg(long)]
+    pub purge: bool,
+    /// Time between each container's stop signal and SIGKILL (default: its
+    /// stopGracePeriod, else 10s).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Flags of `wharf agent`; each also reads `WHARF_<FLAG>`.

@@ -428,21 +428,8 @@ fn truncate(message: &str, max: usize) -> String {
 }
 
 /// `wharf logs`: the log of `name` from the first host that has it.
-pub async fn logs(
-    hosts: &[String],
-    name: &str,
-    tail: Option<usize>,
-    follow: bool,
-) -> Result<(), ClientError> {
-    let result = logs_to(
-        hosts,
-        name,
-        tail,
-        follow,
-        &mut io::stdout(),
-        &mut io::stderr(),
-    )
-    .await;
+pub async fn logs(hosts: &[String], name: &str, options: LogOptions) -> Result<(), ClientError> {
+    let result = logs_to(hosts, name, options, &mut io::stdout(), &mut io::stderr()).await;
     match result {
         // `wharf logs web | head` closing the pipe is a normal end, not a failure.
         Err(ClientError::Output { source }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -450,12 +437,21 @@ pub async fn logs(
     }
 }
 
+/// What `wharf logs` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogOptions {
+    /// Only the last N lines.
+    pub tail: Option<usize>,
+    pub follow: bool,
+    /// The run before the current one.
+    pub previous: bool,
+}
+
 /// [`logs`] writing the log to `out` and skipped hosts' failures to `err`.
 pub async fn logs_to(
     hosts: &[String],
     name: &str,
-    tail: Option<usize>,
-    follow: bool,
+    options: LogOptions,
     out: &mut impl io::Write,
     err: &mut impl io::Write,
 ) -> Result<(), ClientError> {
@@ -464,15 +460,18 @@ pub async fn logs_to(
         let mut url = t.url(&["v1", "containers", name, "logs"]);
         {
             let mut query = url.query_pairs_mut();
-            if let Some(n) = tail {
+            if let Some(n) = options.tail {
                 query.append_pair("tail", &n.to_string());
             }
-            if follow {
+            if options.follow {
                 query.append_pair("follow", "true");
+            }
+            if options.previous {
+                query.append_pair("previous", "true");
             }
         }
         // A followed log has no end; a plain one is bounded like every other request.
-        (url, (!follow).then_some(REQUEST_TIMEOUT))
+        (url, (!options.follow).then_some(REQUEST_TIMEOUT))
     })
     .await;
     let (target, mut response) = match found {

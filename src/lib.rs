@@ -13,6 +13,7 @@ pub mod images;
 pub mod manifest;
 pub mod net;
 pub mod reconciler;
+pub mod reset;
 pub mod runtime;
 pub mod state;
 pub mod table;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use wharf::cli::{Cli, Command, ImageCommand};
+use wharf::cli::{Cli, Command, ImageCommand, SystemCommand};
 use wharf::images::commands as images;
 
 fn main() -> ExitCode {
@@ -74,8 +74,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             tail,
             follow,
+            previous,
             host,
-        } => client(wharf::client::logs(&host.hosts, &name, tail, follow)),
+        } => client(wharf::client::logs(
+            &host.hosts,
+            &name,
+            wharf::client::LogOptions {
+                tail,
+                follow,
+                previous,
+            },
+        )),
         Command::Inspect { name, host } => client(wharf::client::inspect(&host.hosts, &name)),
         Command::Pull { reference, store } => {
             let mut out = std::io::stdout();
@@ -127,6 +136,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             images::export(&store, &reference, &file)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::System(SystemCommand::Reset(args)) => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            let summary =
+                tokio_runtime()?.block_on(wharf::reset::run(&args, &mut out, &mut err))?;
+            Ok(ExitCode::from(u8::from(summary.failed > 0)))
         }
         Command::Shim { .. } => unreachable!("handled before logging starts"),
     }

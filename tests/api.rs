@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use wharf::api::{self, ApiError, ApiState};
-use wharf::client::{self, ClientError};
+use wharf::client::{self, ClientError, LogOptions};
 use wharf::reconciler::status::{
     ContainerState, ContainerStatus, ImageStatus, ManifestError, ManifestReport, StatusSnapshot,
 };
@@ -761,7 +761,9 @@ async fn client_reports_an_unreachable_agent_with_exit_code_3() {
     assert_eq!(e.exit_code(), 3);
     let e = client::inspect(&hosts, "web").await.unwrap_err();
     assert_eq!(e.exit_code(), 3, "{e}");
-    let e = client::logs(&hosts, "web", None, false).await.unwrap_err();
+    let e = client::logs(&hosts, "web", LogOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.exit_code(), 3, "{e}");
 }
 
@@ -797,7 +799,7 @@ async fn client_logs_uses_the_first_host_that_has_the_container() {
     std::fs::write(&second.log, "from second\nlast line\n").unwrap();
     let hosts = vec![first.url.clone(), second.url.clone()];
     let mut out = Vec::new();
-    client::logs_to(&hosts, "web", Some(1), false, &mut out, &mut Vec::new())
+    client::logs_to(&hosts, "web", tail(1), &mut out, &mut Vec::new())
         .await
         .unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "last line\n");
@@ -805,8 +807,7 @@ async fn client_logs_uses_the_first_host_that_has_the_container() {
     let e = client::logs_to(
         &hosts,
         "nope",
-        None,
-        false,
+        LogOptions::default(),
         &mut Vec::new(),
         &mut Vec::new(),
     )
@@ -815,6 +816,13 @@ async fn client_logs_uses_the_first_host_that_has_the_container() {
     assert_eq!(e.exit_code(), 1, "{e}");
     first.stop().await.unwrap();
     second.stop().await.unwrap();
+}
+
+fn tail(n: usize) -> LogOptions {
+    LogOptions {
+        tail: Some(n),
+        ..Default::default()
+    }
 }
 
 /// A writer that hands each write to the test as it happens.
@@ -856,8 +864,10 @@ async fn client_logs_follow_streams_until_the_container_is_gone() {
         client::logs_to(
             &hosts,
             "web",
-            Some(1),
-            true,
+            LogOptions {
+                follow: true,
+                ..tail(1)
+            },
             &mut ChannelWriter(tx),
             &mut Vec::new(),
         )

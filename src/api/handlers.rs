@@ -148,6 +148,7 @@ pub(crate) async fn list_images(State(state): State<AppState>) -> Response {
 pub(crate) struct LogsQuery {
     tail: Option<String>,
     follow: Option<String>,
+    previous: Option<String>,
 }
 
 /// `tail=N` or `tail=all` (Docker's spelling for everything).
@@ -161,11 +162,11 @@ fn parse_tail(raw: Option<&str>) -> Result<Option<usize>, String> {
     }
 }
 
-fn parse_follow(raw: Option<&str>) -> Result<bool, String> {
+fn parse_bool(what: &str, raw: Option<&str>) -> Result<bool, String> {
     match raw {
         None | Some("false") | Some("0") => Ok(false),
         Some("") | Some("true") | Some("1") => Ok(true),
-        Some(s) => Err(format!("follow must be true or false, not {s:?}")),
+        Some(s) => Err(format!("{what} must be true or false, not {s:?}")),
     }
 }
 
@@ -182,18 +183,37 @@ pub(crate) async fn container_logs(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
     };
-    let (tail, follow) = match (
+    let (tail, follow, previous) = match (
         parse_tail(query.tail.as_deref()),
-        parse_follow(query.follow.as_deref()),
+        parse_bool("follow", query.follow.as_deref()),
+        parse_bool("previous", query.previous.as_deref()),
     ) {
-        (Ok(t), Ok(f)) => (t, f),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+        (Ok(t), Ok(f), Ok(p)) => (t, f, p),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return error(StatusCode::BAD_REQUEST, &e)
+        }
     };
 
     let snapshot = state.api.status.borrow().clone();
     let Some(container) = snapshot.container(&name) else {
         return no_such_container(&name);
     };
+    if previous {
+        // As kubectl: the run before the current one, after a restart or a replace.
+        let Some(prev) = container.previous_log.clone() else {
+            return error(
+                StatusCode::CONFLICT,
+                &format!("container {name:?} has no previous run (it was neither restarted nor replaced)"),
+            );
+        };
+        return match LogCursor::open_range(prev.path, tail, Some(prev.start..prev.end)).await {
+            Ok(cursor) => text_response(Body::from_stream(logs::stream(cursor, None))),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("reading the previous log of {name:?}: {e}"),
+            ),
+        };
+    }
     let Some(path) = container.log_path.clone() else {
         // Nothing written yet (e.g. pending on an image pull): an empty log, as Docker
         // shows for a created container. A follower cannot learn a later path, so it
@@ -247,10 +267,10 @@ mod tests {
 
     #[test]
     fn follow_accepts_booleans_and_a_bare_flag() {
-        assert_eq!(parse_follow(None), Ok(false));
-        assert_eq!(parse_follow(Some("")), Ok(true));
-        assert_eq!(parse_follow(Some("true")), Ok(true));
-        assert_eq!(parse_follow(Some("0")), Ok(false));
-        assert!(parse_follow(Some("yes")).is_err());
+        assert_eq!(parse_bool("follow", None), Ok(false));
+        assert_eq!(parse_bool("follow", Some("")), Ok(true));
+        assert_eq!(parse_bool("follow", Some("true")), Ok(true));
+        assert_eq!(parse_bool("follow", Some("0")), Ok(false));
+        assert!(parse_bool("follow", Some("yes")).is_err());
     }
 }

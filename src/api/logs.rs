@@ -27,24 +27,26 @@ const CHUNK: usize = 64 * 1024;
 /// Block size for scanning backwards from the end of the file.
 const TAIL_BLOCK: usize = 8 * 1024;
 
-/// The offset where the last `lines` lines of the file begin (0 if it has fewer).
+/// The offset where the last `lines` lines of the bytes `range` of the file begin
+/// (`range.start` if it has fewer), reading backwards `block` bytes at a time.
 ///
 /// A final line without a newline counts as a line; the newline that ends the last
 /// line does not start another one, so "a\nb\n" has two lines, as for `tail -n`.
-pub(crate) fn tail_start(file: &mut std::fs::File, lines: usize) -> io::Result<u64> {
-    tail_start_with_block(file, lines, TAIL_BLOCK)
-}
-
-fn tail_start_with_block(file: &mut std::fs::File, lines: usize, block: usize) -> io::Result<u64> {
-    let len = file.metadata()?.len();
-    if lines == 0 || len == 0 {
+fn tail_start_with_block(
+    file: &mut std::fs::File,
+    lines: usize,
+    range: std::ops::Range<u64>,
+    block: usize,
+) -> io::Result<u64> {
+    let (floor, len) = (range.start, range.end);
+    if lines == 0 || len <= floor {
         return Ok(len);
     }
     let mut buf = vec![0u8; block];
     let mut pos = len;
     let mut seen = 0usize;
-    while pos > 0 {
-        let n = block.min(usize::try_from(pos).unwrap_or(block));
+    while pos > floor {
+        let n = block.min(usize::try_from(pos - floor).unwrap_or(block));
         pos -= n as u64;
         file.seek(SeekFrom::Start(pos))?;
         file.read_exact(&mut buf[..n])?;
@@ -59,7 +61,7 @@ fn tail_start_with_block(file: &mut std::fs::File, lines: usize, block: usize) -
             }
         }
     }
-    Ok(0)
+    Ok(floor)
 }
 
 /// What a log stream needs to know besides the file.
@@ -89,12 +91,28 @@ pub(crate) struct LogCursor {
     file: Option<tokio::fs::File>,
     inode: u64,
     offset: u64,
+    /// Where to stop (a previous run's range); `None`: the end of the file, growing.
+    end: Option<u64>,
+    /// The path names another file now (a replace): the open one is read to its end
+    /// first, so the old container's last lines are not lost, then the new one.
+    replaced: bool,
 }
 
 impl LogCursor {
     /// Opens `path` positioned at the start of its last `tail` lines (all if `None`).
     /// A missing file is not an error: a pending container has no log yet.
     pub(crate) async fn open(path: PathBuf, tail: Option<usize>) -> io::Result<Self> {
+        Self::open_range(path, tail, None).await
+    }
+
+    /// As [`LogCursor::open`], within the bytes `range` of the file (a previous run's
+    /// output), or the whole file.
+    pub(crate) async fn open_range(
+        path: PathBuf,
+        tail: Option<usize>,
+        range: Option<std::ops::Range<u64>>,
+    ) -> io::Result<Self> {
+        let end = range.as_ref().map(|r| r.end);
         let opened = tokio::task::spawn_blocking({
             let path = path.clone();
             move || -> io::Result<Option<(std::fs::File, u64, u64)>> {
@@ -103,12 +121,15 @@ impl LogCursor {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e),
                 };
-                let inode = file.metadata()?.ino();
+                let meta = file.metadata()?;
+                let range = range.unwrap_or(0..meta.len());
+                // A range past a file that shrank (truncated by hand) reads what is left.
+                let range = range.start.min(meta.len())..range.end.min(meta.len());
                 let offset = match tail {
-                    Some(n) => tail_start(&mut file, n)?,
-                    None => 0,
+                    Some(n) => tail_start_with_block(&mut file, n, range, TAIL_BLOCK)?,
+                    None => range.start,
                 };
-                Ok(Some((file, inode, offset)))
+                Ok(Some((file, meta.ino(), offset)))
             }
         })
         .await
@@ -119,12 +140,16 @@ impl LogCursor {
                 file: Some(tokio::fs::File::from_std(file)),
                 inode,
                 offset,
+                end,
+                replaced: false,
             },
             None => Self {
                 path,
                 file: None,
                 inode: 0,
                 offset: 0,
+                end,
+                replaced: false,
             },
         })
     }
@@ -134,8 +159,17 @@ impl LogCursor {
         let Some(file) = self.file.as_mut() else {
             return Ok(None);
         };
+        let want = match self.end {
+            Some(end) => {
+                CHUNK.min(usize::try_from(end.saturating_sub(self.offset)).unwrap_or(CHUNK))
+            }
+            None => CHUNK,
+        };
+        if want == 0 {
+            return Ok(None);
+        }
         file.seek(SeekFrom::Start(self.offset)).await?;
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; want];
         let n = file.read(&mut buf).await?;
         if n == 0 {
             return Ok(None);
@@ -146,20 +180,30 @@ impl LogCursor {
     }
 
     /// Starts over from the beginning when the file was truncated or replaced, or
-    /// opens it once it appears.
-    async fn reopen_if_replaced(&mut self) -> io::Result<()> {
+    /// opens it once it appears; true when there may be bytes to read now.
+    ///
+    /// A replaced file (a replace moved the old container's log aside, after its shim
+    /// ended) is read to its end once more before the switch: bytes written after the
+    /// last read and before the move are still there, through the open descriptor.
+    async fn reopen_if_replaced(&mut self) -> io::Result<bool> {
         let meta = match tokio::fs::metadata(&self.path).await {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         if self.file.is_some() && meta.ino() == self.inode && meta.len() >= self.offset {
-            return Ok(());
+            return Ok(false);
         }
+        if self.file.is_some() && meta.ino() != self.inode && !self.replaced {
+            // One more read of the old file before switching.
+            self.replaced = true;
+            return Ok(true);
+        }
+        self.replaced = false;
         self.file = Some(tokio::fs::File::open(&self.path).await?);
         self.inode = meta.ino();
         self.offset = 0;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -180,13 +224,15 @@ pub(crate) fn stream(
                 Err(e) => return Some((Err(e), None)),
             }
             let ctx = follow.as_ref()?;
+            match cursor.reopen_if_replaced().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Some((Err(e), None)),
+            }
             if ctx.should_end() {
                 return None;
             }
             tokio::time::sleep(ctx.poll).await;
-            if let Err(e) = cursor.reopen_if_replaced().await {
-                return Some((Err(e), None));
-            }
         }
     })
 }
@@ -199,7 +245,8 @@ mod tests {
     fn tail_of(content: &[u8], lines: usize, block: usize) -> Vec<u8> {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(content).unwrap();
-        let start = tail_start_with_block(&mut file, lines, block).unwrap() as usize;
+        let len = content.len() as u64;
+        let start = tail_start_with_block(&mut file, lines, 0..len, block).unwrap() as usize;
         content[start..].to_vec()
     }
 
@@ -220,6 +267,18 @@ mod tests {
             );
             assert_eq!(tail_of(b"a\nb\nc\n", 1, block), b"c\n", "block {block}");
             assert_eq!(tail_of(b"a\n\n\n", 2, block), b"\n\n", "block {block}");
+        }
+    }
+
+    #[test]
+    fn tail_within_a_range_counts_only_its_lines() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"a\nb\nc\nd\ne\n").unwrap();
+        // The range "b\nc\nd\n" (a previous run between two others).
+        for block in [1, 3, 8192] {
+            let mut at = |n| tail_start_with_block(&mut file, n, 2..8, block).unwrap();
+            let got = [at(1), at(2), at(3), at(9)];
+            assert_eq!(got, [6, 4, 2, 2], "block {block}");
         }
     }
 

@@ -76,6 +76,7 @@ pub(super) fn container_status(
         message: memo.message.clone(),
         addresses: meta.map(|m| m.addresses.clone()).unwrap_or_default(),
         log_path: observed.map(|o| o.log_path.clone()),
+        previous_log: observed.and_then(|o| o.previous_log.clone()),
         usage: observed.and_then(|o| o.usage),
         volumes: {
             // What it mounts now and what its next version will mount: both are in use.
@@ -87,6 +88,7 @@ pub(super) fn container_status(
             v.dedup();
             v
         },
+        generation: meta.map(|m| m.generation).filter(|g| *g > 0),
         last_state: observed.and_then(|o| o.last_state.as_ref()).map(last_state),
         next_restart_at: next_try.map(|t| rfc3339_ms(wall_ms(t))),
     };

@@ -58,6 +58,10 @@ pub struct ContainerStatus {
     /// The named volumes it mounts (its running version and its declared one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// How many times a container of this name was created from a changed spec (1 for
+    /// the first; a replace adds one, a restart does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
     /// How its previous run ended (kubectl's `lastState.terminated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_state: Option<LastStateStatus>,
@@ -68,6 +72,9 @@ pub struct ContainerStatus {
     /// Where the shim writes the container's stdout and stderr (not serialised).
     #[serde(skip)]
     pub log_path: Option<PathBuf>,
+    /// Where the previous run's output is (not serialised).
+    #[serde(skip)]
+    pub previous_log: Option<crate::runtime::PreviousLog>,
 }
 
 /// How a container's previous run ended.

@@ -127,10 +127,13 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             .stop(name, signal, grace)
             .await
             .map_err(StepError::Teardown)?;
-        self.runtime
-            .remove(name)
-            .await
-            .map_err(StepError::Teardown)?;
+        // Replaced (or taken down to be): its last output stays, for `--previous`.
+        let removed = if self.desired.is_some() {
+            self.runtime.remove_for_replace(name).await
+        } else {
+            self.runtime.remove(name).await
+        };
+        removed.map_err(StepError::Teardown)?;
         // After the container: its addresses and ports are free only once it is gone.
         // A record without networks (host, none) has nothing attached.
         if meta.is_none_or(|m| !m.networks.is_empty()) {

@@ -14,13 +14,13 @@ use nix::sys::signal::Signal;
 use super::linux::{cgroups, proc};
 use super::process::resolve_user;
 use super::records::{
-    now, ContainerMeta, ExitRecord, LastState, Paths, Record, RecordError, RunSummary, Running,
-    ShimConfig, StartReport,
+    now, ContainerMeta, ExitRecord, LastState, LogRange, Paths, Record, RecordError, RunSummary,
+    Running, ShimConfig, StartReport,
 };
 use super::rootfs_files::read_from_layers;
 use super::shim_watch::ShimWatch;
 use super::spec::{self, ConfigInputs};
-use super::{Observed, ObservedState, Runtime, RuntimeError, StartRequest, Usage};
+use super::{Observed, ObservedState, PreviousLog, Runtime, RuntimeError, StartRequest, Usage};
 use crate::manifest::MountSpec;
 use crate::state;
 use crate::volumes::{populate, VolumeStore};
@@ -128,6 +128,20 @@ impl LinuxRuntime {
         record.meta = Some(req.meta.clone());
         for p in [paths.upper(), paths.work(), paths.rootfs()] {
             fs::create_dir_all(&p).map_err(|e| fail(format!("create {}: {e}", p.display())))?;
+        }
+        if req.fresh {
+            // The replaced container's log, or the one an earlier try of this create
+            // already took over.
+            let earlier = Record::load(&paths.record())
+                .ok()
+                .flatten()
+                .and_then(|r| r.previous_log)
+                .filter(|r| r.file == "previous.log");
+            record.log_start = 0;
+            record.previous_log = adopt_kept_log(&paths).or(earlier);
+            if record.previous_log.is_none() {
+                let _ = fs::remove_file(paths.previous_log());
+            }
         }
         let _ = fs::remove_file(paths.exit());
         let _ = fs::remove_file(paths.state());
@@ -283,6 +297,7 @@ impl LinuxRuntime {
             restart_count: 0,
             started_at: None,
             log_path: paths.log(),
+            previous_log: None,
             usage: None,
         };
         let record = match Record::load(&paths.record()) {
@@ -345,6 +360,18 @@ impl LinuxRuntime {
             _ => None,
         };
         observed.state = state;
+        observed.previous_log = record.previous_log.as_ref().and_then(|r| {
+            let path = match r.file.as_str() {
+                "container.log" => paths.log(),
+                "previous.log" => paths.previous_log(),
+                _ => return None,
+            };
+            Some(PreviousLog {
+                path,
+                start: r.start,
+                end: r.end,
+            })
+        });
         observed.restart_count = record.restart_count;
         observed.started_at = record.started_at;
         observed.last_state = record.last_state;
@@ -446,13 +473,21 @@ impl LinuxRuntime {
         }
     }
 
-    fn remove_blocking(&self, name: &str) -> Result<(), RuntimeError> {
+    fn remove_blocking(&self, name: &str, keep_log: bool) -> Result<(), RuntimeError> {
         self.stop_blocking(name, Signal::SIGKILL, Duration::ZERO)?;
+        let paths = self.paths(name);
+        if keep_log {
+            keep_last_run_log(&paths);
+        } else {
+            let (log, range) = paths.kept_log();
+            for p in [log, range] {
+                let _ = fs::remove_file(p);
+            }
+        }
         self.usage_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        let paths = self.paths(name);
         let mut errors = Vec::new();
         if let Err(e) = cgroups::remove(&cgroups::container_path(&self.instance, name)) {
             errors.push(e.to_string());
@@ -524,6 +559,14 @@ fn note_previous_run(record: &mut Record, paths: &Paths) {
         return;
     }
     record.restart_count += 1;
+    // Its output stays in the log, and is the previous run's from now on.
+    let len = fs::metadata(paths.log()).map_or(0, |m| m.len());
+    record.previous_log = Some(LogRange {
+        file: "container.log".into(),
+        start: record.log_start.min(len),
+        end: len,
+    });
+    record.log_start = len;
     let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
     let Some(exit) = exit.filter(|e| e.run == record.run) else {
         // Lost (a reboot): it ran, but how it ended is unknown.
@@ -544,12 +587,62 @@ fn note_previous_run(record: &mut Record, paths: &Paths) {
     }
 }
 
-/// Records a start that failed before the shim could: the container is then observed
-/// as failed to start (not lost, which would restart it even under `Never`).
-fn record_start_failure(paths: &Paths, run: u64, error: &RuntimeError) {
+/// Before a removal for a replace: the last run's output is kept aside (its range of
+/// the log with it) for the next container of the name. Best effort: a log that
+/// cannot be kept is only lost, as before.
+fn keep_last_run_log(paths: &Paths) {
+    let Ok(len) = fs::metadata(paths.log()).map(|m| m.len()) else {
+        return;
+    };
+    let start = Record::load(&paths.record())
+        .ok()
+        .flatten()
+        .map_or(0, |r| r.log_start.min(len));
+    let (log, range) = paths.kept_log();
+    let kept = LogRange {
+        file: "previous.log".into(),
+        start,
+        end: len,
+    };
+    let result = state::write_json(&range, &kept).and_then(|()| fs::rename(paths.log(), &log));
+    if let Err(e) = result {
+        tracing::warn!(log = %paths.log().display(), error = %e, "keep the log of a replaced container");
+        let _ = fs::remove_file(range);
+    }
+}
+
+/// For a new container: the log its predecessor left (see [`keep_last_run_log`]) becomes
+/// its `previous.log`.
+fn adopt_kept_log(paths: &Paths) -> Option<LogRange> {
+    let (log, range) = paths.kept_log();
+    let kept: Option<LogRange> = state::read_json(&range).ok().flatten();
+    let _ = fs::remove_file(&range);
+    let kept = kept?;
+    match fs::rename(&log, paths.previous_log()) {
+        Ok(()) => Some(kept),
+        Err(_) => {
+            let _ = fs::remove_file(&log);
+            None
+        }
+    }
+}
+
+/// Records a start that failed before the shim could (a mount source missing, the
+/// shim not spawned): the container is then observed as failed to start, not lost,
+/// which would restart it even under `Never`. Only for a run whose record was written
+/// and that never started; a failure before that (an unknown user) leaves nothing.
+fn record_start_failure(paths: &Paths, error: &RuntimeError) {
+    let Ok(Some(record)) = Record::load(&paths.record()) else {
+        return;
+    };
+    let run = record.run;
     let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
-    if exit.is_some_and(|e| e.run == run) {
-        return; // the shim recorded it
+    let running: Option<Running> = state::read_json(&paths.state()).ok().flatten();
+    if record.started_at.is_some()
+        || exit.is_some_and(|e| e.run == run)
+        || running.is_some_and(|r| r.run == run)
+    {
+        return; // it ran (or runs: its report was lost), or the shim recorded the failure
     }
     let record = ExitRecord {
         run,
@@ -602,10 +695,11 @@ impl Runtime for LinuxRuntime {
         let name = req.name.clone();
         blocking(
             move || {
-                let (paths, shim) = me.prepare(&req)?;
-                let started = me.spawn_shim(&req.name, &paths);
+                let started = me
+                    .prepare(&req)
+                    .and_then(|(paths, _)| me.spawn_shim(&req.name, &paths));
                 if let Err(e) = &started {
-                    record_start_failure(&paths, shim.run, e);
+                    record_start_failure(&me.paths(&req.name), e);
                 }
                 started
             },
@@ -623,7 +717,13 @@ impl Runtime for LinuxRuntime {
     async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
         let me = self.clone();
         let n = name.to_owned();
-        blocking(move || me.remove_blocking(&n), name).await
+        blocking(move || me.remove_blocking(&n, false), name).await
+    }
+
+    async fn remove_for_replace(&self, name: &str) -> Result<(), RuntimeError> {
+        let me = self.clone();
+        let n = name.to_owned();
+        blocking(move || me.remove_blocking(&n, true), name).await
     }
 }
 

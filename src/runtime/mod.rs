@@ -110,8 +110,18 @@ pub struct Observed {
     /// Seconds since the epoch of the latest start.
     pub started_at: Option<i64>,
     pub log_path: PathBuf,
+    /// The previous run's output (`wharf logs --previous`).
+    pub previous_log: Option<PreviousLog>,
     /// Resource usage while it runs.
     pub usage: Option<Usage>,
+}
+
+/// Where the previous run's output is: bytes `start..end` of `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousLog {
+    pub path: PathBuf,
+    pub start: u64,
+    pub end: u64,
 }
 
 static INHERITED_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -191,4 +201,10 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Removes a container (killing it if it still runs); not found is success.
     fn remove(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a container to replace it: as [`Runtime::remove`], but its last run's
+    /// output stays, as the previous log of the next container of that name.
+    fn remove_for_replace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

@@ -7,7 +7,8 @@
 //! - `record.json`  the container's record ([`Record`], versioned): what it was made from
 //!   ([`ContainerMeta`]), run number, restarts, last state, recent runs
 //! - `exit.json`    written by the shim when the container's init exits ([`ExitRecord`])
-//! - `container.log` stdout and stderr, written by the shim
+//! - `container.log` stdout and stderr, written by the shim (every run, appended)
+//! - `previous.log` the log of the container this one replaced
 //! - `upper/`, `work/` the overlayfs writable layer
 //! - `etc/`         `hosts`, `hostname`, `resolv.conf`, bind-mounted into the container
 //!
@@ -136,10 +137,27 @@ pub struct Record {
     /// in milliseconds, so the restart backoff can be read back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunSummary>,
+    /// Where in `container.log` the latest run's output begins.
+    #[serde(default)]
+    pub log_start: u64,
+    /// The previous run's output: a range of `container.log` after a restart, of
+    /// `previous.log` after a replace (`wharf logs --previous`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_log: Option<LogRange>,
     /// What the reconciler made the container from; `None` only in a half-made or
     /// pre-version record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<ContainerMeta>,
+}
+
+/// A run's output: bytes `start..end` of a file of the container's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogRange {
+    /// `container.log` or `previous.log`.
+    pub file: String,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// How many runs [`Record::history`] keeps.
@@ -320,6 +338,20 @@ impl Paths {
     }
     pub fn log(&self) -> PathBuf {
         self.dir.join("container.log")
+    }
+    /// The log of the container this one replaced.
+    pub fn previous_log(&self) -> PathBuf {
+        self.dir.join("previous.log")
+    }
+    /// Where a removal that keeps the log leaves it (and its range, as JSON) for the
+    /// next container of the name: `containers/.kept/<name>.log`, `.json`.
+    pub fn kept_log(&self) -> (PathBuf, PathBuf) {
+        let parent = self.dir.parent().unwrap_or(&self.dir).join(".kept");
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        (
+            parent.join(format!("{name}.log")),
+            parent.join(format!("{name}.json")),
+        )
     }
     pub fn shim_log(&self) -> PathBuf {
         self.dir.join("shim.log")

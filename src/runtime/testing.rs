@@ -107,6 +107,7 @@ impl Runtime for FakeRuntime {
                     restart_count,
                     started_at: None,
                     log_path: "/dev/null".into(),
+                    previous_log: None,
                     usage: None,
                 },
             );
@@ -167,6 +168,7 @@ impl Runtime for FakeRuntime {
                 restart_count,
                 started_at: Some(running.started_at),
                 log_path: "/dev/null".into(),
+                previous_log: None,
                 usage: None,
             },
         );
@@ -198,6 +200,10 @@ impl Runtime for FakeRuntime {
         self.record(format!("remove {name}"));
         self.containers.lock().expect("containers").remove(name);
         Ok(())
+    }
+
+    async fn remove_for_replace(&self, name: &str) -> Result<(), RuntimeError> {
+        self.remove(name).await
     }
 }
 

@@ -241,16 +241,10 @@ impl Agent {
     pub fn instance(&self) -> String {
         wharf::agent::instance_id(&self.state)
     }
-}
 
-impl Drop for Agent {
-    /// Stops the agent, then removes every container it made (processes by their PID,
-    /// cgroups, state) through the runtime, so a failed test leaves nothing behind.
-    fn drop(&mut self) {
-        self.kill();
-        if !self.state.exists() {
-            return;
-        }
+    /// Removes every container of the agent's records (processes by their PID, cgroups,
+    /// state) through the runtime.
+    fn remove_containers(&self) {
         let rt = wharf::runtime::LinuxRuntime::new(
             &self.state,
             &self.run,
@@ -271,6 +265,19 @@ impl Drop for Agent {
             rt.remove_orphan_cgroups(&[]);
         })
         .join();
+    }
+}
+
+impl Drop for Agent {
+    /// Stops the agent, then removes every container it made (processes by their PID,
+    /// cgroups, state) through the runtime, so a failed test leaves nothing behind.
+    fn drop(&mut self) {
+        self.kill();
+        // (A test may have deleted the state root, e.g. `wharf system reset --purge`:
+        // the namespaces below still need removing.)
+        if self.state.exists() {
+            self.remove_containers();
+        }
         // Container namespaces, then the agent's: with their last process gone, the
         // bridges, veths and the nftables table inside go with them.
         for ns in wharf::net::netns::list(&self.run.join("netns")).unwrap_or_default() {
