@@ -11,7 +11,8 @@ same run, and the ratio is printed.
 Usage (as root, from the repository root):
     benches/start_latency.py [--runs 25] [--wharf target/release/wharf]
 
-Cleans up everything it creates: the agent (by its PID), containers, cgroups, temp dirs.
+Cleans up everything it creates, also on failure: containers (through the agent, else
+`wharf system reset`), the agent (by its PID), cgroups, temp dirs.
 """
 
 import argparse
@@ -26,22 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_agent import (  # noqa: E402
-    ROOT, Agent, manifest, prepare, running_cmd, write_manifest)
-
-
-def wait_process(procs_file, cmdline, timeout=30.0):
-    """Polls (1 ms) until a pid in `procs_file` runs `cmdline`; returns the time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(procs_file) as f:
-                for line in f:
-                    if running_cmd(line.strip()) == cmdline:
-                        return time.monotonic()
-        except OSError:
-            pass
-        time.sleep(0.001)
-    raise TimeoutError(f"no process {cmdline!r} in {procs_file}")
+    ROOT, Agent, manifest, prepare, wait_process, write_manifest)
 
 
 def bench_wharf(wharf, runs, tmp):
@@ -76,7 +62,7 @@ def bench_wharf(wharf, runs, tmp):
                     rss = line.split()[1]
         return samples, layer, rss
     finally:
-        agent.stop()
+        agent.shutdown()
 
 
 def bench_crun(layer, runs, tmp):

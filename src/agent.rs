@@ -15,7 +15,7 @@ use crate::images::{self, ImageStore, RegistryConfig};
 use crate::manifest::{self, Loader, PullPolicy};
 use crate::net::{driver::Networks, BridgeNetwork};
 use crate::reconciler::status::{ImageStatus, StatusSnapshot};
-use crate::reconciler::{ImageInfo, Images, Reconciler};
+use crate::reconciler::{ImageInfo, Images, Reconciler, Seams};
 use crate::runtime::LinuxRuntime;
 use crate::volumes::{Declared, VolumeStore};
 
@@ -89,12 +89,18 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// Publishes the latest snapshot with one part replaced.
+/// Publishes the latest snapshot with one part replaced, for readers (the endpoint)
+/// only: waiters are not woken, since the tasks that produce those parts wait on the
+/// snapshot themselves (a volume list republished would wake the volume task, whose new
+/// list would be republished, and so on, a busy loop).
 fn republish(
     status: &watch::Sender<Arc<StatusSnapshot>>,
     change: impl FnOnce(&mut StatusSnapshot),
 ) {
-    status.send_modify(|s| change(Arc::make_mut(s)));
+    status.send_if_modified(|s| {
+        change(Arc::make_mut(s));
+        false
+    });
 }
 
 /// Raises the soft limit on open files to the hard one, as dockerd and containerd do:
@@ -144,6 +150,9 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let linux = LinuxRuntime::new(&args.state, &args.run_dir, &instance, shim_exe);
     let nets = Networks::new(&instance, &args.state, &args.run_dir)?;
     let network = Arc::new(BridgeNetwork::new(nets, &args.state));
+    // A deleted veth or bridge, a flushed ruleset: repaired as soon as the kernel says.
+    let drift = crate::net::monitor::Drift::watch(&crate::net::link::link_prefix(&instance));
+    let drift_task = tokio::spawn(crate::net::monitor::repair_on_drift(drift, network.clone()));
     let store = ImageStore::open_with(
         &args.state.join("images"),
         RegistryConfig {
@@ -153,11 +162,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             ..Default::default()
         },
     )?;
-    let mut reconciler = Reconciler::new(
-        Arc::new(linux.clone()),
-        Arc::new(StoreImages(store.clone())),
+    let mut reconciler = Reconciler::new(Seams {
+        runtime: Arc::new(linux.clone()),
+        images: Arc::new(StoreImages(store.clone())),
         network,
-    );
+        volumes: Arc::new(VolumeStore::new(&args.state)),
+    });
     let mut loader = Loader::new(Some(args.state.join("manifests-last-good.json")));
     let policy = manifest::ScanPolicy {
         external_links: args.allow_external_symlinks,
@@ -217,7 +227,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut desired = loader.load(&files.borrow_and_update());
-    declared_volumes_tx.send_replace(declared_volumes(&desired));
+    declared_volumes_tx.send_replace(crate::reconciler::inputs::declared_volumes(&desired));
     // Networks first (netns-first for containers), then re-adopt what runs: same
     // addresses, published ports restored, leftovers of vanished containers removed.
     if let Err(e) = reconciler.adopt(&desired).await {
@@ -260,7 +270,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                             if changed.is_ok() {
                                 desired = loader.load(&files.borrow_and_update());
                                 declared_volumes_tx.send_if_modified(|v| {
-                                    let new = declared_volumes(&desired);
+                                    let new = crate::reconciler::inputs::declared_volumes(&desired);
                                     let changed = *v != new;
                                     *v = new;
                                     changed
@@ -286,7 +296,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     break;
                 }
                 if last_repair.elapsed() >= args.resync {
-                    reconciler.repair_networks().await;
+                    reconciler.repair_networks(true).await;
                     last_repair = Instant::now();
                 }
             }
@@ -302,36 +312,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     tracing::info!("agent stopping; containers keep running");
     housekeeping.abort();
     volume_task.abort();
+    drift_task.abort();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), api_task).await {
         Ok(Ok(Err(e))) => Err(e.into()),
         _ => Ok(()),
-    }
-}
-
-fn declared_volumes(desired: &manifest::DesiredState) -> Declared {
-    Declared {
-        volumes: desired
-            .volumes
-            .iter()
-            .map(|(name, v)| (name.clone(), v.object.spec.reclaim_policy))
-            .collect(),
-        sources: desired
-            .volumes
-            .iter()
-            .map(|(name, v)| (name.clone(), v.file.clone()))
-            .collect(),
-        frozen: desired
-            .frozen
-            .iter()
-            .filter_map(|key| key.strip_prefix("Volume/").map(str::to_owned))
-            .collect(),
-        mounted: desired
-            .containers
-            .values()
-            .flat_map(|c| c.object.volume_names().map(str::to_owned))
-            .collect(),
-        complete: desired.complete,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod api;
 pub mod class;
 pub mod cli;
 pub mod client;
+pub mod fault;
 pub mod images;
 pub mod manifest;
 pub mod net;

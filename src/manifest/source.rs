@@ -5,16 +5,26 @@
 //! again, so a missed or coalesced event costs latency, never correctness. A
 //! periodic rescan catches what inotify cannot see (the root created or replaced
 //! later, network filesystems). What one scan reads, and how safely, is `scan.rs`.
+//!
+//! When to scan is a trade between latency and work. A write that is finished (the
+//! file closed after writing, or renamed into place as editors and git do) is
+//! scanned at once: the time from a save to a running container is the point of
+//! the agent. Other events (a create, a write still going on, a removal) wait for
+//! [`SETTLE`] of quiet, or a finished write if one comes first, so a scan does not
+//! read a file half written. And once a scan has run for events, more events while
+//! it runs or within [`SETTLE`] after it are a burst (200 files written at once, a
+//! checkout): they are gathered into one more scan once the burst goes quiet, rather
+//! than one scan per file. The latest snapshot wins.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode};
 use tokio::sync::watch;
 
@@ -28,6 +38,7 @@ pub type Snapshot = Arc<Vec<SourceFile>>;
 pub struct WatchGuard {
     stop: mpsc::Sender<Wake>,
     heartbeat: Arc<AtomicI64>,
+    scans: Arc<AtomicU64>,
     max_silence: Duration,
 }
 
@@ -43,6 +54,12 @@ impl WatchGuard {
     pub fn max_silence(&self) -> Duration {
         self.max_silence
     }
+
+    /// How many times the watcher thread has scanned the folder: what the events so
+    /// far have cost. A burst of writes should cost a few scans, not one per file.
+    pub fn scans(&self) -> u64 {
+        self.scans.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for WatchGuard {
@@ -53,14 +70,18 @@ impl Drop for WatchGuard {
 
 #[derive(Debug)]
 enum Wake {
-    Changed,
+    /// An event a scan may see; `complete` if it says a write is finished
+    /// ([`is_complete`]).
+    Changed {
+        complete: bool,
+    },
     Stop,
 }
 
 /// Watches `root` and publishes a full snapshot ([`scan_dir_with`] under `policy`)
-/// whenever it changes: on file events (recursive, once they have been quiet for
-/// [`SETTLE`]) and every `rescan`. A snapshot is published only when it differs from
-/// the last one.
+/// whenever it changes: on file events (recursive; at once for a finished write or
+/// rename, else once they have been quiet for [`SETTLE`]) and every `rescan`. A
+/// snapshot is published only when it differs from the last one.
 ///
 /// The receiver starts with the current snapshot. `root` may not exist yet: the
 /// snapshot is then empty, and the folder is picked up by a rescan once it appears
@@ -70,6 +91,17 @@ pub fn watch_dir(
     root: PathBuf,
     rescan: Duration,
     policy: ScanPolicy,
+) -> Result<(WatchGuard, watch::Receiver<Snapshot>), ManifestError> {
+    watch_dir_paced(root, rescan, policy, Pace::DEFAULT)
+}
+
+/// [`watch_dir`] with its quiet periods given: tests stretch them, so that what must
+/// not wait for them shows without measuring time.
+fn watch_dir_paced(
+    root: PathBuf,
+    rescan: Duration,
+    policy: ScanPolicy,
+    pace: Pace,
 ) -> Result<(WatchGuard, watch::Receiver<Snapshot>), ManifestError> {
     if let Ok(meta) = fs::metadata(&root) {
         if !meta.is_dir() {
@@ -84,18 +116,18 @@ pub fn watch_dir(
     let rescan = rescan.max(Duration::from_millis(10));
     let shown = root.display().to_string();
     let heartbeat = Arc::new(AtomicI64::new(unix_millis()));
-    let beat = heartbeat.clone();
+    let scans = Arc::new(AtomicU64::new(0));
+    let watcher = Watcher {
+        root,
+        policy,
+        rescan,
+        pace,
+        heartbeat: heartbeat.clone(),
+        scans: scans.clone(),
+    };
     std::thread::Builder::new()
         .name("wharf-manifests".into())
-        .spawn(move || {
-            let watcher = Watcher {
-                root,
-                policy,
-                rescan,
-                heartbeat: beat,
-            };
-            watcher.run(tx, events, wake_rx)
-        })
+        .spawn(move || watcher.run(tx, events, wake_rx))
         .map_err(|source| ManifestError::SpawnWatcher {
             path: shown,
             source,
@@ -103,6 +135,7 @@ pub fn watch_dir(
     let guard = WatchGuard {
         stop: wake_tx,
         heartbeat,
+        scans,
         // A rescan period, the longest settle, and room for a slow scan.
         max_silence: rescan * 2 + REMOVAL_SETTLE * 5 + Duration::from_secs(30),
     };
@@ -115,11 +148,14 @@ fn unix_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Quiet time after the last file event before the folder is scanned. Short, because it
-/// adds straight to the time from a saved file to a running container; a burst that
-/// outlasts it only costs an extra snapshot (the latest one wins and reconciling is
+/// Quiet time that ends a burst of events, and that a change which is not a finished
+/// write (a create, a write not closed yet, a removal) waits for before the folder is
+/// scanned. Short, because such a change waits for it before its container starts or
+/// stops (`cat > f` holds the file open while it writes); a burst that outlasts it
+/// only costs an extra snapshot (the latest one wins and reconciling is
 /// level-triggered), except a snapshot that lost a file, which waits for
-/// [`REMOVAL_SETTLE`] of quiet and a second scan.
+/// [`REMOVAL_SETTLE`] of quiet and a second scan. A finished write is scanned at once
+/// ([`is_complete`]).
 pub const SETTLE: Duration = Duration::from_millis(10);
 
 /// Quiet time asked before publishing a scan that lost a file (see [`loses_a_file`]).
@@ -156,18 +192,61 @@ fn holds_content(text: &Result<String, String>) -> bool {
 /// scan this often.
 const MAX_SETTLE: Duration = Duration::from_millis(250);
 
+/// The watcher's quiet periods.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    /// See [`SETTLE`]; also how long after a scan for events a further event counts
+    /// as the same burst.
+    quiet: Duration,
+    /// See [`MAX_SETTLE`].
+    max: Duration,
+}
+
+impl Pace {
+    const DEFAULT: Pace = Pace {
+        quiet: SETTLE,
+        max: MAX_SETTLE,
+    };
+}
+
+/// What ends a wait for quiet early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ends {
+    /// Only quiet (or the longest wait): a burst being gathered, a removal.
+    OnQuiet,
+    /// Quiet, or a finished write: a change seen while idle, such as the create or
+    /// the first write of a save whose close is still to come.
+    OnQuietOrComplete,
+}
+
 struct Watcher {
     root: PathBuf,
     policy: ScanPolicy,
     rescan: Duration,
+    pace: Pace,
     heartbeat: Arc<AtomicI64>,
+    scans: Arc<AtomicU64>,
 }
 
 impl Watcher {
-    fn scan(&self) -> Vec<SourceFile> {
+    /// Scans the folder. `None`: stop.
+    ///
+    /// The events queued now happened before the scan reads the folder, so it covers
+    /// them: they are dropped, or a single-file save (notify reports a rename into
+    /// place as `To`, then `Both` when it saw the origin) would look like a burst still
+    /// going and cost a second scan.
+    fn scan(&self, wake: &mpsc::Receiver<Wake>) -> Option<Vec<SourceFile>> {
+        loop {
+            match wake.try_recv() {
+                Ok(Wake::Changed { .. }) => {}
+                Ok(Wake::Stop) | Err(mpsc::TryRecvError::Disconnected) => return None,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
         let files = scan_dir_with(&self.root, self.policy);
+        self.scans.fetch_add(1, Ordering::Relaxed);
         self.heartbeat.store(unix_millis(), Ordering::Relaxed);
-        files
+        Some(files)
     }
 
     fn run(
@@ -180,22 +259,30 @@ impl Watcher {
         // The watch is tied to the root's inode: if the folder is created later, or
         // replaced (deleted and re-created, or a symlink swapped), watch it again.
         let mut watched: Option<((u64, u64), notify::RecommendedWatcher)> = None;
+        // Whether the last scan was for events (rather than the periodic rescan).
+        let mut for_events = false;
         loop {
             let current = fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
             if current.is_none() || watched.as_ref().map(|(id, _)| Some(*id)) != Some(current) {
                 watched = current.and_then(|id| start_watch(root, events.clone()).map(|w| (id, w)));
             }
 
-            let mut snapshot = self.scan();
+            let Some(mut snapshot) = self.scan(&wake) else {
+                return;
+            };
             if loses_a_file(&tx.borrow(), &snapshot) {
                 // An editor's save may move the file away (vim's backup, "safe write"),
                 // or truncate it, and write the new one a moment later: a removal is
                 // published only once the folder has been quiet for longer, so a save
-                // never stops a container.
-                if settle(&wake, REMOVAL_SETTLE, REMOVAL_SETTLE * 5).is_none() {
+                // never stops a container. A finished write does not end this wait
+                // early: a truncated file closed empty is finished too.
+                if settle(&wake, REMOVAL_SETTLE, REMOVAL_SETTLE * 5, Ends::OnQuiet).is_none() {
                     return;
                 }
-                snapshot = self.scan();
+                let Some(again) = self.scan(&wake) else {
+                    return;
+                };
+                snapshot = again;
             }
             tx.send_if_modified(|old| {
                 if **old == snapshot {
@@ -207,27 +294,53 @@ impl Watcher {
             if tx.is_closed() {
                 return;
             }
+            if self.next_scan(&wake, &mut for_events).is_none() {
+                return;
+            }
+        }
+    }
 
-            match wake.recv_timeout(self.rescan) {
-                Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                Ok(Wake::Changed) => {
-                    if settle(&wake, SETTLE, MAX_SETTLE).is_none() {
-                        return;
-                    }
-                }
+    /// Waits until the next scan is due. `None`: stop.
+    fn next_scan(&self, wake: &mpsc::Receiver<Wake>, for_events: &mut bool) -> Option<()> {
+        let Pace { quiet, max } = self.pace;
+        if *for_events {
+            // Events that came while the scan ran (still queued), or that come within
+            // `quiet` after it, are a burst still going: gather them into one scan once
+            // it is quiet, finished writes included. 200 files written at once then
+            // cost two scans (the first file's, and one for the rest, as long as the
+            // writer never pauses for `quiet`), not 200.
+            match wake.recv_timeout(quiet) {
+                Ok(Wake::Changed { .. }) => return settle(wake, quiet, max, Ends::OnQuiet),
+                Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        match wake.recv_timeout(self.rescan) {
+            Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                *for_events = false;
+                Some(())
+            }
+            Ok(Wake::Changed { complete }) => {
+                *for_events = true;
+                if complete {
+                    Some(())
+                } else {
+                    settle(wake, quiet, max, Ends::OnQuietOrComplete)
+                }
             }
         }
     }
 }
 
-/// Waits until no event has come for `quiet` (at most `max`). `None`: stop.
+/// Waits until no event has come for `quiet` (at most `max`), or, with
+/// [`Ends::OnQuietOrComplete`], until an event says a write is finished. `None`: stop.
 ///
 /// Our own quiet period rather than notify-debouncer-full's: that one checks on a timer
 /// (every quarter of its timeout, forever, even with nothing to do) and reports a path
 /// only after timeout + a tick; here the thread sleeps until an event or the quiet
 /// period's end.
-fn settle(wake: &mpsc::Receiver<Wake>, quiet: Duration, max: Duration) -> Option<()> {
+fn settle(wake: &mpsc::Receiver<Wake>, quiet: Duration, max: Duration, ends: Ends) -> Option<()> {
     let deadline = std::time::Instant::now() + max;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -235,7 +348,10 @@ fn settle(wake: &mpsc::Receiver<Wake>, quiet: Duration, max: Duration) -> Option
             return Some(());
         }
         match wake.recv_timeout(quiet.min(left)) {
-            Ok(Wake::Changed) => continue,
+            Ok(Wake::Changed { complete: true }) if ends == Ends::OnQuietOrComplete => {
+                return Some(())
+            }
+            Ok(Wake::Changed { .. }) => continue,
             Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             Err(mpsc::RecvTimeoutError::Timeout) => return Some(()),
         }
@@ -254,26 +370,47 @@ fn is_change(event: &notify::Event) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     };
-    let ignored = |p: &PathBuf| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'))
-    };
     // No paths: a queue overflow or the like, which asks for a rescan.
-    kind_counts && (event.paths.is_empty() || !event.paths.iter().all(ignored))
+    kind_counts && (event.paths.is_empty() || !event.paths.iter().all(|p| is_hidden(p)))
+}
+
+/// Whether an event says a write is finished, so that the folder is scanned at once:
+/// a file closed after writing (`IN_CLOSE_WRITE`, notify's `Close(Write)`), or a name
+/// renamed into the folder (`IN_MOVED_TO`: notify's `Name(To)`, then `Name(Both)` when
+/// it pairs the move with its origin), as editors and git put a file in place. Its
+/// destination (the last path) must not be hidden: a file moved to a hidden name is
+/// gone, and a removal waits anyway. Every other change may be one step of several (a
+/// create before the writes, a write before the close).
+fn is_complete(event: &notify::Event) -> bool {
+    let finishes = matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    );
+    finishes && event.paths.last().is_some_and(|p| !is_hidden(p))
+}
+
+/// Whether a path's last name is hidden (a scan skips it).
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 fn start_watch(root: &Path, events: mpsc::Sender<Wake>) -> Option<notify::RecommendedWatcher> {
     let handler = move |result: notify::Result<notify::Event>| {
-        let changed = match &result {
-            Ok(event) => is_change(event),
+        let wake = match &result {
+            Ok(event) if is_change(event) => Some(Wake::Changed {
+                complete: is_complete(event),
+            }),
+            Ok(_) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "manifest watcher error; the periodic rescan still runs");
-                true
+                Some(Wake::Changed { complete: false })
             }
         };
-        if changed {
-            let _ = events.send(Wake::Changed);
+        if let Some(wake) = wake {
+            let _ = events.send(wake);
         }
     };
     let started = notify::recommended_watcher(handler).and_then(|mut w| {
@@ -290,288 +427,5 @@ fn start_watch(root: &Path, events: mpsc::Sender<Wake>) -> Option<notify::Recomm
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::scan::scan_dir;
-    use crate::manifest::scan::tests::write;
-
-    /// The watcher's own scans open and read every file: those events must not wake
-    /// it (they did, and it rescanned forever), nor writes to hidden names; a write,
-    /// and a rename onto a manifest name, must.
-    #[test]
-    fn only_changes_a_scan_can_see_wake_the_watcher() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "sub/web.yaml", "a");
-        let (tx, rx) = mpsc::channel();
-        let _watch = start_watch(dir.path(), tx).expect("inotify watch");
-        let quiet = |what: &str| {
-            let got = rx.recv_timeout(Duration::from_millis(300));
-            assert!(got.is_err(), "woken by {what}: {got:?}");
-        };
-        let woken = |what: &str| {
-            let got = rx.recv_timeout(Duration::from_secs(10));
-            assert!(matches!(got, Ok(Wake::Changed)), "{what}: {got:?}");
-            while rx.recv_timeout(Duration::from_millis(50)).is_ok() {}
-        };
-        for _ in 0..5 {
-            assert_eq!(scan_dir(dir.path()).len(), 1);
-        }
-        quiet("reads");
-        write(dir.path(), "sub/.api.yaml.partial", "b");
-        write(dir.path(), "sub/.web.yaml.swp", "b");
-        quiet("hidden files");
-        fs::rename(
-            dir.path().join("sub/.api.yaml.partial"),
-            dir.path().join("sub/api.yaml"),
-        )
-        .unwrap();
-        woken("rename onto a manifest name");
-        write(dir.path(), "sub/web.yaml", "b");
-        woken("a write");
-    }
-
-    /// A burst is one scan once quiet; a stream that never goes quiet still gets one.
-    /// (Wide margins: a loaded machine may pause the feeding thread.)
-    #[test]
-    fn settle_waits_for_quiet_but_not_forever() {
-        let (quiet, max) = (Duration::from_millis(300), Duration::from_millis(600));
-        let (tx, rx) = mpsc::channel();
-        let start = std::time::Instant::now();
-        let feeder = std::thread::spawn(move || {
-            while start.elapsed() < max * 2 {
-                let _ = tx.send(Wake::Changed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        assert!(settle(&rx, quiet, max).is_some());
-        let waited = start.elapsed();
-        assert!(waited >= max, "scanned mid-stream after {waited:?}");
-        assert!(waited < max * 2, "the stream was still going: {waited:?}");
-        feeder.join().unwrap();
-        while rx.try_recv().is_ok() {}
-        assert!(
-            settle(&rx, quiet, max).is_none(),
-            "the sender is gone: stop"
-        );
-    }
-
-    #[test]
-    fn a_lost_file_is_told_from_added_and_kept_ones() {
-        let files = |paths: &[&str]| -> Vec<SourceFile> {
-            paths
-                .iter()
-                .map(|p| SourceFile {
-                    path: p.to_string(),
-                    text: Ok(String::new()),
-                })
-                .collect()
-        };
-        assert!(!loses_a_file(
-            &files(&["a", "c"]),
-            &files(&["a", "b", "c", "d"])
-        ));
-        assert!(!loses_a_file(&files(&[]), &files(&["a"])));
-        assert!(loses_a_file(&files(&["a", "c"]), &files(&["a", "b"])));
-        assert!(loses_a_file(&files(&["a"]), &files(&[])));
-        assert!(loses_a_file(&files(&["a", "b"]), &files(&["b"])));
-    }
-
-    /// vim's save (and "safe write" editors): the file is moved away, then written
-    /// anew. With the new file 40 ms later (longer than the settle), no snapshot
-    /// without it is ever published; a real removal still is.
-    #[test]
-    fn an_editors_move_away_and_rewrite_never_publishes_a_removal() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "web.yaml", "old");
-        let (_guard, mut rx) = watch_dir(
-            dir.path().to_owned(),
-            Duration::from_secs(60),
-            ScanPolicy::default(),
-        )
-        .unwrap();
-        assert_eq!(rx.borrow_and_update().len(), 1);
-        fs::rename(dir.path().join("web.yaml"), dir.path().join("web.yaml~")).unwrap();
-        std::thread::sleep(Duration::from_millis(40));
-        write(dir.path(), "web.yaml", "new");
-        let _ = fs::remove_file(dir.path().join("web.yaml~"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if rx.has_changed().unwrap() {
-                let snap = rx.borrow_and_update().clone();
-                assert!(
-                    snap.iter().any(|f| f.path == "web.yaml"),
-                    "published without web.yaml: {snap:?}"
-                );
-                if snap[0].text.as_deref() == Ok("new") {
-                    break;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the new file never came"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        fs::remove_file(dir.path().join("web.yaml")).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !rx.borrow_and_update().is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the removal never came"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn a_file_emptied_is_told_like_a_lost_one() {
-        let file = |text: &str| SourceFile {
-            path: "web.yaml".into(),
-            text: Ok(text.into()),
-        };
-        let full = [file("kind: Container\n")];
-        for emptied in ["", "\n  \n", "# nothing\n---\n"] {
-            assert!(loses_a_file(&full, &[file(emptied)]), "{emptied:?}");
-        }
-        assert!(!loses_a_file(&full, &[file("kind: Network\n")]));
-        assert!(!loses_a_file(&[file("")], &[file("")]));
-        let unreadable = SourceFile {
-            path: "web.yaml".into(),
-            text: Err("is a FIFO".into()),
-        };
-        assert!(!loses_a_file(&full, std::slice::from_ref(&unreadable)));
-    }
-
-    /// `cat > web.yaml`: truncated, then written 40 ms later. No snapshot with the
-    /// empty file is ever published; emptying it for good still is.
-    #[test]
-    fn a_file_rewritten_in_place_never_publishes_it_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "web.yaml", "old: 1\n");
-        let (_guard, mut rx) = watch_dir(
-            dir.path().to_owned(),
-            Duration::from_secs(60),
-            ScanPolicy::default(),
-        )
-        .unwrap();
-        rx.borrow_and_update();
-        for _ in 0..3 {
-            let f = fs::File::create(dir.path().join("web.yaml")).unwrap();
-            std::thread::sleep(Duration::from_millis(40));
-            drop(f);
-            write(dir.path(), "web.yaml", "new: 1\n");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if rx.has_changed().unwrap() {
-                    let snap = rx.borrow_and_update().clone();
-                    assert_ne!(snap[0].text.as_deref(), Ok(""), "published empty");
-                    if snap[0].text.as_deref() == Ok("new: 1\n") {
-                        break;
-                    }
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the new text never came"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            write(dir.path(), "web.yaml", "old: 1\n");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while rx.borrow_and_update()[0].text.as_deref() != Ok("old: 1\n") {
-                assert!(std::time::Instant::now() < deadline);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        fs::File::create(dir.path().join("web.yaml")).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while rx.borrow_and_update()[0].text.as_deref() != Ok("") {
-            assert!(std::time::Instant::now() < deadline, "emptying never came");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// A FIFO under a manifest name is reported and the watcher goes on: later edits
-    /// are published and its heartbeat moves.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_fifo_never_stops_the_watcher() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (guard, mut rx) = watch_dir(
-            root.clone(),
-            Duration::from_millis(50),
-            ScanPolicy::default(),
-        )
-        .unwrap();
-        nix::unistd::mkfifo(&root.join("pipe.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        until(&mut rx, |s| {
-            s.len() == 1 && s[0].text.as_ref().is_err_and(|e| e.contains("FIFO"))
-        })
-        .await;
-        let before = guard.heartbeat().load(Ordering::Relaxed);
-        write(&root, "web.yaml", "one");
-        until(&mut rx, |s| s.len() == 2).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(guard.heartbeat().load(Ordering::Relaxed) > before);
-    }
-
-    /// Waits until the published snapshot satisfies `ok`.
-    async fn until(rx: &mut watch::Receiver<Snapshot>, ok: impl Fn(&[SourceFile]) -> bool) {
-        let wait = rx.wait_for(|s| ok(s));
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .expect("no matching snapshot within 10s")
-            .expect("watcher stopped");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn watcher_publishes_a_snapshot_on_create_edit_and_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        // A long rescan: changes must be seen through file events.
-        let (_guard, mut rx) = watch_dir(
-            root.clone(),
-            Duration::from_secs(3600),
-            ScanPolicy::default(),
-        )
-        .unwrap();
-        assert!(rx.borrow_and_update().is_empty());
-
-        write(&root, "sub/web.yaml", "one");
-        until(&mut rx, |s| s.len() == 1 && s[0].text == Ok("one".into())).await;
-        write(&root, "sub/web.yaml", "two");
-        until(&mut rx, |s| s.len() == 1 && s[0].text == Ok("two".into())).await;
-        write(&root, "web.yaml.swp", "junk");
-        fs::remove_file(root.join("sub/web.yaml")).unwrap();
-        until(&mut rx, |s| s.is_empty()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn watcher_picks_up_a_root_created_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("manifests");
-        let (guard, mut rx) = watch_dir(
-            root.clone(),
-            Duration::from_millis(50),
-            ScanPolicy::default(),
-        )
-        .unwrap();
-        assert!(rx.borrow().is_empty());
-        write(&root, "web.yaml", "one");
-        until(&mut rx, |s| s.len() == 1).await;
-        // Once the root exists it is watched: later edits arrive too.
-        write(&root, "db.yaml", "two");
-        until(&mut rx, |s| s.len() == 2).await;
-        drop(guard);
-    }
-
-    #[test]
-    fn a_file_as_root_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("f.yaml");
-        fs::write(&f, "x").unwrap();
-        assert!(matches!(
-            watch_dir(f, Duration::from_secs(1), ScanPolicy::default()),
-            Err(ManifestError::RootNotADirectory { .. })
-        ));
-    }
-}
+#[path = "source_tests.rs"]
+mod tests;

@@ -297,8 +297,12 @@ impl Network for BridgeNetwork {
         write_hosts_files(&hosts_files(&st, &self.state_root));
     }
 
-    async fn repair(&self) -> Result<(), NetError> {
-        self.state.lock().await.nets.repair().await
+    async fn repair(&self, firewall: bool) -> Result<(), NetError> {
+        let repaired = self.state.lock().await.nets.repair(firewall).await?;
+        if !repaired.is_empty() {
+            tracing::warn!(containers = ?repaired, "network links were gone; attached again");
+        }
+        Ok(())
     }
 
     async fn statuses(&self) -> Vec<NetworkStatus> {

@@ -434,6 +434,7 @@ impl Networks {
         self.netlink
             .ensure_bridge(&net.bridge, net.gateway, net.subnet.prefix)
             .await?;
+        crate::fault::point("network-ensure:bridge");
         // The table first: its `input` chain drops martian loopback traffic from the
         // bridge, which `route_localnet` would otherwise let reach the host's
         // 127.0.0.1 services.
@@ -452,19 +453,73 @@ impl Networks {
         Ok(())
     }
 
-    /// Restores the kernel objects of every network made: a bridge someone deleted, a
-    /// firewall table a `nft flush ruleset` (a firewalld reload) wiped, with the
-    /// published ports in it. What exists is left alone.
-    pub async fn repair(&mut self) -> Result<(), NetError> {
-        self.firewall_checked = false;
+    /// Restores the kernel objects of every network made and of every attached
+    /// container: a bridge someone deleted, a firewall table a `nft flush ruleset` (a
+    /// firewalld reload) wiped with the published ports in it, a container's veth
+    /// deleted (or cut off by its bridge's deletion). What exists is left alone.
+    /// Returns the containers attached again (same addresses).
+    ///
+    /// `firewall`: also check the table (an `nft` run), when the ruleset changed or at
+    /// the periodic resync; a link deletion alone does not need it.
+    pub async fn repair(&mut self, firewall: bool) -> Result<Vec<String>, NetError> {
+        let prefix = link::link_prefix(&self.instance);
+        let before: BTreeSet<String> = self
+            .netlink
+            .list_links_with_prefix(&prefix)
+            .await?
+            .into_iter()
+            .collect();
         let nets: Vec<NetworkConfig> = self.records.ensured.values().cloned().collect();
         let mut errors = Vec::new();
-        for net in nets.iter().filter(|n| n.kind == NetworkKind::Bridge) {
+        for net in nets
+            .iter()
+            .filter(|n| n.kind == NetworkKind::Bridge && !before.contains(&n.bridge))
+        {
             if let Err(e) = self.ensure_network(net).await {
                 errors.push(e);
             }
         }
-        collected(errors)
+        if firewall && !firewall::intact(&self.firewall_plan())? {
+            tracing::warn!(table = %firewall::table_name(&self.instance), "the firewall table was changed behind wharf's back; applied again");
+            self.sync_firewall()?;
+        }
+        // A bridge made anew has no ports: its containers' veths must be made again
+        // too, as must a veth that is gone.
+        let remade: BTreeSet<&str> = nets
+            .iter()
+            .filter(|n| n.kind == NetworkKind::Bridge && !before.contains(&n.bridge))
+            .map(|n| n.name.as_str())
+            .collect();
+        let broken: Vec<(String, Vec<ContainerNet>)> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| {
+                a.nets
+                    .iter()
+                    .any(|n| !before.contains(&n.host_veth) || remade.contains(n.network.as_str()))
+            })
+            .map(|(c, a)| (c.clone(), a.nets.clone()))
+            .collect();
+        let mut repaired = Vec::new();
+        for (container, old) in broken {
+            for n in &old {
+                // Both ends go with it; a fresh pair is made below.
+                if let Err(e) = self.netlink.detach(&n.host_veth).await {
+                    errors.push(e.into());
+                }
+            }
+            let configs: Option<Vec<NetworkConfig>> = old
+                .iter()
+                .map(|n| self.records.ensured.get(&n.network).cloned())
+                .collect();
+            let Some(configs) = configs else { continue };
+            match self.attach(&container, &configs).await {
+                Ok(_) => repaired.push(container),
+                Err(e) => errors.push(e),
+            }
+        }
+        collected(errors)?;
+        Ok(repaired)
     }
 
     /// Removes the bridge, pool and records of `name`; refuses while containers are
@@ -488,6 +543,7 @@ impl Networks {
         };
         if let Some(bridge) = &bridge {
             self.netlink.remove_bridge(bridge).await?;
+            crate::fault::point("network-remove:bridge");
         }
         if self.leases.remove_pool(name).is_some() {
             self.save_leases()?;
@@ -583,6 +639,13 @@ impl Networks {
 
     /// Rebuilds the firewall table from the ensured networks and published ports.
     fn sync_firewall(&mut self) -> Result<(), NetError> {
+        let plan = self.firewall_plan();
+        firewall::apply(&plan)?;
+        Ok(())
+    }
+
+    /// The table the ensured networks and published ports call for.
+    fn firewall_plan(&mut self) -> FirewallPlan {
         let networks: Vec<NetRules> = self
             .records
             .ensured
@@ -599,13 +662,11 @@ impl Networks {
             rules.retain(|r| networks.iter().any(|n| n.bridge == r.bridge && !n.internal));
             !rules.is_empty()
         });
-        let plan = FirewallPlan {
+        FirewallPlan {
             instance: self.instance.clone(),
             networks,
             ports: self.published.values().flatten().cloned().collect(),
-        };
-        firewall::apply(&plan)?;
-        Ok(())
+        }
     }
 
     fn save_leases(&self) -> Result<(), NetError> {

@@ -73,6 +73,36 @@ pub fn apply(plan: &FirewallPlan) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Whether the instance's table holds what [`apply`] of `plan` puts there, counted in
+/// chains and rules: false when it is gone (`nft flush ruleset`) or was cut down.
+/// Counting is enough to tell a wipe from our own last apply, which it matches.
+pub fn intact(plan: &FirewallPlan) -> Result<bool, FirewallError> {
+    let table = plan.table();
+    let Ok(out) = run_nft(&["-j", "list", "table", "inet", &table], None) else {
+        return Ok(false); // no such table
+    };
+    let listed: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| FirewallError::ListTables {
+            reason: e.to_string(),
+        })?;
+    let wanted: serde_json::Value =
+        serde_json::from_str(&to_json(&plan.ruleset())).expect("our own ruleset is JSON");
+    let count = |v: &serde_json::Value, kind: &str| {
+        v["nftables"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|o| o.get(kind).is_some()).count())
+    };
+    // `add` commands in ours, plain objects in the listing.
+    let ours = |kind: &str| {
+        wanted["nftables"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|o| o.get("add").and_then(|c| c.get(kind)).is_some())
+                .count()
+        })
+    };
+    Ok(count(&listed, "chain") == ours("chain") && count(&listed, "rule") == ours("rule"))
+}
+
 /// Deletes the instance's table; a table that does not exist is success.
 pub fn remove(instance: &str) -> Result<(), FirewallError> {
     let table = table_name(instance);

@@ -7,6 +7,7 @@ pub mod firewall;
 pub mod hosts;
 pub mod ipam;
 pub mod link;
+pub mod monitor;
 pub mod netns;
 pub mod overlap;
 pub mod seam;

@@ -92,9 +92,9 @@ pub trait Network: Send + Sync + 'static {
     /// After an agent restart: re-attaches the containers that still run (same
     /// addresses, same ports) and removes what belongs to containers that are gone.
     fn adopt(&self, observed: &[Observed]) -> impl Future<Output = ()> + Send;
-    /// Checks the kernel objects of the networks it made (bridges, the firewall
-    /// table) and restores what is missing: a deleted bridge, a flushed ruleset.
-    fn repair(&self) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Checks the kernel objects of the networks it made and restores what is missing:
+    /// a deleted bridge or veth; with `firewall`, a flushed or cut down table too.
+    fn repair(&self, firewall: bool) -> impl Future<Output = Result<(), NetError>> + Send;
     /// What `/v1/networks` shows of each network made or resolved (`message` unset:
     /// the reconciler fills it in).
     fn statuses(&self) -> impl Future<Output = Vec<NetworkStatus>> + Send;

@@ -206,7 +206,7 @@ impl Network for FakeNetwork {
         st.attached.retain(|c, _| known.contains(&c.as_str()));
     }
 
-    async fn repair(&self) -> Result<(), NetError> {
+    async fn repair(&self, _firewall: bool) -> Result<(), NetError> {
         self.record("repair".into());
         Ok(())
     }

@@ -8,27 +8,39 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::memo::Memo;
-use super::plan::{self, Inputs, NetworkInputs, Step};
+use super::plan::{self, Inputs, NetworkInputs, Step, VolumeInputs};
 use super::report::container_status;
 use super::status::{ManifestError, ManifestReport, StatusSnapshot};
-use super::task::{Memos, NetworkTask, Task};
+use super::task::{Memos, NetworkTask, Task, VolumeTask};
 use super::Images;
 use crate::manifest::DesiredState;
 use crate::net::driver::NetworkConfig;
 use crate::net::{Network, NetworkStatus};
 use crate::runtime::{Observed, ObservedState, Runtime, RuntimeError};
+use crate::volumes::Volumes;
 
-/// Converges containers and networks; generic over the runtime, the image store and
-/// the network service, so tests use small fakes and production the real ones.
-pub struct Reconciler<R: Runtime, I: Images, N: Network> {
+/// The seams a reconciler drives: fakes in tests, the real ones in the agent.
+pub struct Seams<R, I, N, V> {
+    pub runtime: Arc<R>,
+    pub images: Arc<I>,
+    pub network: Arc<N>,
+    pub volumes: Arc<V>,
+}
+
+/// Converges containers, networks and volumes; generic over its seams (runtime, image
+/// store, network service, volume store), so tests use small fakes and production the
+/// real ones.
+pub struct Reconciler<R: Runtime, I: Images, N: Network, V: Volumes> {
     runtime: Arc<R>,
     images: Arc<I>,
     network: Arc<N>,
+    volumes: Arc<V>,
     memos: Memos,
     net_memos: Memos,
+    vol_memos: Memos,
     /// The steps running, by `Kind/name` ([`Step::key`]): one per object at a time.
     inflight: HashMap<String, Step>,
-    /// Containers held until a network is made, with its name (from the last plan).
+    /// Containers held until a network or volume is made, with what (from the last plan).
     waiting: BTreeMap<String, String>,
     /// Why the networks could not be resolved, if they could not.
     resolve_error: Option<String>,
@@ -36,15 +48,17 @@ pub struct Reconciler<R: Runtime, I: Images, N: Network> {
     done_rx: mpsc::UnboundedReceiver<String>,
 }
 
-impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
-    pub fn new(runtime: Arc<R>, images: Arc<I>, network: Arc<N>) -> Self {
+impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
+    pub fn new(seams: Seams<R, I, N, V>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Reconciler {
-            runtime,
-            images,
-            network,
+            runtime: seams.runtime,
+            images: seams.images,
+            network: seams.network,
+            volumes: seams.volumes,
             memos: Arc::default(),
             net_memos: Arc::default(),
+            vol_memos: Arc::default(),
             inflight: HashMap::new(),
             waiting: BTreeMap::new(),
             resolve_error: None,
@@ -85,10 +99,11 @@ impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
         Ok(())
     }
 
-    /// Restores the kernel objects of the networks made (a deleted bridge, a flushed
-    /// firewall): the periodic resync's safety net.
-    pub async fn repair_networks(&self) {
-        if let Err(e) = self.network.repair().await {
+    /// Restores the kernel objects of the networks made: a deleted bridge or veth;
+    /// with `firewall`, a flushed or cut down nftables table. Called when the kernel
+    /// says they changed, and at the periodic resync.
+    pub async fn repair_networks(&self, firewall: bool) {
+        if let Err(e) = self.network.repair(firewall).await {
             tracing::warn!(error = %e, "repair networks");
         }
     }
@@ -137,8 +152,10 @@ impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
             .map(|o| (o.name.clone(), o))
             .collect();
         let networks = self.network_inputs(desired).await;
+        let on_disk = self.volumes.list().await;
         let now = Instant::now();
         let mut inputs = self.inputs(desired, &observed, now);
+        inputs.volumes = Some(self.volume_inputs(desired, on_disk));
         inputs.networks = match networks {
             Some(nets) => Some(self.network_backoff(nets)),
             // Unresolvable: nothing is made or removed, and containers wait for nothing
@@ -153,6 +170,11 @@ impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
             }
         };
         let plan = plan::plan(&inputs, now);
+        let declared_volumes = inputs
+            .volumes
+            .as_ref()
+            .map(|v| v.declared.clone())
+            .unwrap_or_default();
         let resolved = inputs.networks.map(|n| n.desired).unwrap_or_default();
         for mut step in plan.steps {
             let key = step.key();
@@ -164,6 +186,18 @@ impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
             self.inflight.insert(key.clone(), step.clone());
             let done = self.done_tx.clone();
             match &step {
+                Step::Volume { action, .. } => {
+                    let task = VolumeTask {
+                        volumes: self.volumes.clone(),
+                        memos: self.vol_memos.clone(),
+                        action: action.clone(),
+                        hash: volume_memo_hash(&declared_volumes, step.name()),
+                    };
+                    tokio::spawn(async move {
+                        task.run().await;
+                        let _ = done.send(key);
+                    });
+                }
                 Step::EnsureNetwork { name } | Step::RemoveNetwork { name } => {
                     let task = NetworkTask {
                         network: self.network.clone(),
@@ -201,6 +235,38 @@ impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
         let mut status = self.status(desired, &observed);
         status.networks = self.network_statuses(&resolved).await;
         Ok((status, plan.wake_at))
+    }
+
+    /// The volumes for the planner, with their backoff from their memos (a memo is
+    /// about one declared policy: a change starts afresh).
+    fn volume_inputs(
+        &self,
+        desired: &DesiredState,
+        on_disk: crate::volumes::OnDisk,
+    ) -> VolumeInputs {
+        let declared = super::inputs::declared_volumes(desired);
+        let mut vols = VolumeInputs {
+            on_disk,
+            declared,
+            ..Default::default()
+        };
+        let mut memos = self.vol_memos.lock().expect("memo lock");
+        memos.retain(|name, _| {
+            vols.declared.volumes.contains_key(name) || vols.on_disk.records.contains_key(name)
+        });
+        for (name, memo) in memos.iter_mut() {
+            let hash = volume_memo_hash(&vols.declared, name);
+            if memo.hash != hash {
+                *memo = Memo {
+                    hash,
+                    ..Default::default()
+                };
+            }
+            if let Some((t, _)) = memo.not_before {
+                vols.not_before.insert(name.clone(), t);
+            }
+        }
+        vols
     }
 
     /// Adds the networks' backoff and given-up state to the planner's inputs, from
@@ -326,7 +392,7 @@ impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
             );
             s.spec_hash = Some(super::inputs::effective_hash(&c.object, desired));
             if let (Some(network), None) = (self.waiting.get(name), &s.message) {
-                s.message = Some(format!("waiting for network {network} to be made"));
+                s.message = Some(format!("waiting for {network} to be made"));
             }
             let missing = super::inputs::missing_networks(&c.object, desired);
             if !missing.is_empty() {
@@ -383,4 +449,9 @@ impl<R: Runtime, I: Images, N: Network> Reconciler<R, I, N> {
 /// What identifies a network's resolved config for its memo: a change starts afresh.
 pub(super) fn config_hash(c: &NetworkConfig) -> String {
     serde_json::to_string(c).unwrap_or_default()
+}
+
+/// What a volume's memo is about: its declared reclaim policy (none once undeclared).
+fn volume_memo_hash(declared: &crate::volumes::Declared, name: &str) -> String {
+    format!("{:?}", declared.volumes.get(name))
 }

@@ -82,6 +82,7 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
                 restart_policy: c.object.spec.restart_policy,
                 unsupported: c.object.unsupported_fields(),
                 networks: bridge_networks(&c.object),
+                volumes: c.object.volume_names().map(str::to_owned).collect(),
             },
         );
     }
@@ -106,6 +107,11 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
                     .as_ref()
                     .map(|m| m.networks.clone())
                     .unwrap_or_default(),
+                volumes: o
+                    .meta
+                    .as_ref()
+                    .map(|m| m.volumes.clone())
+                    .unwrap_or_default(),
             },
         );
     }
@@ -124,5 +130,32 @@ pub fn explain(step: &mut Step, desired: &DesiredState, observed: &BTreeMap<Stri
         .and_then(|m| m.spec.as_ref());
     if let (Some(old), Some(new)) = (old, desired.containers.get(name.as_str())) {
         *changed = changed_fields(old, &new.object);
+    }
+}
+
+/// The volumes the manifests declare, and those the declared containers mount.
+pub fn declared_volumes(desired: &DesiredState) -> crate::volumes::Declared {
+    crate::volumes::Declared {
+        volumes: desired
+            .volumes
+            .iter()
+            .map(|(name, v)| (name.clone(), v.object.spec.reclaim_policy))
+            .collect(),
+        sources: desired
+            .volumes
+            .iter()
+            .map(|(name, v)| (name.clone(), v.file.clone()))
+            .collect(),
+        frozen: desired
+            .frozen
+            .iter()
+            .filter_map(|key| key.strip_prefix("Volume/").map(str::to_owned))
+            .collect(),
+        mounted: desired
+            .containers
+            .values()
+            .flat_map(|c| c.object.volume_names().map(str::to_owned))
+            .collect(),
+        complete: desired.complete,
     }
 }

@@ -21,7 +21,7 @@ pub mod task;
 use std::future::Future;
 use std::path::PathBuf;
 
-pub use apply::Reconciler;
+pub use apply::{Reconciler, Seams};
 
 use crate::images::ImageError;
 use crate::manifest::PullPolicy;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::manifest::RestartPolicy;
 use crate::net::driver::NetworkConfig;
+use crate::volumes::{Action, Declared, OnDisk};
 
 /// A container as the manifests want it.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +17,8 @@ pub struct Want {
     pub unsupported: Vec<&'static str>,
     /// The bridge networks it attaches to: it is started only once they are made.
     pub networks: Vec<String>,
+    /// The named volumes it mounts: a declared one must exist before it starts.
+    pub volumes: Vec<String>,
 }
 
 /// What a container is doing, as far as the planner cares.
@@ -40,6 +43,25 @@ pub struct Have {
     pub phase: Phase,
     /// The bridge networks it is attached to: they stay until it is gone.
     pub networks: Vec<String>,
+    /// The named volumes it mounts: not deleted until it is gone.
+    pub volumes: Vec<String>,
+}
+
+/// The named volumes, as the planner sees them.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeInputs {
+    pub on_disk: OnDisk,
+    pub declared: Declared,
+    pub not_before: BTreeMap<String, Instant>,
+    pub failed: BTreeSet<String>,
+}
+
+impl VolumeInputs {
+    /// A declared volume exists (and is recorded as declared).
+    fn ready(&self, name: &str) -> bool {
+        !self.declared.volumes.contains_key(name)
+            || self.on_disk.records.get(name).is_some_and(|r| r.declared)
+    }
 }
 
 /// The networks, as the planner sees them.
@@ -77,6 +99,8 @@ pub struct Inputs {
     pub complete: bool,
     /// Per name: no action before this time (backoff after a failure or a crash).
     pub not_before: BTreeMap<String, Instant>,
+    /// The named volumes; `None` when they are not planned (`wharf plan`).
+    pub volumes: Option<VolumeInputs>,
     /// The networks; `None` when they are not planned (`wharf plan`, offline): every
     /// container's networks then count as made.
     pub networks: Option<NetworkInputs>,
@@ -101,6 +125,9 @@ pub enum Step {
     EnsureNetwork { name: String },
     /// Remove a network no manifest declares, once no container is on it.
     RemoveNetwork { name: String },
+    /// Create a declared volume, record a change of its manifest, or delete one whose
+    /// `Delete` manifest went away once no container mounts it.
+    Volume { name: String, action: Action },
 }
 
 impl Step {
@@ -111,7 +138,8 @@ impl Step {
             | Step::Restart { name }
             | Step::Remove { name }
             | Step::EnsureNetwork { name }
-            | Step::RemoveNetwork { name } => name,
+            | Step::RemoveNetwork { name }
+            | Step::Volume { name, .. } => name,
         }
     }
 
@@ -122,6 +150,7 @@ impl Step {
             Step::EnsureNetwork { name } | Step::RemoveNetwork { name } => {
                 format!("Network/{name}")
             }
+            Step::Volume { name, .. } => format!("Volume/{name}"),
             _ => format!("Container/{}", self.name()),
         }
     }
@@ -132,7 +161,8 @@ impl Step {
 pub struct Plan {
     pub steps: Vec<Step>,
     pub wake_at: Option<Instant>,
-    /// Containers held until a network is made, with that network's name.
+    /// Containers held until a network or volume is made, with what they wait for
+    /// (`network backend`, `volume data`).
     pub waiting: BTreeMap<String, String>,
 }
 
@@ -187,6 +217,36 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         }
     }
 
+    // Volumes: created (or their record updated) first; deleted at the end, once the
+    // containers that mount them are gone.
+    let mut volume_removals = Vec::new();
+    if let Some(vols) = &inputs.volumes {
+        let mut in_use = vols.on_disk.held.clone();
+        in_use.extend(
+            inputs
+                .observed
+                .values()
+                .flat_map(|h| h.volumes.iter().cloned()),
+        );
+        for action in crate::volumes::plan(&vols.on_disk.records, &vols.declared, &in_use) {
+            let name = match &action {
+                Action::Create { name, .. }
+                | Action::Update { name, .. }
+                | Action::Delete { name } => name.clone(),
+            };
+            if vols.failed.contains(&name) || held(vols.not_before.get(&name), &mut out) {
+                continue;
+            }
+            let delete = matches!(action, Action::Delete { .. });
+            let step = Step::Volume { name, action };
+            if delete {
+                volume_removals.push(step);
+            } else {
+                out.steps.push(step);
+            }
+        }
+    }
+
     if inputs.complete {
         for name in inputs.observed.keys() {
             if !inputs.desired.contains_key(name) && !inputs.frozen.contains(name) {
@@ -202,11 +262,21 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         if inputs.failed.contains(name) {
             continue;
         }
-        let waiting_for = nets.and_then(|nets| want.networks.iter().find(|n| !nets.ready(n)));
+        let waiting_for = nets
+            .and_then(|nets| want.networks.iter().find(|n| !nets.ready(n)))
+            .map(|n| format!("network {n}"))
+            .or_else(|| {
+                let vols = inputs.volumes.as_ref()?;
+                let v = want.volumes.iter().find(|v| !vols.ready(v))?;
+                Some(format!("volume {v}"))
+            });
         let step = match inputs.observed.get(name) {
             None => Step::Create { name: name.clone() },
             Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => {
-                if waiting_for.is_some() {
+                if waiting_for
+                    .as_deref()
+                    .is_some_and(|w| w.starts_with("network "))
+                {
                     // The old container goes now (its network may be changing under
                     // it); the new one starts once the network is made.
                     Step::Remove { name: name.clone() }
@@ -230,8 +300,8 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
                 }
             },
         };
-        if let (Some(network), false) = (waiting_for, matches!(step, Step::Remove { .. })) {
-            out.waiting.insert(name.clone(), network.clone());
+        if let (Some(what), false) = (&waiting_for, matches!(step, Step::Remove { .. })) {
+            out.waiting.insert(name.clone(), what.clone());
             continue;
         }
         if held(inputs.not_before.get(name), &mut out) {
@@ -250,6 +320,7 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
             }
         }
     }
+    out.steps.extend(volume_removals);
     out
 }
 
@@ -277,6 +348,7 @@ mod tests {
                     restart_policy: policy,
                     unsupported: vec![],
                     networks: vec![],
+                    volumes: vec![],
                 },
             );
             self
@@ -288,6 +360,7 @@ mod tests {
                     hash: Some(hash.into()),
                     phase,
                     networks: vec![],
+                    volumes: vec![],
                 },
             );
             self
@@ -491,7 +564,7 @@ mod tests {
                 name: "back".into()
             }]
         );
-        assert_eq!(p.waiting["app"], "back");
+        assert_eq!(p.waiting["app"], "network back");
         let w = with_networks(w, &[("back", "10.1.0.0/24")], &[("back", "10.1.0.0/24")]);
         assert_eq!(
             steps(w.plan(Instant::now())),

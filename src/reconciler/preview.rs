@@ -84,6 +84,11 @@ pub fn render(steps: &[Step], unchanged: &[String]) -> String {
             Step::Remove { name } => writeln!(out, "remove   {name}"),
             Step::EnsureNetwork { name } => writeln!(out, "make     network {name}"),
             Step::RemoveNetwork { name } => writeln!(out, "remove   network {name}"),
+            Step::Volume { name, action } => match action {
+                crate::volumes::Action::Create { .. } => writeln!(out, "make     volume {name}"),
+                crate::volumes::Action::Update { .. } => writeln!(out, "update   volume {name}"),
+                crate::volumes::Action::Delete { .. } => writeln!(out, "delete   volume {name}"),
+            },
         };
     }
     if !unchanged.is_empty() {

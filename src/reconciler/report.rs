@@ -169,7 +169,9 @@ pub(super) fn container_status(
                     "replacing: stopping the old container".into()
                 }
                 Step::Remove { .. } => "removing: no manifest declares it".into(),
-                Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } => String::new(),
+                Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } | Step::Volume { .. } => {
+                    String::new()
+                }
             });
         }
     }

@@ -17,6 +17,7 @@ use crate::net::driver::{NetError, NetworkConfig, PortMapping};
 use crate::net::{AttachSpec, Network};
 use crate::runtime::process::{plan_process, resolve_capabilities, ProcessRequest};
 use crate::runtime::{ContainerMeta, NetworkMode, Observed, Runtime, RuntimeError, StartRequest};
+use crate::volumes::{Action, Volumes};
 
 /// Default grace period between the stop signal and SIGKILL (Docker's is 10 s).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -78,8 +79,8 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             },
             Step::Create { .. } => self.create(&name, true).await,
             Step::Restart { .. } => self.create(&name, false).await,
-            // Networks have their own task.
-            Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } => Ok(()),
+            // Networks and volumes have their own tasks.
+            Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } | Step::Volume { .. } => Ok(()),
         };
         let policy = self
             .desired
@@ -134,6 +135,7 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             self.runtime.remove(name).await
         };
         removed.map_err(StepError::Teardown)?;
+        crate::fault::point("container-remove:runtime");
         // After the container: its addresses and ports are free only once it is gone.
         // A record without networks (host, none) has nothing attached.
         if meta.is_none_or(|m| !m.networks.is_empty()) {
@@ -300,29 +302,66 @@ impl<N: Network> NetworkTask<N> {
             (Step::RemoveNetwork { .. }, _) => self.network.remove(&name).await,
             _ => Ok(()),
         };
-        let mut memos = self.memos.lock().expect("memo lock");
-        match result {
-            Ok(()) if matches!(step, Step::RemoveNetwork { .. }) => {
-                memos.remove(&name);
-            }
-            Ok(()) => {
-                if let Some(m) = memos.get_mut(&name) {
-                    m.note_success(false);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(network = %name, error = %e, "step failed");
-                let memo = memos.entry(name).or_insert_with(|| Memo {
-                    hash: self
-                        .config
-                        .as_ref()
-                        .map(super::apply::config_hash)
-                        .unwrap_or_default(),
-                    ..Default::default()
-                });
-                memo.note_failure(&e, false, RestartPolicy::Always, Instant::now());
+        let hash = self
+            .config
+            .as_ref()
+            .map(super::apply::config_hash)
+            .unwrap_or_default();
+        let removed = matches!(step, Step::RemoveNetwork { .. });
+        note_outcome(&self.memos, "network", name, hash, removed, result);
+    }
+}
+
+/// Puts the outcome of a step on a network or volume into its memo: a success clears
+/// it (a removal forgets it), a failure backs off (none of theirs is a start).
+fn note_outcome<E: Classify + std::fmt::Display>(
+    memos: &Memos,
+    kind: &str,
+    name: String,
+    hash: String,
+    removed: bool,
+    result: Result<(), E>,
+) {
+    let mut memos = memos.lock().expect("memo lock");
+    match result {
+        Ok(()) if removed => {
+            memos.remove(&name);
+        }
+        Ok(()) => {
+            if let Some(m) = memos.get_mut(&name) {
+                m.note_success(false);
             }
         }
+        Err(e) => {
+            tracing::warn!(%kind, %name, error = %e, "step failed");
+            let memo = memos.entry(name).or_insert_with(|| Memo {
+                hash,
+                ..Default::default()
+            });
+            memo.note_failure(&e, false, RestartPolicy::Always, Instant::now());
+        }
+    }
+}
+
+/// The work of one step on one volume.
+pub(super) struct VolumeTask<V> {
+    pub volumes: Arc<V>,
+    pub memos: Memos,
+    pub action: Action,
+    /// What its memo is about (see `Reconciler::volume_inputs`).
+    pub hash: String,
+}
+
+impl<V: Volumes> VolumeTask<V> {
+    pub async fn run(self) {
+        let name = match &self.action {
+            Action::Create { name, .. } | Action::Update { name, .. } | Action::Delete { name } => {
+                name.clone()
+            }
+        };
+        let deleted = matches!(self.action, Action::Delete { .. });
+        let result = self.volumes.apply(self.action).await;
+        note_outcome(&self.memos, "volume", name, self.hash, deleted, result);
     }
 }
 

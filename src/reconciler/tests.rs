@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::status::{ContainerState, StatusSnapshot};
-use super::{ImageInfo, Images, Reconciler};
+use super::{ImageInfo, Images, Reconciler, Seams};
 use crate::images::ImageError;
 use crate::manifest::{DesiredState, Loader, PullPolicy, SourceFile};
 use crate::net::testing::FakeNetwork;
 use crate::net::Network;
 use crate::runtime::testing::FakeRuntime;
 use crate::runtime::{ImageConfig, Runtime};
+use crate::volumes::{FakeVolumes, Volumes};
 
 #[derive(Default)]
 struct FakeImages {
@@ -40,16 +41,22 @@ impl Images for FakeImages {
     }
 }
 
-type Fakes = Reconciler<FakeRuntime, FakeImages, FakeNetwork>;
+type Fakes = Reconciler<FakeRuntime, FakeImages, FakeNetwork, FakeVolumes>;
+
+/// Fakes of every seam.
+fn seams(rt: &Arc<FakeRuntime>) -> Seams<FakeRuntime, FakeImages, FakeNetwork, FakeVolumes> {
+    Seams {
+        runtime: rt.clone(),
+        images: Arc::new(FakeImages::default()),
+        network: Arc::new(FakeNetwork::default()),
+        volumes: Arc::new(FakeVolumes::default()),
+    }
+}
 
 /// A reconciler over fakes of every seam, and its runtime.
 fn fakes() -> (Arc<FakeRuntime>, Fakes) {
     let rt = Arc::new(FakeRuntime::default());
-    let r = Reconciler::new(
-        rt.clone(),
-        Arc::new(FakeImages::default()),
-        Arc::new(FakeNetwork::default()),
-    );
+    let r = Reconciler::new(seams(&rt));
     (rt, r)
 }
 
@@ -69,8 +76,8 @@ fn container(name: &str, image: &str, extra: &str) -> String {
 }
 
 /// Runs passes until no step is in flight, returning the last status.
-async fn converge<R: Runtime, I: Images, N: Network>(
-    r: &mut Reconciler<R, I, N>,
+async fn converge<R: Runtime, I: Images, N: Network, V: Volumes>(
+    r: &mut Reconciler<R, I, N, V>,
     d: &DesiredState,
 ) -> StatusSnapshot {
     loop {
@@ -108,11 +115,10 @@ async fn a_registry_error_leaves_the_container_pending_with_the_reason_and_other
     let images = FakeImages {
         broken: HashMap::from([("down:1".into(), "connection refused".into())]),
     };
-    let mut r = Reconciler::new(
-        rt.clone(),
-        Arc::new(images),
-        Arc::new(FakeNetwork::default()),
-    );
+    let mut r = Reconciler::new(Seams {
+        images: Arc::new(images),
+        ..seams(&rt)
+    });
     let d = desired(&[
         ("a.yaml", &container("a", "down:1", "")),
         ("b.yaml", &container("b", "busybox", "")),
@@ -126,12 +132,7 @@ async fn a_registry_error_leaves_the_container_pending_with_the_reason_and_other
 
 #[tokio::test]
 async fn a_missing_command_fails_the_container_with_the_reason() {
-    let rt = Arc::new(FakeRuntime::default());
-    let mut r = Reconciler::new(
-        rt,
-        Arc::new(FakeImages::default()),
-        Arc::new(FakeNetwork::default()),
-    );
+    let (_rt, mut r) = fakes();
     let d = desired(&[(
         "a.yaml",
         &container("a", "busybox", "  command: [missing-cmd]\n"),
@@ -283,11 +284,7 @@ async fn a_container_whose_network_is_not_declared_is_left_as_it_runs_and_says_w
     assert_eq!(rt.calls().len(), 1, "{:?}", rt.calls());
     // Never declared at all: nothing is started.
     let rt2 = Arc::new(FakeRuntime::default());
-    let mut r2 = Reconciler::new(
-        rt2.clone(),
-        Arc::new(FakeImages::default()),
-        Arc::new(FakeNetwork::default()),
-    );
+    let mut r2 = Reconciler::new(seams(&rt2));
     let s = converge(&mut r2, &desired(&[("app.yaml", &app)])).await;
     assert_eq!(state_of(&s, "app").0, ContainerState::Pending);
     assert!(rt2.calls().is_empty());
@@ -363,7 +360,10 @@ async fn a_crash_restarts_at_once_then_backs_off_and_shows_the_last_state() {
 async fn a_network_is_made_before_its_containers_and_removed_after_them_in_one_change() {
     let rt = Arc::new(FakeRuntime::default());
     let net = Arc::new(FakeNetwork::default());
-    let mut r = Reconciler::new(rt.clone(), Arc::new(FakeImages::default()), net.clone());
+    let mut r = Reconciler::new(Seams {
+        network: net.clone(),
+        ..seams(&rt)
+    });
     let network = "apiVersion: wharf/v1\nkind: Network\nmetadata:\n  name: backend\nspec:\n  subnet: 10.77.0.0/24\n";
     let app = container("app", "busybox", "  networks: [backend]\n");
     let s = converge(
@@ -418,4 +418,38 @@ async fn a_port_taken_by_another_container_leaves_the_second_pending_with_the_re
     let (state, message) = state_of(&s, "b");
     assert_eq!(state, ContainerState::Pending);
     assert!(message.unwrap().contains("cannot publish ports"));
+}
+
+/// A declared Volume and the container mounting it: created before the container
+/// starts; a `Delete` volume removed with its container in one change goes once the
+/// container is gone, in the same change.
+#[tokio::test]
+async fn a_volume_is_made_before_its_container_and_deleted_after_it() {
+    let rt = Arc::new(FakeRuntime::default());
+    let vols = Arc::new(FakeVolumes::default());
+    let mut r = Reconciler::new(Seams {
+        volumes: vols.clone(),
+        ..seams(&rt)
+    });
+    let volume =
+        "apiVersion: wharf/v1\nkind: Volume\nmetadata:\n  name: data\nspec:\n  reclaimPolicy: Delete\n";
+    let app = container("app", "busybox", "  mounts: [\"data:/data\"]\n");
+    let s = converge(&mut r, &desired(&[("v.yaml", volume), ("app.yaml", &app)])).await;
+    assert_eq!(state_of(&s, "app").0, ContainerState::Running);
+    assert_eq!(vols.calls(), ["create data"]);
+    assert_eq!(
+        rt.calls(),
+        ["start app sh"],
+        "started after the volume was made"
+    );
+
+    // Both go in one change; the volume waits for its container.
+    vols.hold("data", true);
+    let s = converge(&mut r, &desired(&[])).await;
+    assert!(s.containers.is_empty());
+    assert_eq!(vols.names(), ["data"], "kept while a shim holds it");
+    vols.hold("data", false);
+    converge(&mut r, &desired(&[])).await;
+    assert_eq!(vols.calls(), ["create data", "update data", "delete data"]);
+    assert!(vols.names().is_empty());
 }

@@ -219,6 +219,7 @@ impl LinuxRuntime {
             nofile_soft: super::inherited_nofile(),
         };
         state::write_json(&paths.shim_config(), &shim).map_err(|e| fail(e.to_string()))?;
+        crate::fault::point("container-start:record");
         Ok((paths, shim))
     }
 
@@ -243,6 +244,7 @@ impl LinuxRuntime {
             .stdout(Stdio::piped())
             .stderr(shim_log)
             .env_remove("RUST_LOG")
+            .env_remove(crate::fault::ENV)
             .spawn()
             .map_err(spawn_err)?;
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -256,6 +258,7 @@ impl LinuxRuntime {
         read.map_err(spawn_err)?;
         match serde_json::from_str::<StartReport>(line.trim()) {
             Ok(StartReport::Started(running)) => {
+                crate::fault::point("container-start:shim");
                 if let Ok(Some(mut record)) = Record::load(&paths.record()) {
                     record.started_at = Some(running.started_at);
                     record.push_history(RunSummary {
@@ -340,6 +343,19 @@ impl LinuxRuntime {
                     None => ObservedState::Running(r),
                 }
             }
+            (Some(r), _)
+                if r.run == record.run
+                    && proc::is_alive(r.pid, r.start_time)
+                    && !cgroups::in_cgroup(
+                        r.pid,
+                        &cgroups::container_path(&self.instance, name),
+                    ) =>
+            {
+                match self.stop_escaped(name, &paths, &r) {
+                    Some(exit) => ObservedState::Exited(exit),
+                    None => ObservedState::Running(r),
+                }
+            }
             (Some(r), _) if r.run == record.run && proc::is_alive(r.pid, r.start_time) => {
                 ObservedState::Running(r)
             }
@@ -373,7 +389,12 @@ impl LinuxRuntime {
             })
         });
         observed.restart_count = record.restart_count;
-        observed.started_at = record.started_at;
+        // An agent killed between the shim's report and noting it: the shim's own
+        // record of the run says when it started.
+        observed.started_at = record.started_at.or(match &observed.state {
+            ObservedState::Running(r) if r.run == record.run => Some(r.started_at),
+            _ => None,
+        });
         observed.last_state = record.last_state;
         observed
     }
@@ -385,34 +406,71 @@ impl LinuxRuntime {
     /// beside it; the next list tries again.
     fn stop_orphan(&self, name: &str, paths: &Paths, r: &Running) -> Option<ExitRecord> {
         tracing::warn!(container = %name, shim = r.shim_pid, pid = r.pid, "the container's shim is gone; stopping it");
+        self.end_run(name, paths, r, format!(
+            "its shim (pid {}) died, so its output could no longer be logged nor its exit recorded: wharf stopped it (SIGKILL); the restart policy applies",
+            r.shim_pid
+        ))
+    }
+
+    /// Stops a container whose init left its cgroup (moved out, the cgroup removed):
+    /// its limits and accounting no longer hold, so it is not the container the
+    /// manifest describes. Recorded as an exit with the reason; the restart policy
+    /// decides what comes next. `None` while it still lives (see [`Self::stop_orphan`]).
+    fn stop_escaped(&self, name: &str, paths: &Paths, r: &Running) -> Option<ExitRecord> {
+        let cgroup = cgroups::container_path(&self.instance, name);
+        tracing::warn!(container = %name, pid = r.pid, %cgroup, "the container's init left its cgroup; stopping it");
+        self.end_run(name, paths, r, format!(
+            "its init (pid {}) left its cgroup {cgroup} (moved out, or the cgroup removed), so its limits no longer held: wharf stopped it (SIGKILL); the restart policy applies",
+            r.pid
+        ))
+    }
+
+    /// SIGKILLs the run's init, waits for it to end, and records the exit with
+    /// `message` (over the shim's own record, if its shim is alive to write one).
+    fn end_run(
+        &self,
+        name: &str,
+        paths: &Paths,
+        r: &Running,
+        message: String,
+    ) -> Option<ExitRecord> {
         let _ = proc::signal_if_same(r.pid, r.start_time, Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(5);
         while proc::is_alive(r.pid, r.start_time) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         if proc::is_alive(r.pid, r.start_time) {
-            tracing::warn!(container = %name, pid = r.pid, "a container whose shim died survives SIGKILL; trying again at the next list");
+            tracing::warn!(container = %name, pid = r.pid, "a container survives SIGKILL; trying again at the next list");
             return None;
+        }
+        // A live shim reaps the init and records the exit itself.
+        let shim_alive = || r.shim_pid > 0 && proc::is_alive(r.shim_pid, r.shim_start_time);
+        let recorded = || -> Option<ExitRecord> {
+            let e: ExitRecord = state::read_json(&paths.exit()).ok().flatten()?;
+            (e.run == r.run).then_some(e)
+        };
+        while recorded().is_none() && shim_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         let cgroup = cgroups::container_path(&self.instance, name);
         if let Err(e) = cgroups::remove(&cgroup) {
-            tracing::warn!(container = %name, error = %e, "remove the cgroup of a container whose shim died");
+            tracing::warn!(container = %name, error = %e, "remove the cgroup of a stopped container");
         }
         let record = ExitRecord {
-            run: r.run,
-            exit_code: 128 + Signal::SIGKILL as i32,
-            signal: Some(Signal::SIGKILL as i32),
-            finished_at: now(),
-            finished_at_ms: super::records::now_ms(),
-            error: None,
-            oom_killed: false,
-            message: Some(format!(
-                "its shim (pid {}) died, so its output could no longer be logged nor its exit recorded: wharf stopped it (SIGKILL); the restart policy applies",
-                r.shim_pid
-            )),
+            message: Some(message),
+            ..recorded().unwrap_or(ExitRecord {
+                run: r.run,
+                exit_code: 128 + Signal::SIGKILL as i32,
+                signal: Some(Signal::SIGKILL as i32),
+                finished_at: now(),
+                finished_at_ms: super::records::now_ms(),
+                error: None,
+                oom_killed: false,
+                message: None,
+            })
         };
         if let Err(e) = state::write_json(&paths.exit(), &record) {
-            tracing::warn!(container = %name, error = %e, "record the exit of a container whose shim died");
+            tracing::warn!(container = %name, error = %e, "record the exit of a stopped container");
         }
         Some(record)
     }
@@ -444,6 +502,7 @@ impl LinuxRuntime {
         if init_alive() {
             proc::signal_if_same(r.pid, r.start_time, signal)
                 .map_err(|e| fail(format!("{signal}: {e}")))?;
+            crate::fault::point("container-stop:signalled");
             let deadline = Instant::now() + grace;
             while init_alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -555,6 +614,12 @@ impl LinuxRuntime {
 /// Before a restart: the run that ended counts as a restart only if its process had
 /// started (a start that failed is not a run), and becomes the `lastState`.
 fn note_previous_run(record: &mut Record, paths: &Paths) {
+    // Its start was noted, or (an agent killed before noting it) the shim recorded it.
+    let shim_ran: Option<Running> = state::read_json(&paths.state()).ok().flatten();
+    let shim_ran = shim_ran.filter(|r| r.run == record.run);
+    if record.started_at.is_none() {
+        record.started_at = shim_ran.map(|r| r.started_at);
+    }
     if record.started_at.is_none() {
         return;
     }

@@ -1,13 +1,15 @@
-//! The agent's volume task: after every reconcile pass, brings the volumes on disk to the
-//! manifests (create, forget, delete once unused) and publishes `/v1/volumes`.
+//! The agent's volume task: after every reconcile pass, publishes `/v1/volumes` (the
+//! volumes on disk, their size, who mounts them). The reconciler creates, forgets and
+//! deletes them (see `Volumes`); sizes walk whole trees, so they are measured here, off
+//! the reconcile loop, at most every [`SIZE_TTL`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{Action, Declared, VolumeStore};
+use super::{Declared, VolumeStore};
 use crate::reconciler::status::{StatusSnapshot, VolumeStatus};
 use crate::runtime::records::rfc3339;
 
@@ -51,34 +53,15 @@ pub async fn run(
     }
 }
 
-/// One round: sync, then the statuses. Blocking.
+/// One round: the statuses. Blocking.
 fn pass(
     store: &VolumeStore,
     snapshot: &StatusSnapshot,
     declared: &Declared,
     sizes: &mut HashMap<String, (u64, Instant)>,
 ) -> Vec<VolumeStatus> {
-    let in_use: BTreeSet<String> = snapshot
-        .containers
-        .iter()
-        .flat_map(|c| c.volumes.iter().cloned())
-        .collect();
-    for result in store.sync(declared, &in_use) {
-        match result {
-            Ok(Action::Create { name, record }) => {
-                tracing::info!(volume = %name, policy = ?record.reclaim_policy, "volume created")
-            }
-            Ok(Action::Update { name, record }) if record.delete_requested => {
-                tracing::info!(volume = %name, "volume to be deleted once no container mounts it")
-            }
-            Ok(Action::Update { name, record }) if !record.declared => {
-                tracing::info!(volume = %name, "volume manifest removed; data retained")
-            }
-            Ok(Action::Update { .. }) => {}
-            Ok(Action::Delete { name }) => tracing::info!(volume = %name, "volume deleted"),
-            Err(e) => tracing::warn!(error = %e, "volume sync"),
-        }
-    }
+    // What a delete cut short (a crash) left behind.
+    store.remove_trash();
     let on_disk = store.list();
     sizes.retain(|name, _| on_disk.contains_key(name));
     on_disk

@@ -17,6 +17,7 @@
 
 pub mod housekeeping;
 pub mod populate;
+pub mod seam;
 mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::ReclaimPolicy;
 use crate::state;
 
+pub use seam::{FakeVolumes, OnDisk, Volumes};
 pub use sync::{plan, Action, Declared};
 
 /// A failed volume operation, naming the volume.
@@ -200,6 +202,7 @@ impl VolumeStore {
             // and never fill it from an image (a container may have it mounted).
             let existed = data.exists();
             fs::create_dir_all(&data).map_err(Self::io(name, "create", &data))?;
+            crate::fault::point("volume-create:dir");
             let record = Record {
                 created_at: now(),
                 populated: record.populated || existed,
@@ -250,6 +253,7 @@ impl VolumeStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Self::io(name, "move to trash", &dir)(e)),
         }
+        crate::fault::point("volume-delete:trash");
         fs::remove_dir_all(&trash).map_err(Self::io(name, "remove", &trash))
     }
 
@@ -267,46 +271,43 @@ impl VolumeStore {
         }
     }
 
-    /// Brings the volumes on disk to the declared ones: creates declared volumes, forgets
-    /// (`Retain`) or schedules for deletion (`Delete`) those whose manifest went away,
-    /// and deletes scheduled volumes that `in_use` no longer names. Blocking; returns
-    /// what it did, for the log.
-    pub fn sync(
+    /// Plans and applies in one go, as the reconciler does over several passes (tests).
+    #[cfg(test)]
+    fn sync(
         &self,
         declared: &Declared,
         in_use: &BTreeSet<String>,
     ) -> Vec<Result<Action, VolumeError>> {
-        let guard = match self.lock() {
-            Ok(g) => g,
-            Err(e) => return vec![Err(e)],
-        };
-        self.remove_trash();
-        // A running container holding a volume's in-use lock counts as a user even if
-        // the snapshot missed it (it started after the snapshot was taken).
         let on_disk = self.list();
         let mut in_use = in_use.clone();
         in_use.extend(on_disk.keys().filter(|n| self.held(n)).cloned());
-        let actions = plan(&on_disk, declared, &in_use);
-        actions
+        plan(&on_disk, declared, &in_use)
             .into_iter()
-            .map(|action| {
-                match &action {
-                    Action::Create { name, record } => {
-                        self.create(&guard, name, record)?;
-                    }
-                    Action::Update { name, record } => self.write_record(&guard, name, record)?,
-                    // Checked again at the last moment: a container may have started.
-                    Action::Delete { name } if self.held(name) => {
-                        return Err(VolumeError::Failed {
-                            name: name.clone(),
-                            message: "not deleted: a container started with it".into(),
-                        })
-                    }
-                    Action::Delete { name } => self.delete(&guard, name)?,
-                }
-                Ok(action)
-            })
+            .map(|a| self.apply(&a).map(|()| a))
             .collect()
+    }
+
+    /// Applies one action of [`plan`] under the store's lock. Blocking.
+    pub fn apply(&self, action: &Action) -> Result<(), VolumeError> {
+        let guard = self.lock()?;
+        match action {
+            Action::Create { name, record } => {
+                self.create(&guard, name, record)?;
+            }
+            Action::Update { name, record } => self.write_record(&guard, name, record)?,
+            // Checked again at the last moment: a container may have started with it.
+            Action::Delete { name } if self.held(name) => {
+                return Err(VolumeError::Failed {
+                    name: name.clone(),
+                    message: "not deleted: a container started with it".into(),
+                })
+            }
+            Action::Delete { name } => {
+                self.delete(&guard, name)?;
+                tracing::info!(volume = %name, "volume deleted");
+            }
+        }
+        Ok(())
     }
 
     /// Bytes on disk under the volume's data (allocated blocks, as `du`), hard links

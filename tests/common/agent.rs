@@ -71,6 +71,8 @@ pub struct Agent {
     pub extra: Vec<String>,
     /// `--resync` (2s unless a test needs the periodic resync out of the way).
     pub resync: &'static str,
+    /// Extra environment variables (e.g. `WHARF_FAULT`).
+    pub env: Vec<(String, String)>,
     /// Start the agent with this soft open-files limit (through `prlimit`).
     pub nofile_soft: Option<u64>,
     child: Option<Child>,
@@ -91,6 +93,7 @@ impl Agent {
             netns,
             extra: Vec::new(),
             resync: "2s",
+            env: Vec::new(),
             nofile_soft: None,
             tmp,
             child: None,
@@ -113,6 +116,32 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
+        self.spawn();
+        super::wait_for(30, "agent endpoint", || {
+            self.get("/healthz").filter(|(s, _)| *s == 200)
+        });
+    }
+
+    /// Waits until the agent process ends (a fault point killed it), and says how.
+    pub fn wait_killed(&mut self, secs: u64) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the agent was started");
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent is still alive after {secs}s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the agent without waiting for its endpoint.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -150,6 +179,7 @@ impl Agent {
                 self.resync,
             ])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -157,9 +187,6 @@ impl Agent {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        super::wait_for(30, "agent endpoint", || {
-            self.get("/healthz").filter(|(s, _)| *s == 200)
-        });
     }
 
     /// The agent's process id, while it runs.

@@ -417,6 +417,30 @@ pub fn procs(path: &str) -> Vec<i32> {
     cg.procs().into_iter().map(|p| p.pid as i32).collect()
 }
 
+/// Whether process `pid` is still in the container cgroup `path` (`wharf/<instance>/
+/// <name>`) of at least one hierarchy. Out of all of them, it was moved out and its
+/// cgroup removed. (Out of some only is not told: which hierarchies a container is
+/// placed in depends on the host's layout, and a wrong guess would stop a healthy
+/// container.) Unknown (the process gone) counts as in: nothing is stopped on a guess.
+pub fn in_cgroup(pid: i32, path: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return true;
+    };
+    in_cgroup_text(&text, path)
+}
+
+fn in_cgroup_text(text: &str, path: &str) -> bool {
+    let suffix = format!("/{path}");
+    let mut lines = text
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .peekable();
+    if lines.peek().is_none() {
+        return true;
+    }
+    lines.any(|at| at.trim_end_matches('/').ends_with(&suffix))
+}
+
 /// Names of this instance's container cgroups on the host.
 pub fn list_containers(instance: &str) -> Vec<String> {
     Layout::host().list_containers(instance)
@@ -437,6 +461,26 @@ fn list_dirs(dir: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_process_is_in_its_cgroup_while_one_hierarchy_still_holds_it() {
+        let path = "wharf/3fa29c01/web";
+        let hybrid = "12:pids:/wharf/3fa29c01/web\n4:memory:/wharf/3fa29c01/web\n1:name=systemd:/user.slice\n0::/user.slice\n";
+        assert!(in_cgroup_text(hybrid, path));
+        let v2_only = "12:pids:/\n0::/wharf/3fa29c01/web\n";
+        assert!(
+            in_cgroup_text(v2_only, path),
+            "placed in the unified one only"
+        );
+        let out = "12:pids:/\n4:memory:/\n0::/user.slice\n";
+        assert!(!in_cgroup_text(out, path), "moved out of every one");
+        assert!(
+            !in_cgroup_text("0::/wharf/3fa29c01/web2\n", path),
+            "another container"
+        );
+        assert!(in_cgroup_text("", path), "unknown counts as in");
+    }
+
     use super::*;
 
     #[test]

@@ -163,14 +163,19 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
 
 /// Waits until `fd` (a pidfd) is readable, on the current tokio runtime's reactor.
 pub async fn readable(fd: std::os::fd::OwnedFd) -> std::io::Result<()> {
-    // SAFETY: an `OwnedFd` is a valid open descriptor, and the `AsyncFd` owns it from here
-    // until it is dropped at the end of this function, so it stays open and the same.
+    async_fd(fd)?.readable().await.map(|_| ())
+}
+
+/// Registers `fd` for readiness with the current tokio runtime's reactor (a pidfd, a
+/// non-blocking netlink socket).
+pub fn async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor, and the `AsyncFd` owns it from
+    // here until it is dropped, so it stays open and the same while registered.
     #[allow(unsafe_code)]
-    let fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    }
-    .map_err(std::io::Error::from)?;
-    fd.readable().await.map(|_| ())
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
 }
 
 /// Ends the calling process at once, without running exit handlers or flushing stdio

@@ -1,0 +1,247 @@
+//! Noticing at once when someone changes the kernel objects networking relies on: a
+//! link of this instance deleted (a veth, a bridge), or the nftables ruleset changed
+//! (`nft flush ruleset`, a firewalld reload: a long-standing Docker complaint is that
+//! this silently breaks its published ports). Two netlink sockets subscribed to the
+//! kernel's notifications (`RTMGRP_LINK`, `NFNLGRP_NFTABLES`) wake the agent, which
+//! then repairs what is missing; the periodic resync stays as the safety net.
+//!
+//! Our own changes notify too: a deleted link is only reported when its name carries
+//! this instance's prefix (the repair then finds nothing to do for a container that
+//! was detached on purpose), and ruleset changes are gathered for a moment before the
+//! one check they call for.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use nix::sys::socket::{
+    bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+/// `RTMGRP_LINK`: link notifications on a `NETLINK_ROUTE` socket.
+const RTMGRP_LINK: u32 = 1;
+/// `NFNLGRP_NFTABLES` (7) as a bind-time group mask.
+const NFNLGRP_NFTABLES_MASK: u32 = 1 << (7 - 1);
+/// `RTM_DELLINK`.
+const RTM_DELLINK: u16 = 17;
+/// `IFLA_IFNAME`.
+const IFLA_IFNAME: u16 = 3;
+/// `sizeof(struct nlmsghdr)`, `sizeof(struct ifinfomsg)`.
+const NLMSG_HDR: usize = 16;
+const IFINFO: usize = 16;
+
+/// What changed since the last [`Drift::changed`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// A link with this instance's prefix was deleted.
+    pub links: bool,
+    /// The nftables ruleset changed.
+    pub firewall: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    links: AtomicBool,
+    firewall: AtomicBool,
+    notify: Notify,
+}
+
+/// The watch on the kernel's notifications; dropping it stops the watching tasks.
+#[derive(Debug)]
+pub struct Drift {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Drift {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn subscribe(protocol: SockProtocol, groups: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        protocol,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
+    crate::runtime::linux::async_fd(fd)
+}
+
+/// The names of the links an `RTM_DELLINK` batch reports deleted.
+fn deleted_links(mut buf: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    while buf.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
+        if len < NLMSG_HDR || len > buf.len() {
+            break;
+        }
+        if kind == RTM_DELLINK && len >= NLMSG_HDR + IFINFO {
+            let mut attrs = &buf[NLMSG_HDR + IFINFO..len];
+            while attrs.len() >= 4 {
+                let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                if alen < 4 || alen > attrs.len() {
+                    break;
+                }
+                if atype == IFLA_IFNAME {
+                    let value = &attrs[4..alen];
+                    let value = value.split(|b| *b == 0).next().unwrap_or_default();
+                    names.push(String::from_utf8_lossy(value).into_owned());
+                }
+                attrs = &attrs[(alen + 3) & !3..];
+            }
+        }
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+    }
+    names
+}
+
+impl Drift {
+    /// Starts watching, in the calling thread's network namespace (the agent's). Needs a
+    /// tokio runtime with IO. Either socket failing (an old kernel, a seccomp filter)
+    /// leaves only the periodic resync for that kind, and is reported.
+    pub fn watch(link_prefix: &str) -> Self {
+        let shared = Arc::new(Shared::default());
+        let mut tasks = Vec::new();
+        match subscribe(SockProtocol::NetlinkRoute, RTMGRP_LINK) {
+            Ok(fd) => {
+                let (shared, prefix) = (shared.clone(), link_prefix.to_owned());
+                tasks.push(
+                    tokio::spawn(async move {
+                        read_loop(fd, |batch| {
+                            if deleted_links(batch).iter().any(|n| n.starts_with(&prefix)) {
+                                shared.links.store(true, Ordering::SeqCst);
+                                shared.notify.notify_one();
+                            }
+                        })
+                        .await
+                    })
+                    .abort_handle(),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch link changes; relying on the resync")
+            }
+        }
+        match subscribe(SockProtocol::NetlinkNetFilter, NFNLGRP_NFTABLES_MASK) {
+            Ok(fd) => {
+                let shared = shared.clone();
+                tasks.push(
+                    tokio::spawn(async move {
+                        read_loop(fd, |_| {
+                            shared.firewall.store(true, Ordering::SeqCst);
+                            shared.notify.notify_one();
+                        })
+                        .await
+                    })
+                    .abort_handle(),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch nftables changes; relying on the resync")
+            }
+        }
+        Drift { shared, tasks }
+    }
+
+    /// Resolves with what changed, once something did.
+    pub async fn changed(&self) -> Changes {
+        loop {
+            let changes = self.take();
+            if changes != Changes::default() {
+                return changes;
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    /// What changed since the last call, without waiting.
+    pub fn take(&self) -> Changes {
+        Changes {
+            links: self.shared.links.swap(false, Ordering::SeqCst),
+            firewall: self.shared.firewall.swap(false, Ordering::SeqCst),
+        }
+    }
+}
+
+/// Repairs the networks of `network` whenever the kernel says their objects changed,
+/// after [`GATHER`] to take a burst (a teardown deleting many veths) in one go. Runs
+/// until the task is aborted.
+pub async fn repair_on_drift<N: super::Network>(drift: Drift, network: Arc<N>) {
+    loop {
+        let first = drift.changed().await;
+        tokio::time::sleep(GATHER).await;
+        let more = drift.take();
+        let firewall = first.firewall || more.firewall;
+        if let Err(e) = network.repair(firewall).await {
+            tracing::warn!(error = %e, "repair networks");
+        }
+    }
+}
+
+/// How long a repair waits for more notifications to gather.
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads notification batches until the socket fails; `seen` gets each batch.
+async fn read_loop(fd: AsyncFd<OwnedFd>, mut seen: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return;
+        };
+        match recv(fd.get_ref().as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => seen(&buf[..n]),
+            Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+            // The kernel dropped notifications (its buffer overflowed): something
+            // changed, what is unknown.
+            Err(nix::errno::Errno::ENOBUFS) => seen(&[]),
+            Err(e) => {
+                tracing::warn!(error = %e, "netlink notifications stopped");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dellink(name: &str) -> Vec<u8> {
+        let mut attr = Vec::new();
+        let value: Vec<u8> = name.bytes().chain([0]).collect();
+        attr.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        attr.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+        attr.extend_from_slice(&value);
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        let len = NLMSG_HDR + IFINFO + attr.len();
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&RTM_DELLINK.to_ne_bytes());
+        msg.extend_from_slice(&[0u8; 10]);
+        msg.extend_from_slice(&[0u8; IFINFO]);
+        msg.extend_from_slice(&attr);
+        msg
+    }
+
+    #[test]
+    fn deleted_link_names_are_read_from_a_batch_and_garbage_is_ignored() {
+        let mut batch = dellink("wh3fa29cv1a2b3c");
+        batch.extend(dellink("eth7"));
+        assert_eq!(deleted_links(&batch), ["wh3fa29cv1a2b3c", "eth7"]);
+        assert!(deleted_links(&[1, 2, 3]).is_empty());
+        let mut lying = dellink("x");
+        lying[0] = 255; // a length past the end
+        assert!(deleted_links(&lying).is_empty());
+    }
+}
