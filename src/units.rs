@@ -3,10 +3,19 @@
 
 use std::time::Duration;
 
+/// A duration or size that does not parse; the message says what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("invalid duration {0:?}: expected e.g. 500ms, 10s, 1m30s")]
+    Duration(String),
+    #[error("invalid size {0:?}: expected e.g. 64Mi, 1Gi, 512M or a byte count")]
+    Size(String),
+}
+
 /// Parses a duration made of `<number><unit>` parts, units `ms`, `s`, `m`, `h`
 /// (Go's `time.ParseDuration` subset that Docker and Kubernetes users write).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 1m30s");
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let bad = || UnitError::Duration(s.to_owned());
     let s = s.trim();
     if s.is_empty() {
         return Err(bad());
@@ -44,8 +53,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a size: a byte count, or a number with a binary (`Ki`, `Mi`, `Gi`, `Ti`)
 /// or decimal (`k`/`K`, `M`, `G`, `T`) suffix, as Kubernetes quantities.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {s:?}: expected e.g. 64Mi, 1Gi, 512M or a byte count");
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let bad = || UnitError::Size(s.to_owned());
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if split == 0 {
@@ -105,7 +114,7 @@ mod tests {
     fn bad_durations_are_rejected_with_an_example() {
         for bad in ["", "10", "s", "10x", "-1s", "1m30"] {
             let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains("expected e.g."), "{bad}: {err}");
+            assert!(err.to_string().contains("expected e.g."), "{bad}: {err}");
         }
     }
 
