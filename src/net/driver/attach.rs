@@ -283,12 +283,35 @@ impl Networks {
                 errors.push(e);
             }
         }
-        for network in networks {
-            self.detach_one(container, &network, &mut errors).await;
-        }
         let path = netns::path_for(&self.run_dir, container);
-        if let Err(e) = blocking(move || netns::remove(&path).map_err(NetError::from)).await {
-            errors.push(e);
+        if netns::exists(&path) {
+            // Freeing the namespace frees its links: the kernel deletes each veth pair
+            // in its namespace cleanup, which it batches across namespaces, instead of
+            // one synchronous RTM_DELLINK (~15 ms, an RCU wait) per veth; tearing down
+            // 100 networked containers took 3.5 s that way. (The container's processes
+            // are gone: the namespace has no other holder.) A host end still there when
+            // the same name is attached again is deleted then (`attach_one`).
+            let p = path.clone();
+            match blocking(move || netns::remove(&p).map_err(NetError::from)).await {
+                Ok(()) => {
+                    let mut released = false;
+                    for network in &networks {
+                        if let Some(p) = self.leases.pool_mut(network) {
+                            released |= p.release(container).is_some();
+                        }
+                    }
+                    if released {
+                        if let Err(e) = self.save_leases() {
+                            errors.push(e);
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        } else {
+            for network in networks {
+                self.detach_one(container, &network, &mut errors).await;
+            }
         }
         if errors.is_empty() {
             self.attached.remove(container);

@@ -30,6 +30,13 @@ impl Networks {
         }
         gone.extend(self.attached.keys().cloned());
         gone.retain(|c| !known.contains(c.as_str()));
+        // Their veths go with their namespaces, in the kernel's own time: not strays.
+        let mut going = BTreeSet::new();
+        for c in &gone {
+            for n in self.records.ensured.keys() {
+                going.insert(link::veth_name(&self.instance, c, n));
+            }
+        }
         for container in gone {
             match self.detach(&container).await {
                 Ok(()) => removed.push(format!("container {container}")),
@@ -55,7 +62,7 @@ impl Networks {
             .list_links_with_prefix(&prefix)
             .await?
             .into_iter()
-            .filter(|l| !expected.contains(l))
+            .filter(|l| !expected.contains(l) && !going.contains(l))
             .collect();
         stray.sort_by_key(|n| n[prefix.len()..].starts_with('b'));
         for name in stray {
