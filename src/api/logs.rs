@@ -85,6 +85,9 @@ impl FollowCtx {
     }
 }
 
+/// An opened log: the file, its inode, where to start, where to stop.
+type Opened = (std::fs::File, u64, u64, Option<u64>);
+
 /// A read position in one log file.
 pub(crate) struct LogCursor {
     path: PathBuf,
@@ -112,30 +115,31 @@ impl LogCursor {
         tail: Option<usize>,
         range: Option<std::ops::Range<u64>>,
     ) -> io::Result<Self> {
-        let end = range.as_ref().map(|r| r.end);
         let opened = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || -> io::Result<Option<(std::fs::File, u64, u64)>> {
+            move || -> io::Result<Option<Opened>> {
                 let mut file = match std::fs::File::open(&path) {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e),
                 };
                 let meta = file.metadata()?;
+                // A range past a file that shrank (truncated by hand) reads what is
+                // left of it, and never what was written after.
+                let end = range.as_ref().map(|r| r.end.min(meta.len()));
                 let range = range.unwrap_or(0..meta.len());
-                // A range past a file that shrank (truncated by hand) reads what is left.
                 let range = range.start.min(meta.len())..range.end.min(meta.len());
                 let offset = match tail {
                     Some(n) => tail_start_with_block(&mut file, n, range, TAIL_BLOCK)?,
                     None => range.start,
                 };
-                Ok(Some((file, meta.ino(), offset)))
+                Ok(Some((file, meta.ino(), offset, end)))
             }
         })
         .await
         .map_err(io::Error::other)??;
         Ok(match opened {
-            Some((file, inode, offset)) => Self {
+            Some((file, inode, offset, end)) => Self {
                 path,
                 file: Some(tokio::fs::File::from_std(file)),
                 inode,
@@ -148,7 +152,7 @@ impl LogCursor {
                 file: None,
                 inode: 0,
                 offset: 0,
-                end,
+                end: None,
                 replaced: false,
             },
         })
@@ -200,8 +204,10 @@ impl LogCursor {
             return Ok(true);
         }
         self.replaced = false;
-        self.file = Some(tokio::fs::File::open(&self.path).await?);
-        self.inode = meta.ino();
+        let file = tokio::fs::File::open(&self.path).await?;
+        // The inode of what was opened, not of what the path named a moment before.
+        self.inode = file.metadata().await?.ino();
+        self.file = Some(file);
         self.offset = 0;
         Ok(true)
     }

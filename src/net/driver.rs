@@ -493,6 +493,8 @@ impl Networks {
         let broken: Vec<(String, Vec<ContainerNet>)> = self
             .attached
             .iter()
+            // A container whose namespace is gone is being removed, not repaired.
+            .filter(|(c, _)| netns::exists(&netns::path_for(&self.run_dir, c)))
             .filter(|(_, a)| {
                 a.nets
                     .iter()

@@ -96,7 +96,7 @@ fn deleted_links(mut buf: &[u8]) -> Vec<String> {
                     let value = value.split(|b| *b == 0).next().unwrap_or_default();
                     names.push(String::from_utf8_lossy(value).into_owned());
                 }
-                attrs = &attrs[(alen + 3) & !3..];
+                attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
             }
         }
         buf = &buf[((len + 3) & !3).min(buf.len())..];
@@ -117,7 +117,11 @@ impl Drift {
                 tasks.push(
                     tokio::spawn(async move {
                         read_loop(fd, |batch| {
-                            if deleted_links(batch).iter().any(|n| n.starts_with(&prefix)) {
+                            // An empty batch: notifications were dropped, any link may
+                            // be gone.
+                            let ours = batch.is_empty()
+                                || deleted_links(batch).iter().any(|n| n.starts_with(&prefix));
+                            if ours {
                                 shared.links.store(true, Ordering::SeqCst);
                                 shared.notify.notify_one();
                             }
@@ -243,5 +247,14 @@ mod tests {
         let mut lying = dellink("x");
         lying[0] = 255; // a length past the end
         assert!(deleted_links(&lying).is_empty());
+        // A last attribute without its padding.
+        let mut short = dellink("abcde");
+        short.truncate(short.len() - 2);
+        let len = short.len() as u32;
+        short[..4].copy_from_slice(&len.to_ne_bytes());
+        let attr_at = NLMSG_HDR + IFINFO;
+        let alen = (short.len() - attr_at) as u16;
+        short[attr_at..attr_at + 2].copy_from_slice(&alen.to_ne_bytes());
+        assert_eq!(deleted_links(&short), ["abcde"]);
     }
 }

@@ -369,6 +369,13 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                 inputs.failed.insert(name.clone());
             }
         }
+        // A removal that failed (a file it cannot delete) waits too, not replanned at
+        // every finished step.
+        for (name, memo) in memos.iter() {
+            if let (false, Some((t, _))) = (inputs.desired.contains_key(name), memo.not_before) {
+                inputs.not_before.insert(name.clone(), t);
+            }
+        }
         inputs
     }
 

@@ -247,9 +247,27 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         }
     }
 
+    // Networks a container holds that this plan neither replaces nor removes (frozen,
+    // unsupported fields, given up on, kept while a file is invalid).
+    let stuck: BTreeSet<&String> = inputs
+        .observed
+        .iter()
+        .filter(|(name, _)| {
+            let left_alone = match inputs.desired.get(*name) {
+                Some(want) => !want.unsupported.is_empty() || inputs.failed.contains(*name),
+                None => !inputs.complete,
+            };
+            left_alone || inputs.frozen.contains(*name)
+        })
+        .flat_map(|(_, have)| have.networks.iter())
+        .collect();
+
     if inputs.complete {
         for name in inputs.observed.keys() {
-            if !inputs.desired.contains_key(name) && !inputs.frozen.contains(name) {
+            if !inputs.desired.contains_key(name)
+                && !inputs.frozen.contains(name)
+                && !held(inputs.not_before.get(name), &mut out)
+            {
                 out.steps.push(Step::Remove { name: name.clone() });
             }
         }
@@ -262,23 +280,20 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         if inputs.failed.contains(name) {
             continue;
         }
-        let waiting_for = nets
-            .and_then(|nets| want.networks.iter().find(|n| !nets.ready(n)))
-            .map(|n| format!("network {n}"))
-            .or_else(|| {
-                let vols = inputs.volumes.as_ref()?;
-                let v = want.volumes.iter().find(|v| !vols.ready(v))?;
-                Some(format!("volume {v}"))
-            });
+        let waiting_net = nets.and_then(|nets| want.networks.iter().find(|n| !nets.ready(n)));
+        let waiting_for = waiting_net.map(|n| format!("network {n}")).or_else(|| {
+            let vols = inputs.volumes.as_ref()?;
+            let v = want.volumes.iter().find(|v| !vols.ready(v))?;
+            Some(format!("volume {v}"))
+        });
         let step = match inputs.observed.get(name) {
             None => Step::Create { name: name.clone() },
             Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => {
-                if waiting_for
-                    .as_deref()
-                    .is_some_and(|w| w.starts_with("network "))
-                {
+                if waiting_net.is_some_and(|n| !stuck.contains(n)) {
                     // The old container goes now (its network may be changing under
-                    // it); the new one starts once the network is made.
+                    // it); the new one starts once the network is made. Not while a
+                    // container this plan leaves alone holds the network: it would
+                    // never be remade, and this one would stay down.
                     Step::Remove { name: name.clone() }
                 } else {
                     Step::Replace {
@@ -622,5 +637,37 @@ mod tests {
                 name: "back".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_network_held_by_a_container_left_alone_does_not_take_the_others_down() {
+        let w = on(
+            on(
+                World::new()
+                    .want("app", "h2", RestartPolicy::Always)
+                    .have("app", "h1", Phase::Running)
+                    .have("dup", "h1", Phase::Running),
+                "app",
+                "back",
+            ),
+            "dup",
+            "back",
+        );
+        let mut w = with_networks(w, &[("back", "10.2.0.0/24")], &[("back", "10.1.0.0/24")]);
+        w.0.frozen.insert("dup".into());
+        let p = w.plan(Instant::now());
+        assert!(p.steps.is_empty(), "{:?}", p.steps);
+        assert_eq!(p.waiting["app"], "network back");
+    }
+
+    #[test]
+    fn a_failed_removal_waits_out_its_backoff() {
+        let now = Instant::now();
+        let mut w = World::new().have("old", "h", Phase::Running);
+        w.0.not_before
+            .insert("old".into(), now + Duration::from_millis(200));
+        let p = w.plan(now);
+        assert!(p.steps.is_empty());
+        assert_eq!(p.wake_at, Some(now + Duration::from_millis(200)));
     }
 }

@@ -87,6 +87,11 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             .as_ref()
             .map_or(RestartPolicy::Never, |c| c.object.spec.restart_policy);
         let mut memos = self.memos.lock().expect("memo lock");
+        // The spec changed while this step ran: its outcome is about the old spec, and
+        // must not mark the new one (an old permanent failure would fail it unseen).
+        if self.desired.is_some() && memos.get(&name).is_some_and(|m| m.hash != self.hash) {
+            return;
+        }
         match result {
             Ok(()) if matches!(step, Step::Remove { .. }) => {
                 memos.remove(&name);
@@ -323,6 +328,10 @@ fn note_outcome<E: Classify + std::fmt::Display>(
     result: Result<(), E>,
 ) {
     let mut memos = memos.lock().expect("memo lock");
+    // What the step was about changed while it ran: its outcome is not the new one's.
+    if memos.get(&name).is_some_and(|m| m.hash != hash) {
+        return;
+    }
     match result {
         Ok(()) if removed => {
             memos.remove(&name);

@@ -150,6 +150,19 @@ impl LinuxRuntime {
         state::write_json(&paths.record(), &record).map_err(|e| fail(e.to_string()))?;
 
         let cgroup = cgroups::container_path(&self.instance, &req.name);
+        // Processes left in its cgroup by a run that was lost (its shim died before it
+        // recorded the start): ended first, so a start never runs beside them.
+        let strays = cgroups::procs(&cgroup);
+        if !strays.is_empty() {
+            tracing::warn!(container = %req.name, ?strays, "ending processes a lost run left in its cgroup");
+            for pid in strays {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cgroups::procs(&cgroup).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         // /etc/hosts, /etc/hostname, /etc/resolv.conf: written before the start (so a plain
         // atomic write is fine), bind-mounted over the image's, rewritten in place later.
         let mut file_mounts = Vec::new();
@@ -696,7 +709,7 @@ fn adopt_kept_log(paths: &Paths) -> Option<LogRange> {
 /// shim not spawned): the container is then observed as failed to start, not lost,
 /// which would restart it even under `Never`. Only for a run whose record was written
 /// and that never started; a failure before that (an unknown user) leaves nothing.
-fn record_start_failure(paths: &Paths, error: &RuntimeError) {
+fn record_start_failure(paths: &Paths, cgroup: &str, error: &RuntimeError) {
     let Ok(Some(record)) = Record::load(&paths.record()) else {
         return;
     };
@@ -708,6 +721,12 @@ fn record_start_failure(paths: &Paths, error: &RuntimeError) {
         || running.is_some_and(|r| r.run == run)
     {
         return; // it ran (or runs: its report was lost), or the shim recorded the failure
+    }
+    if !cgroups::procs(cgroup).is_empty() {
+        // Something of it runs (a shim that died after the exec, before its state):
+        // not a failed start. Observed as lost; the restart ends it first (`prepare`).
+        tracing::warn!(%cgroup, "a failed start left processes in its cgroup");
+        return;
     }
     let record = ExitRecord {
         run,
@@ -764,7 +783,8 @@ impl Runtime for LinuxRuntime {
                     .prepare(&req)
                     .and_then(|(paths, _)| me.spawn_shim(&req.name, &paths));
                 if let Err(e) = &started {
-                    record_start_failure(&me.paths(&req.name), e);
+                    let cgroup = cgroups::container_path(&me.instance, &req.name);
+                    record_start_failure(&me.paths(&req.name), &cgroup, e);
                 }
                 started
             },

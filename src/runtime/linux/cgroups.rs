@@ -418,7 +418,7 @@ pub fn procs(path: &str) -> Vec<i32> {
 }
 
 /// Whether process `pid` is still in the container cgroup `path` (`wharf/<instance>/
-/// <name>`) of at least one hierarchy. Out of all of them, it was moved out and its
+/// <name>`, or a cgroup below it) of at least one hierarchy. Out of all of them, it was moved out and its
 /// cgroup removed. (Out of some only is not told: which hierarchies a container is
 /// placed in depends on the host's layout, and a wrong guess would stop a healthy
 /// container.) Unknown (the process gone) counts as in: nothing is stopped on a guess.
@@ -438,7 +438,10 @@ fn in_cgroup_text(text: &str, path: &str) -> bool {
     if lines.peek().is_none() {
         return true;
     }
-    lines.any(|at| at.trim_end_matches('/').ends_with(&suffix))
+    // Its own cgroup or one below it: a privileged container (systemd as its init,
+    // docker-in-docker) may make sub-cgroups and move its init into one.
+    let below = format!("{suffix}/");
+    lines.any(|at| at.trim_end_matches('/').ends_with(&suffix) || at.contains(&below))
 }
 
 /// Names of this instance's container cgroups on the host.
@@ -479,6 +482,11 @@ mod tests {
             "another container"
         );
         assert!(in_cgroup_text("", path), "unknown counts as in");
+        let nested = "0::/wharf/3fa29c01/web/init.scope\n";
+        assert!(
+            in_cgroup_text(nested, path),
+            "a sub-cgroup it made is still its own"
+        );
     }
 
     use super::*;
