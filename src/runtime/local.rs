@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::file_cache::FileCache;
 use super::linux::{cgroups, proc};
 use super::process::resolve_user;
 use super::records::{
@@ -40,6 +41,10 @@ pub struct LinuxRuntime {
     usage_cache: Arc<Mutex<UsageCache>>,
     /// The shims of the running containers of the last list, watched by pidfd.
     shims: ShimWatch,
+    /// Records, states and exits as the last list parsed them.
+    records: FileCache<Record>,
+    states: FileCache<Running>,
+    exits: FileCache<ExitRecord>,
 }
 
 /// The last usage read per container: for which run (run, init pid, start time), when,
@@ -57,6 +62,9 @@ impl LinuxRuntime {
             shim_exe,
             usage_cache: Arc::default(),
             shims: ShimWatch::default(),
+            records: FileCache::default(),
+            states: FileCache::default(),
+            exits: FileCache::default(),
         }
     }
 
@@ -316,7 +324,7 @@ impl LinuxRuntime {
             previous_log: None,
             usage: None,
         };
-        let record = match Record::load(&paths.record()) {
+        let record = match self.records.get(&paths.record(), Record::load) {
             Ok(Some(r)) => r,
             // A create that died before its record: lost, so the reconciler removes or
             // recreates it.
@@ -337,8 +345,16 @@ impl LinuxRuntime {
                 .flatten()
                 .and_then(|a| ContainerMeta::from_annotations(&a))
         });
-        let running: Option<Running> = state::read_json(&paths.state()).ok().flatten();
-        let exit: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
+        let running: Option<Running> = self
+            .states
+            .get(&paths.state(), state::read_json)
+            .ok()
+            .flatten();
+        let exit: Option<ExitRecord> = self
+            .exits
+            .get(&paths.exit(), state::read_json)
+            .ok()
+            .flatten();
         let state = match (running, exit) {
             (_, Some(exit)) if exit.run == record.run => ObservedState::Exited(exit),
             // The shim died (kill -9, OOM) while the init runs on: nobody reads its output
@@ -548,6 +564,9 @@ impl LinuxRuntime {
     fn remove_blocking(&self, name: &str, keep_log: bool) -> Result<(), RuntimeError> {
         self.stop_blocking(name, Signal::SIGKILL, Duration::ZERO)?;
         let paths = self.paths(name);
+        self.records.forget(&paths.dir);
+        self.exits.forget(&paths.dir);
+        self.states.forget(&paths.run_dir);
         if keep_log {
             keep_last_run_log(&paths);
         } else {

@@ -2,6 +2,7 @@
 //! implementation (one shim process per container), and OCI config generation.
 
 pub mod capabilities;
+pub mod file_cache;
 pub mod linux;
 pub mod local;
 pub mod process;
