@@ -89,6 +89,17 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// The volume task's list with the reconciler's reasons beside each volume.
+fn with_messages(
+    mut volumes: Vec<crate::reconciler::status::VolumeStatus>,
+    messages: &std::collections::BTreeMap<String, String>,
+) -> Vec<crate::reconciler::status::VolumeStatus> {
+    for v in &mut volumes {
+        v.message = messages.get(&v.name).cloned();
+    }
+    volumes
+}
+
 /// Publishes the latest snapshot with one part replaced, for readers (the endpoint)
 /// only: waiters are not woken, since the tasks that produce those parts wait on the
 /// snapshot themselves (a volume list republished would wake the volume task, whose new
@@ -254,7 +265,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 }
                 let mut status = status;
                 status.images = images_rx.borrow_and_update().clone();
-                status.volumes = volumes_rx.borrow_and_update().clone();
+                status.volumes = with_messages(
+                    volumes_rx.borrow_and_update().clone(),
+                    &reconciler.volume_messages(),
+                );
                 status_tx.send_replace(Arc::new(status));
                 heartbeat.store(now_millis(), Ordering::Relaxed);
                 let deadline = tokio::time::Instant::now()
@@ -287,7 +301,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                             continue;
                         }
                         Ok(()) = volumes_rx.changed() => {
-                            let volumes = volumes_rx.borrow_and_update().clone();
+                            let volumes = with_messages(
+                                volumes_rx.borrow_and_update().clone(),
+                                &reconciler.volume_messages(),
+                            );
                             republish(&status_tx, |s| s.volumes = volumes);
                             continue;
                         }

@@ -605,6 +605,7 @@ mod tests {
             populated: true,
             created_at: None,
             used_by: used.iter().map(|u| u.to_string()).collect(),
+            message: None,
         };
         let rows = vec![
             ("h".to_string(), v("data", true, "ready", &["db", "web"])),

@@ -112,6 +112,7 @@ impl Server {
                 populated: true,
                 created_at: Some("2026-11-28T01:00:00Z".to_owned()),
                 used_by: vec!["web".to_owned()],
+                message: None,
             }],
         };
         let (status, rx) = watch::channel(Arc::new(snapshot));

@@ -237,6 +237,29 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         Ok((status, plan.wake_at))
     }
 
+    /// Why each volume is not as its manifest says yet, by name, with the next try:
+    /// what `/v1/volumes` shows beside the volume task's list.
+    pub fn volume_messages(&self) -> BTreeMap<String, String> {
+        let now = Instant::now();
+        let memos = self.vol_memos.lock().expect("memo lock");
+        memos
+            .iter()
+            .filter_map(|(name, m)| {
+                let message = m.message.as_ref()?;
+                Some((
+                    name.clone(),
+                    match m.next_try(now) {
+                        Some(t) => format!(
+                            "{message}; next try at {}",
+                            crate::runtime::records::rfc3339_ms(super::report::wall_ms(t))
+                        ),
+                        None => message.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// The volumes for the planner, with their backoff from their memos (a memo is
     /// about one declared policy: a change starts afresh).
     fn volume_inputs(

@@ -158,6 +158,9 @@ pub struct VolumeStatus {
     pub created_at: Option<String>,
     /// Containers (by name) that mount it.
     pub used_by: Vec<String>,
+    /// Why the reconciler could not bring it to its manifest yet (with the next try).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Everything the endpoint shows, published atomically as one value.

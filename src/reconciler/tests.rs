@@ -453,3 +453,33 @@ async fn a_volume_is_made_before_its_container_and_deleted_after_it() {
     assert_eq!(vols.calls(), ["create data", "update data", "delete data"]);
     assert!(vols.names().is_empty());
 }
+
+/// A volume step that fails is retried with backoff, and says why and when beside the
+/// volume; the container mounting it waits meanwhile.
+#[tokio::test]
+async fn a_failed_volume_step_says_why_and_is_retried() {
+    let rt = Arc::new(FakeRuntime::default());
+    let vols = Arc::new(FakeVolumes::default());
+    let mut r = Reconciler::new(Seams {
+        volumes: vols.clone(),
+        ..seams(&rt)
+    });
+    vols.fail_next("data");
+    let volume = "apiVersion: wharf/v1\nkind: Volume\nmetadata:\n  name: data\nspec: {}\n";
+    let app = container("app", "busybox", "  mounts: [\"data:/data\"]\n");
+    let d = desired(&[("v.yaml", volume), ("app.yaml", &app)]);
+    let s = converge(&mut r, &d).await;
+    let messages = r.volume_messages();
+    assert!(
+        messages["data"].contains("no space left on device")
+            && messages["data"].contains("next try at"),
+        "{messages:?}"
+    );
+    let (state, message) = state_of(&s, "app");
+    assert_eq!(state, ContainerState::Pending);
+    assert!(message.unwrap().contains("waiting for volume data"));
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let s = converge(&mut r, &d).await;
+    assert_eq!(state_of(&s, "app").0, ContainerState::Running);
+    assert!(r.volume_messages().is_empty());
+}

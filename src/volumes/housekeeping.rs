@@ -95,6 +95,8 @@ fn pass(
                     .filter(|c| c.volumes.contains(&name))
                     .map(|c| c.name.clone())
                     .collect(),
+                // The reconciler's, filled in by the agent (`Reconciler::volume_messages`).
+                message: None,
                 name,
             }
         })

@@ -64,6 +64,8 @@ impl Volumes for VolumeStore {
 pub struct FakeVolumes {
     records: Mutex<BTreeMap<String, Record>>,
     held: Mutex<BTreeSet<String>>,
+    /// Names whose next action fails, as a full disk would.
+    failing: Mutex<BTreeSet<String>>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -80,6 +82,14 @@ impl FakeVolumes {
         } else {
             h.remove(name);
         }
+    }
+
+    /// Makes the next action on `name` fail.
+    pub fn fail_next(&self, name: &str) {
+        self.failing
+            .lock()
+            .expect("failing")
+            .insert(name.to_owned());
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -101,6 +111,17 @@ impl Volumes for FakeVolumes {
     }
 
     async fn apply(&self, action: Action) -> Result<(), VolumeError> {
+        let name = match &action {
+            Action::Create { name, .. } | Action::Update { name, .. } | Action::Delete { name } => {
+                name.clone()
+            }
+        };
+        if self.failing.lock().expect("failing").remove(&name) {
+            return Err(VolumeError::Failed {
+                name,
+                message: "no space left on device".into(),
+            });
+        }
         let mut records = self.records.lock().expect("records");
         let call = match action {
             Action::Create { name, record } => {
