@@ -313,6 +313,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     break;
                 }
                 if last_repair.elapsed() >= args.resync {
+                    reconciler.sweep_networks().await;
                     reconciler.repair_networks(true).await;
                     last_repair = Instant::now();
                 }

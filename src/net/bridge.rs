@@ -297,6 +297,21 @@ impl Network for BridgeNetwork {
         write_hosts_files(&hosts_files(&st, &self.state_root));
     }
 
+    async fn forget_others(&self, known: &[String]) {
+        let mut st = self.state.lock().await;
+        st.ports.retain(|c, _| known.contains(c));
+        match st.nets.cleanup_orphans(known).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::warn!(
+                    ?removed,
+                    "removed network leftovers of containers that are gone"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "network sweep"),
+        }
+    }
+
     async fn repair(&self, firewall: bool) -> Result<(), NetError> {
         let repaired = self.state.lock().await.nets.repair(firewall).await?;
         if !repaired.is_empty() {

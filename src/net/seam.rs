@@ -92,6 +92,9 @@ pub trait Network: Send + Sync + 'static {
     /// After an agent restart: re-attaches the containers that still run (same
     /// addresses, same ports) and removes what belongs to containers that are gone.
     fn adopt(&self, observed: &[Observed]) -> impl Future<Output = ()> + Send;
+    /// Undoes what is attached for containers not in `known` (their detach failed, or
+    /// a crash came between): links, addresses, ports, namespace files.
+    fn forget_others(&self, known: &[String]) -> impl Future<Output = ()> + Send;
     /// Checks the kernel objects of the networks it made and restores what is missing:
     /// a deleted bridge or veth; with `firewall`, a flushed or cut down table too.
     fn repair(&self, firewall: bool) -> impl Future<Output = Result<(), NetError>> + Send;

@@ -206,6 +206,12 @@ impl Network for FakeNetwork {
         st.attached.retain(|c, _| known.contains(&c.as_str()));
     }
 
+    async fn forget_others(&self, known: &[String]) {
+        self.record("forget_others".into());
+        let mut st = self.state.lock().expect("state");
+        st.attached.retain(|c, _| known.contains(c));
+    }
+
     async fn repair(&self, _firewall: bool) -> Result<(), NetError> {
         self.record("repair".into());
         Ok(())

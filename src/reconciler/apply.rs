@@ -108,6 +108,27 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         }
     }
 
+    /// The periodic resync's sweep: whatever networking still holds for a container
+    /// the runtime no longer lists (a detach that failed after its removal) is undone.
+    /// Containers with a step in flight count as known: one being created is attached
+    /// before its record exists.
+    pub async fn sweep_networks(&self) {
+        let mut known: Vec<String> = match self.runtime.list().await {
+            Ok(list) => list.into_iter().map(|o| o.name).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "list containers for the network sweep");
+                return;
+            }
+        };
+        known.extend(
+            self.inflight
+                .keys()
+                .filter_map(|k| k.strip_prefix("Container/"))
+                .map(str::to_owned),
+        );
+        self.network.forget_others(&known).await;
+    }
+
     /// The planner's view of the networks; `None` if they cannot be resolved (the
     /// reason is kept for the status).
     async fn network_inputs(&mut self, desired: &DesiredState) -> Option<NetworkInputs> {

@@ -483,3 +483,35 @@ async fn a_failed_volume_step_says_why_and_is_retried() {
     assert_eq!(state_of(&s, "app").0, ContainerState::Running);
     assert!(r.volume_messages().is_empty());
 }
+
+/// The resync's sweep undoes the networking of a container the runtime no longer
+/// lists (its detach failed after the removal), and keeps every listed one.
+#[tokio::test]
+async fn the_network_sweep_forgets_containers_that_are_gone() {
+    let rt = Arc::new(FakeRuntime::default());
+    let net = Arc::new(FakeNetwork::default());
+    let mut r = Reconciler::new(Seams {
+        network: net.clone(),
+        ..seams(&rt)
+    });
+    converge(
+        &mut r,
+        &desired(&[("a.yaml", &container("app", "busybox", ""))]),
+    )
+    .await;
+    let ghost = crate::net::AttachSpec {
+        container: "ghost".into(),
+        hostname: "ghost".into(),
+        networks: vec!["default".into()],
+        ports: vec![],
+    };
+    net.attach(&ghost).await.unwrap();
+    r.sweep_networks().await;
+    let members: Vec<String> = net
+        .statuses()
+        .await
+        .into_iter()
+        .flat_map(|s| s.containers.into_iter().map(|m| m.name))
+        .collect();
+    assert_eq!(members, ["app"]);
+}
