@@ -134,6 +134,16 @@ async fn exit_code_is_recorded_and_a_restart_keeps_the_log() {
     });
     assert_eq!(o.restart_count, 1);
     assert_eq!(std::fs::read_to_string(&o.log_path).unwrap(), "run\nrun\n");
+    // The instance's last container ended on its own: its shim took the instance's
+    // parent cgroups with it (no agent to do it), in every hierarchy.
+    let parent = format!("wharf/{}", f.instance);
+    let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(&parent))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A remove issued while the init is dead but its shim is still recording the exit

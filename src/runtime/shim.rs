@@ -237,6 +237,9 @@ fn finish(shim: &ShimConfig, exit_code: i32, signal: Option<i32>, error: Option<
     if let Err(e) = cgroups::remove(&shim.cgroup) {
         eprintln!("{e}");
     }
+    // The last container of an instance to end on its own (its agent stopped or gone)
+    // takes the instance's parent cgroups with it: nobody else would.
+    cgroups::remove_parents_of(&shim.cgroup);
     let record = ExitRecord {
         run: shim.run,
         exit_code,

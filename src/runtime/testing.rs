@@ -78,41 +78,6 @@ impl Runtime for FakeRuntime {
         self.record(format!("start {} {}", req.name, req.process.args.join(" ")));
         self.requests.lock().expect("requests").push(req.clone());
         let program = req.process.args.first().cloned().unwrap_or_default();
-        if program.starts_with("missing") {
-            // Like the real runtime: the container exists, failed to start.
-            let message = format!("exec: \"{program}\": executable file not found in $PATH");
-            let mut containers = self.containers.lock().expect("containers");
-            let previous = containers.get(&req.name);
-            let run = previous.map_or(0, run_of) + 1;
-            let restart_count = previous
-                .filter(|_| !req.fresh)
-                .map_or(0, |o| o.restart_count + u32::from(o.started_at.is_some()));
-            containers.insert(
-                req.name.clone(),
-                Observed {
-                    name: req.name.clone(),
-                    meta: Some(req.meta),
-                    refused: None,
-                    state: ObservedState::Exited(ExitRecord {
-                        run,
-                        exit_code: 127,
-                        signal: None,
-                        finished_at: now(),
-                        finished_at_ms: super::records::now_ms(),
-                        error: Some(message.clone()),
-                        oom_killed: false,
-                        message: None,
-                    }),
-                    last_state: None,
-                    restart_count,
-                    started_at: None,
-                    log_path: "/dev/null".into(),
-                    previous_log: None,
-                    usage: None,
-                },
-            );
-            return Err(RuntimeError::Unrunnable(message));
-        }
         if req.process.user.starts_with("missing") {
             return Err(RuntimeError::Unrunnable(format!(
                 "unable to find user {}: no matching entries in passwd file",
@@ -125,15 +90,12 @@ impl Runtime for FakeRuntime {
             )));
         }
         let mut containers = self.containers.lock().expect("containers");
-        let previous = containers.get(&req.name);
+        let previous = containers.get(&req.name).filter(|_| !req.fresh);
         // Only a run that had started is restarted (a failed start is not a run).
-        let restart_count = match previous {
-            Some(o) if !req.fresh && o.started_at.is_some() => o.restart_count + 1,
-            Some(o) if !req.fresh => o.restart_count,
-            _ => 0,
-        };
+        let restart_count =
+            previous.map_or(0, |o| o.restart_count + u32::from(o.started_at.is_some()));
         let last_state = match previous.map(|o| (&o.state, o.started_at)) {
-            Some((ObservedState::Exited(e), started_at)) if !req.fresh && e.error.is_none() => {
+            Some((ObservedState::Exited(e), started_at)) if e.error.is_none() => {
                 Some(super::LastState {
                     exit_code: e.exit_code,
                     signal: e.signal,
@@ -145,7 +107,35 @@ impl Runtime for FakeRuntime {
             }
             _ => None,
         };
-        let run = previous.map_or(0, run_of) + 1;
+        let run = containers.get(&req.name).map_or(0, run_of) + 1;
+        let mut observed = Observed {
+            name: req.name.clone(),
+            meta: Some(req.meta),
+            refused: None,
+            state: ObservedState::Lost,
+            last_state,
+            restart_count,
+            started_at: None,
+            log_path: "/dev/null".into(),
+            previous_log: None,
+            usage: None,
+        };
+        if program.starts_with("missing") {
+            // Like the real runtime: the container exists, failed to start.
+            let message = format!("exec: \"{program}\": executable file not found in $PATH");
+            observed.state = ObservedState::Exited(ExitRecord {
+                run,
+                exit_code: 127,
+                signal: None,
+                finished_at: now(),
+                finished_at_ms: super::records::now_ms(),
+                error: Some(message.clone()),
+                oom_killed: false,
+                message: None,
+            });
+            containers.insert(req.name.clone(), observed);
+            return Err(RuntimeError::Unrunnable(message));
+        }
         let mut next = self.next_pid.lock().expect("pid");
         *next += 1;
         let running = Running {
@@ -157,21 +147,9 @@ impl Runtime for FakeRuntime {
             shim_pid: 0,
             shim_start_time: 0,
         };
-        containers.insert(
-            req.name.clone(),
-            Observed {
-                name: req.name.clone(),
-                meta: Some(req.meta),
-                refused: None,
-                state: ObservedState::Running(running),
-                last_state,
-                restart_count,
-                started_at: Some(running.started_at),
-                log_path: "/dev/null".into(),
-                previous_log: None,
-                usage: None,
-            },
-        );
+        observed.state = ObservedState::Running(running);
+        observed.started_at = Some(running.started_at);
+        containers.insert(req.name.clone(), observed);
         Ok(running)
     }
 

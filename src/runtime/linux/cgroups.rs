@@ -395,6 +395,17 @@ pub fn remove_parents_if_empty(instance: &str) {
     remove_if_empty("wharf");
 }
 
+/// [`remove_parents_if_empty`] for the instance of the container cgroup `path`
+/// (`wharf/<instance>/<name>`); anything else is left alone.
+pub fn remove_parents_of(path: &str) {
+    let mut parts = path.split('/');
+    if let (Some("wharf"), Some(instance), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        remove_parents_if_empty(instance);
+    }
+}
+
 /// Removes the cgroup at `path` in every hierarchy where it has neither a process nor a
 /// child cgroup; one attempt, errors ignored. A plain `rmdir`, never cgroups-rs' `delete`:
 /// on v1 that removes child cgroups recursively, and would take away a sibling
