@@ -5,6 +5,7 @@ Container manifests written as editors and git do (write, then rename)."""
 
 import hashlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -221,3 +222,45 @@ class Agent:
                             self.state, "--run-dir", self.run_dir, "--timeout", "0s"],
                            check=False, stdout=sys.stderr)
         self.stop()
+
+
+def busybox_layer(state):
+    """The unpacked busybox layer under an agent's state (a rootfs crun can run)."""
+    layers = os.path.join(state, "images", "layers")
+    return next(os.path.join(layers, d) for d in os.listdir(layers)
+                if os.path.exists(os.path.join(layers, d, "bin", "busybox")))
+
+
+def bench_crun(layer, runs, tmp):
+    """crun on the same rootfs, in a private mount namespace without the cgroup2 mount
+    (crun 1.8 refuses cgroup v1 'hybrid' hosts otherwise)."""
+    bundle = os.path.join(tmp, "crun")
+    os.makedirs(bundle)
+    subprocess.run(["crun", "spec"], cwd=bundle, check=True)
+    with open(os.path.join(bundle, "config.json")) as f:
+        config = json.load(f)
+    config["root"] = {"path": layer, "readonly": True}
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["sleep", "2000"]
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(config, f)
+    script = f"""
+import subprocess, time, json, sys
+out = []
+for i in range({runs}):
+    cid = "wharfbench%d" % i
+    t0 = time.monotonic()
+    subprocess.run(["crun", "run", "--detach", "--bundle", {bundle!r}, cid], check=True)
+    pid = json.loads(subprocess.run(["crun", "state", cid], capture_output=True, check=True).stdout)["pid"]
+    while open("/proc/%d/cmdline" % pid, "rb").read() != b"sleep\\x002000\\x00":
+        time.sleep(0.001)
+    out.append((time.monotonic() - t0) * 1000)
+    subprocess.run(["crun", "kill", cid, "KILL"], check=True)
+    subprocess.run(["crun", "delete", "--force", cid], check=True)
+print(json.dumps(out))
+"""
+    res = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         "umount /sys/fs/cgroup/unified 2>/dev/null; exec python3 -c \"$0\"", script],
+        capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])

@@ -43,8 +43,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_agent import (  # noqa: E402
-    ROOT, Agent, get, init_pids, manifest, prepare, registry, running_cmd, wait_process,
-    wait_until, write_manifest)
+    ROOT, Agent, bench_crun, busybox_layer, get, init_pids, manifest, prepare, registry,
+    running_cmd, wait_process, wait_until, write_manifest)
 
 # Quiet time between two kills, so each restart is measured on an agent done with the
 # last one's bookkeeping.
@@ -74,22 +74,40 @@ def bench_wharf(wharf, runs, tmp):
         time.sleep(1)
 
         samples = {"none": [], "default": []}
+        killed_at = {}
         for i, (name, cmd) in enumerate(zip(names, cmds)):
             old = init_pids(agent.cgroup, name, cmd)
             if len(old) != 1:
                 raise RuntimeError(f"{name}: expected one init running {cmd!r}, got {old}")
             t0 = time.monotonic()
+            wall = time.time()
             os.kill(old[0], signal.SIGKILL)
             t1 = wait_process(f"{agent.cgroup}/{name}/cgroup.procs", cmd, exclude=old)
             if i >= 2:
                 samples[kinds[i]].append((t1 - t0) * 1000)
+                killed_at[name] = (wall * 1000, (t1 - t0) * 1000)
             time.sleep(GAP)
+        # Where the time goes, from the runs each record keeps (millisecond stamps):
+        # the shim recording the exit, then the agent starting the next run.
+        split = []
+        for name, (kill_ms, total) in killed_at.items():
+            with open(os.path.join(agent.state, "containers", name, "record.json")) as f:
+                runs = sorted(json.load(f).get("history", []), key=lambda r: r["run"])
+            if len(runs) >= 2 and runs[-2].get("finishedAtMs") and runs[-1].get("startedAtMs"):
+                split.append((runs[-2]["finishedAtMs"] - kill_ms,
+                              runs[-1]["startedAtMs"] - runs[-2]["finishedAtMs"]))
+        if split:
+            print(f"  split (median of {len(split)}): kill -> exit recorded by the shim "
+                  f"{statistics.median(s[0] for s in split):.1f} ms, "
+                  f"exit recorded -> next run started "
+                  f"{statistics.median(s[1] for s in split):.1f} ms")
 
+        layer = busybox_layer(agent.state)
         counts = {}
         for name in names:
             status, body = get(agent.sock, f"/v1/containers/{name}")
             counts[name] = json.loads(body).get("restartCount") if status == 200 else None
-        return samples, counts
+        return samples, counts, layer
     finally:
         agent.shutdown()
 
@@ -160,7 +178,7 @@ def main():
     prepare(args.wharf)
     tmp = tempfile.mkdtemp(prefix="wharf-restart-")
     try:
-        samples, counts = bench_wharf(args.wharf, args.runs, tmp)
+        samples, counts, layer = bench_wharf(args.wharf, args.runs, tmp)
         for network in ("none", "default"):
             print(f"wharf, networks {network}: kill -9 of the init -> replacement running: "
                   f"{summary(samples[network])}")
@@ -177,6 +195,13 @@ def main():
                   f"{statistics.median(samples['none']) / statistics.median(pod):.2f}")
         else:
             print("podman not installed: no comparison")
+        # This machine's speed in the same run: a restart is a start, and `crun run`
+        # alone is the floor of one.
+        if shutil.which("crun"):
+            crun = statistics.median(bench_crun(layer, args.runs, tmp))
+            print(f"reference: crun run --detach (same rootfs) median {crun:.1f} ms; "
+                  f"ratio wharf restart (none) / crun start: "
+                  f"{statistics.median(samples['none']) / crun:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_agent import (  # noqa: E402
-    ROOT, Agent, manifest, prepare, wait_process, write_manifest)
+    ROOT, Agent, bench_crun, busybox_layer, manifest, prepare, wait_process, write_manifest)
 
 
 def bench_wharf(wharf, runs, tmp):
@@ -52,9 +52,7 @@ def bench_wharf(wharf, runs, tmp):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not removed")
                 time.sleep(0.01)
-        layers = os.path.join(agent.state, "images", "layers")
-        layer = next(os.path.join(layers, d) for d in os.listdir(layers)
-                     if os.path.exists(os.path.join(layers, d, "bin", "busybox")))
+        layer = busybox_layer(agent.state)
         rss = None
         with open(f"/proc/{agent.pid}/status") as f:
             for line in f:
@@ -63,41 +61,6 @@ def bench_wharf(wharf, runs, tmp):
         return samples, layer, rss
     finally:
         agent.shutdown()
-
-
-def bench_crun(layer, runs, tmp):
-    """crun on the same rootfs, in a private mount namespace without the cgroup2 mount
-    (crun 1.8 refuses cgroup v1 'hybrid' hosts otherwise)."""
-    bundle = os.path.join(tmp, "crun")
-    os.makedirs(bundle)
-    subprocess.run(["crun", "spec"], cwd=bundle, check=True)
-    with open(os.path.join(bundle, "config.json")) as f:
-        config = json.load(f)
-    config["root"] = {"path": layer, "readonly": True}
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["sleep", "2000"]
-    with open(os.path.join(bundle, "config.json"), "w") as f:
-        json.dump(config, f)
-    script = f"""
-import subprocess, time, json, sys
-out = []
-for i in range({runs}):
-    cid = "wharfbench%d" % i
-    t0 = time.monotonic()
-    subprocess.run(["crun", "run", "--detach", "--bundle", {bundle!r}, cid], check=True)
-    pid = json.loads(subprocess.run(["crun", "state", cid], capture_output=True, check=True).stdout)["pid"]
-    while open("/proc/%d/cmdline" % pid, "rb").read() != b"sleep\\x002000\\x00":
-        time.sleep(0.001)
-    out.append((time.monotonic() - t0) * 1000)
-    subprocess.run(["crun", "kill", cid, "KILL"], check=True)
-    subprocess.run(["crun", "delete", "--force", cid], check=True)
-print(json.dumps(out))
-"""
-    res = subprocess.run(
-        ["unshare", "-m", "sh", "-c",
-         "umount /sys/fs/cgroup/unified 2>/dev/null; exec python3 -c \"$0\"", script],
-        capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main():

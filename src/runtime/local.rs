@@ -31,6 +31,13 @@ use crate::volumes::{populate, VolumeStore};
 /// the costly one) was most of an idle agent's CPU. cAdvisor samples every 10 s too.
 const USAGE_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a list checks every running container in `/proc` (alive, still in its
+/// cgroup). In between, a container whose shim is watched and has not ended is known to
+/// run without reading anything: reading `/proc` three times per container was most of
+/// a list, and a list stands between a crash and its restart. The agent lists at least
+/// every `agent::RELIST` (10 s), so an escape from the cgroup is still seen within that.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// The Linux runtime of one agent instance.
 #[derive(Debug, Clone)]
 pub struct LinuxRuntime {
@@ -45,6 +52,8 @@ pub struct LinuxRuntime {
     records: FileCache<Record>,
     states: FileCache<Running>,
     exits: FileCache<ExitRecord>,
+    /// When a list last checked every running container in `/proc`.
+    last_check: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The last usage read per container: for which run (run, init pid, start time), when,
@@ -65,6 +74,7 @@ impl LinuxRuntime {
             records: FileCache::default(),
             states: FileCache::default(),
             exits: FileCache::default(),
+            last_check: Arc::default(),
         }
     }
 
@@ -309,8 +319,9 @@ impl LinuxRuntime {
         }
     }
 
-    /// Reads one container's observed state. Blocking.
-    fn observe(&self, name: &str) -> Observed {
+    /// Reads one container's observed state; `check` reads `/proc` even for a container
+    /// whose watched shim lives (see [`CHECK_EVERY`]). Blocking.
+    fn observe(&self, name: &str, check: bool) -> Observed {
         let paths = self.paths(name);
         let mut observed = Observed {
             name: name.to_owned(),
@@ -357,6 +368,11 @@ impl LinuxRuntime {
             .flatten();
         let state = match (running, exit) {
             (_, Some(exit)) if exit.run == record.run => ObservedState::Exited(exit),
+            // Its shim lives (its pidfd says so): the init runs, or has just ended and
+            // the shim is draining its output; either way running until the exit record.
+            (Some(r), _) if r.run == record.run && !check && self.shims.alive(name, r.shim_pid) => {
+                ObservedState::Running(r)
+            }
             // The shim died (kill -9, OOM) while the init runs on: nobody reads its output
             // or will record its exit. Stopped and recorded here, so the loss is said and
             // the restart policy decides what comes next (containerd does the same when a
@@ -614,7 +630,15 @@ impl LinuxRuntime {
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
-        let out: Vec<Observed> = names.iter().map(|name| self.observe(name)).collect();
+        let check = {
+            let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|at| at.elapsed() >= CHECK_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        let out: Vec<Observed> = names.iter().map(|name| self.observe(name, check)).collect();
         self.shims.update(out.iter().filter_map(|o| match &o.state {
             ObservedState::Running(r) => Some((o.name.as_str(), r)),
             _ => None,

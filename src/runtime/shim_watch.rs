@@ -9,6 +9,7 @@
 //! list on; a kernel without pidfds simply relies on the relist).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -25,9 +26,17 @@ pub struct ShimWatch {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Container name → (shim pid, its watching task).
-    watched: Mutex<HashMap<String, (i32, AbortHandle)>>,
+    /// Container name → the shim watched for it.
+    watched: Mutex<HashMap<String, Watched>>,
     ended: Notify,
+}
+
+#[derive(Debug)]
+struct Watched {
+    pid: i32,
+    task: AbortHandle,
+    /// Set by the task when the pidfd said the shim has ended.
+    ended: Arc<AtomicBool>,
 }
 
 impl ShimWatch {
@@ -41,12 +50,12 @@ impl ShimWatch {
         let mut watched = self.inner.watched.lock().unwrap_or_else(|e| e.into_inner());
         let mut keep = HashMap::new();
         for (name, r) in running.filter(|(_, r)| r.shim_pid > 0) {
-            if let Some((pid, task)) = watched.remove(name) {
-                if pid == r.shim_pid {
-                    keep.insert(name.to_owned(), (pid, task));
+            if let Some(w) = watched.remove(name) {
+                if w.pid == r.shim_pid {
+                    keep.insert(name.to_owned(), w);
                     continue;
                 }
-                task.abort();
+                w.task.abort();
             }
             let Ok(fd) = pidfd_open(r.shim_pid) else {
                 continue; // gone already, or no pidfds: the relist sees it
@@ -57,17 +66,37 @@ impl ShimWatch {
                 continue;
             }
             let inner = self.inner.clone();
+            let ended = Arc::new(AtomicBool::new(false));
+            let flag = ended.clone();
             let task = handle.spawn(async move {
                 if readable(fd).await.is_ok() {
+                    flag.store(true, Ordering::Release);
                     inner.ended.notify_one();
                 }
             });
-            keep.insert(name.to_owned(), (r.shim_pid, task.abort_handle()));
+            keep.insert(
+                name.to_owned(),
+                Watched {
+                    pid: r.shim_pid,
+                    task: task.abort_handle(),
+                    ended,
+                },
+            );
         }
-        for (_, (_, task)) in watched.drain() {
-            task.abort();
+        for (_, w) in watched.drain() {
+            w.task.abort();
         }
         *watched = keep;
+    }
+
+    /// Whether shim `shim_pid` of container `name` is watched and its pidfd has not said
+    /// it ended: then it lives, known without reading `/proc` (the pidfd names that very
+    /// process, checked alive when it was opened, so a reused pid cannot fool it).
+    pub fn alive(&self, name: &str, shim_pid: i32) -> bool {
+        let watched = self.inner.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched
+            .get(name)
+            .is_some_and(|w| w.pid == shim_pid && !w.ended.load(Ordering::Acquire))
     }
 
     /// Resolves when a watched shim has ended (at once if one ended since the last call).
@@ -117,6 +146,8 @@ mod tests {
         let (ra, rb) = (running(a.id() as i32), running(b.id() as i32));
         watch.update([("a", &ra), ("b", &rb)].into_iter());
         assert_eq!(watch.len(), 2);
+        assert!(watch.alive("a", ra.shim_pid));
+        assert!(!watch.alive("a", rb.shim_pid), "another pid under the name");
         watch.update([("a", &ra)].into_iter());
         assert_eq!(watch.len(), 1);
         // b is no longer watched: its end wakes nobody.
@@ -133,5 +164,13 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), watch.ended())
             .await
             .expect("the end of a watched process was not noticed");
+        assert!(
+            !watch.alive("a", ra.shim_pid),
+            "an ended shim is still said alive"
+        );
+        assert!(
+            !watch.alive("b", rb.shim_pid),
+            "an unwatched shim is said alive"
+        );
     }
 }
