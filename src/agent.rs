@@ -89,14 +89,37 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// The volume task's list with the reconciler's reasons beside each volume.
+/// The volume task's list with the reconciler's reasons beside each volume, and each
+/// declared volume not made yet as `pending` (with why, once a try failed): a volume
+/// whose creation fails is in the list, saying so, not missing from it.
 fn with_messages(
     mut volumes: Vec<crate::reconciler::status::VolumeStatus>,
     messages: &std::collections::BTreeMap<String, String>,
+    declared: &Declared,
 ) -> Vec<crate::reconciler::status::VolumeStatus> {
     for v in &mut volumes {
         v.message = messages.get(&v.name).cloned();
     }
+    let made: std::collections::BTreeSet<String> = volumes.iter().map(|v| v.name.clone()).collect();
+    for (name, policy) in &declared.volumes {
+        if made.contains(name) || declared.frozen.contains(name) {
+            continue;
+        }
+        volumes.push(crate::reconciler::status::VolumeStatus {
+            name: name.clone(),
+            path: String::new(),
+            size: 0,
+            reclaim_policy: *policy,
+            declared: true,
+            source: declared.sources.get(name).cloned(),
+            state: "pending".into(),
+            populated: false,
+            created_at: None,
+            used_by: Vec::new(),
+            message: messages.get(name).cloned(),
+        });
+    }
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
     volumes
 }
 
@@ -268,6 +291,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 status.volumes = with_messages(
                     volumes_rx.borrow_and_update().clone(),
                     &reconciler.volume_messages(),
+                    &declared_volumes_tx.borrow(),
                 );
                 status_tx.send_replace(Arc::new(status));
                 heartbeat.store(now_millis(), Ordering::Relaxed);
@@ -304,6 +328,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                             let volumes = with_messages(
                                 volumes_rx.borrow_and_update().clone(),
                                 &reconciler.volume_messages(),
+                                &declared_volumes_tx.borrow(),
                             );
                             republish(&status_tx, |s| s.volumes = volumes);
                             continue;

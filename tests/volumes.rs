@@ -186,3 +186,37 @@ fn a_volume_is_filled_from_the_image_survives_replacement_and_goes_by_its_policy
     assert!(opq.join("new").exists());
     assert!(volume(&agent, "opq").is_some());
 }
+
+#[test]
+fn a_declared_volume_that_cannot_be_made_is_listed_pending_with_why_and_made_once_it_can() {
+    if !common::privileged("volumes") {
+        return;
+    }
+    let mut agent = Agent::new();
+    // A file where the volume's folder goes: its creation fails (not a directory).
+    let blocker = agent.state.join("volumes/blocked");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "in the way").unwrap();
+    agent.start();
+    agent.write(
+        "blocked.yaml",
+        "apiVersion: wharf/v1\nkind: Volume\nmetadata: {name: blocked}\nspec: {reclaimPolicy: Retain}\n",
+    );
+    let v = wait_volume(&agent, "blocked", "listed pending with why", |v| {
+        v.is_some_and(|v| v["state"] == "pending" && v["message"].is_string())
+    })
+    .unwrap();
+    assert_eq!(v["declared"], true, "{v}");
+    assert_eq!(v["source"], "blocked.yaml", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("next try at"), "{v}");
+    assert!(message.contains("blocked"), "{v}");
+    // Out of the way: the next try makes it.
+    std::fs::remove_file(&blocker).unwrap();
+    let v = wait_volume(&agent, "blocked", "made once it can be", |v| {
+        v.is_some_and(|v| v["state"] == "ready")
+    })
+    .unwrap();
+    assert!(v.get("message").is_none(), "{v}");
+    assert!(agent.state.join("volumes/blocked/data").is_dir());
+}

@@ -149,6 +149,7 @@ pub struct VolumeStatus {
     pub declared: bool,
     /// The manifest file declaring it.
     pub source: Option<String>,
+    /// `pending` (declared, not made yet: `message` says why once a try failed),
     /// `ready`, or `deleting`: its `Delete` manifest was removed and the data goes once
     /// no container mounts it.
     pub state: String,
