@@ -107,3 +107,27 @@ fn validate_reports_a_nul_byte_with_its_position_and_exits_1() {
         "{out}"
     );
 }
+
+#[test]
+fn plan_of_a_fifo_or_an_oversized_file_refuses_it_at_once_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, "#".repeat(5 << 20)).unwrap();
+    let state = dir.path().join("state");
+    let run = dir.path().join("run");
+    for (file, why) in [(&fifo, "a FIFO"), (&big, "larger than")] {
+        // Without a writer, a plain read of the FIFO would wait forever.
+        let (code, out, err) = wharf(&[
+            "plan",
+            &file.display().to_string(),
+            "--state",
+            &state.display().to_string(),
+            "--run-dir",
+            &run.display().to_string(),
+        ]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains(why), "{out}{err}");
+    }
+}

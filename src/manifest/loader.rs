@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::scan::{read_text, scan_dir};
+use super::scan::{read_text, scan_dir, ReadError};
 use super::types::{Container, Network, Object, Sourced, Volume};
 use super::{parse_file, Diagnostic, SourceFile};
 
@@ -263,12 +263,12 @@ fn cross_check(objects: &[Sourced<Object>]) -> (BTreeSet<String>, Vec<Diagnostic
 /// with the path inside a folder). Includes conflicts between all the files, and
 /// I/O errors. Empty when everything is valid.
 pub fn validate_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
-    let mut files: Vec<(String, Result<String, String>)> = Vec::new();
+    let mut files: Vec<(String, Result<String, ReadError>)> = Vec::new();
     let mut diagnostics: Vec<Vec<Diagnostic>> = Vec::new();
     for path in paths {
         let shown = path.display().to_string();
         match fs::metadata(path) {
-            Err(e) => files.push((shown, Err(e.to_string()))),
+            Err(e) => files.push((shown, Err(e.into()))),
             Ok(meta) if meta.is_dir() => {
                 for f in scan_dir(path) {
                     let name = if f.path == "." {
@@ -290,7 +290,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
                 objects.extend(objs);
                 diagnostics.push(diags);
             }
-            Err(e) => diagnostics.push(vec![Diagnostic::file(name, e.clone())]),
+            Err(e) => diagnostics.push(vec![Diagnostic::file(name, e.to_string())]),
         }
     }
     let (_, conflicts) = cross_check(&objects);
@@ -395,7 +395,7 @@ mod tests {
             file("a.yaml", "kind: [\n"),
             SourceFile {
                 path: "b.yaml".into(),
-                text: Err("permission denied".into()),
+                text: Err(ReadError::Io("permission denied".into())),
             },
         ]);
         assert!(!state.complete);

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 pub use hash::changed_fields;
 pub use loader::{validate_paths, DesiredState, FileReport, Loader};
 pub use network::DEFAULT_NETWORK_SUBNET;
-pub use scan::{escape_name, scan_dir, scan_dir_with, ScanPolicy, SourceFile};
+pub(crate) use scan::read_text;
+pub use scan::{escape_name, scan_dir, scan_dir_with, ReadError, ScanPolicy, SourceFile};
 pub use source::{watch_dir, Snapshot, WatchGuard};
 pub use types::*;
 

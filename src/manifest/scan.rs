@@ -36,7 +36,39 @@ pub struct SourceFile {
     /// The text, or why it could not be read. A folder that cannot be listed is
     /// reported as an entry with its path and an error, so nothing it holds is
     /// taken as removed.
-    pub text: Result<String, String>,
+    pub text: Result<String, ReadError>,
+}
+
+/// Why a manifest (or a folder of them) could not be read. Carried as data in a
+/// snapshot (a file that cannot be read keeps its last good objects), hence `Clone`
+/// and `Eq`: an I/O error is kept as its message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read the manifests folder: {0}")]
+    Root(String),
+    #[error("cannot list folder: {0}")]
+    Folder(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("cannot tell where the file is: {0}")]
+    Locate(String),
+    #[error(
+        "is a symlink to {0}, outside the manifests folder; move the target into the folder, \
+         or run the agent with --allow-external-symlinks (wharf validate and plan never follow such links)"
+    )]
+    Outside(String),
+    #[error("is {0}, not a regular file; a manifest must be a regular file")]
+    NotRegular(&'static str),
+    #[error("file is larger than the {MAX_FILE_BYTES} bytes a manifest may have")]
+    TooLarge,
+    #[error("file is not valid UTF-8")]
+    NotUtf8,
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e.to_string())
+    }
 }
 
 /// What a scan may follow.
@@ -96,7 +128,7 @@ pub fn scan_dir_with(root: &Path, policy: ScanPolicy) -> Vec<SourceFile> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => out.push(SourceFile {
             path: ".".into(),
-            text: Err(format!("cannot read the manifests folder: {e}")),
+            text: Err(ReadError::Root(e.to_string())),
         }),
         Ok(real_root) => {
             let mut scan = Scan {
@@ -122,10 +154,10 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    fn error(&mut self, path: String, message: String) {
+    fn error(&mut self, path: String, error: ReadError) {
         self.out.push(SourceFile {
             path,
-            text: Err(message),
+            text: Err(error),
         });
     }
 
@@ -142,7 +174,7 @@ impl Scan<'_> {
             Ok(entries) => entries,
             Err(e) => {
                 let path = if prefix.is_empty() { "." } else { prefix };
-                self.error(path.into(), format!("cannot list folder: {e}"));
+                self.error(path.into(), ReadError::Folder(e.to_string()));
                 return;
             }
         };
@@ -165,7 +197,7 @@ impl Scan<'_> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     if is_manifest_name(&name) {
-                        self.error(rel, e.to_string());
+                        self.error(rel, e.into());
                     }
                     continue;
                 }
@@ -174,12 +206,12 @@ impl Scan<'_> {
                 match fs::canonicalize(&path) {
                     Ok(real) if self.inside(&real) => {}
                     Ok(real) => {
-                        self.error(rel, outside_message(&real));
+                        self.error(rel, outside(&real));
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => {
-                        self.error(rel, e.to_string());
+                        self.error(rel, e.into());
                         continue;
                     }
                 }
@@ -201,13 +233,13 @@ impl Scan<'_> {
 
     /// Reads a manifest as UTF-8 through a descriptor that must be a regular file
     /// inside the folder.
-    fn read(&self, path: &Path) -> Result<String, String> {
-        let file = open_nonblocking(path).map_err(|e| e.to_string())?;
+    fn read(&self, path: &Path) -> Result<String, ReadError> {
+        let file = open_nonblocking(path)?;
         if !self.policy.external_links {
             let real = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                .map_err(|e| format!("cannot tell where the file is: {e}"))?;
+                .map_err(|e| ReadError::Locate(e.to_string()))?;
             if !self.inside(&real) {
-                return Err(outside_message(&real));
+                return Err(outside(&real));
             }
         }
         read_open(file)
@@ -224,35 +256,31 @@ fn open_nonblocking(path: &Path) -> io::Result<fs::File> {
 }
 
 /// The text of an opened manifest: a regular file, at most [`MAX_FILE_BYTES`], UTF-8.
-fn read_open(file: fs::File) -> Result<String, String> {
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+fn read_open(file: fs::File) -> Result<String, ReadError> {
+    let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(not_regular(&meta.file_type()));
     }
     let limit = MAX_FILE_BYTES as u64;
     let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
-        return Err(format!(
-            "file is larger than the {MAX_FILE_BYTES} bytes a manifest may have"
-        ));
+        return Err(ReadError::TooLarge);
     }
-    String::from_utf8(bytes).map_err(|_| "file is not valid UTF-8".to_string())
+    String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
 }
 
 /// Reads the manifest at `path` (given explicitly, e.g. to `wharf validate`) under
 /// the same rules as a scanned one, but wherever it is.
-pub(crate) fn read_text(path: &Path) -> Result<String, String> {
-    let meta = fs::metadata(path).map_err(|e| e.to_string())?;
+pub(crate) fn read_text(path: &Path) -> Result<String, ReadError> {
+    let meta = fs::metadata(path)?;
     if !meta.is_file() {
         return Err(not_regular(&meta.file_type()));
     }
-    read_open(open_nonblocking(path).map_err(|e| e.to_string())?)
+    read_open(open_nonblocking(path)?)
 }
 
-fn not_regular(t: &fs::FileType) -> String {
+fn not_regular(t: &fs::FileType) -> ReadError {
     let what = if t.is_fifo() {
         "a FIFO"
     } else if t.is_socket() {
@@ -262,15 +290,11 @@ fn not_regular(t: &fs::FileType) -> String {
     } else {
         "not a file"
     };
-    format!("is {what}, not a regular file; a manifest must be a regular file")
+    ReadError::NotRegular(what)
 }
 
-fn outside_message(real: &Path) -> String {
-    format!(
-        "is a symlink to {}, outside the manifests folder; move the target into the folder, \
-         or run the agent with --allow-external-symlinks (wharf validate and plan never follow such links)",
-        escape_name(real.as_os_str())
-    )
+fn outside(real: &Path) -> ReadError {
+    ReadError::Outside(escape_name(real.as_os_str()))
 }
 
 #[cfg(test)]
@@ -360,7 +384,7 @@ pub(super) mod tests {
         let files = scan_dir(&root);
         assert_eq!(paths(&files), ["shadow.yaml", "usr"]);
         for f in &files {
-            let err = f.text.as_ref().unwrap_err();
+            let err = f.text.as_ref().unwrap_err().to_string();
             assert!(err.contains("outside the manifests folder"), "{err}");
             assert!(!err.contains("hash"), "{err}");
         }
@@ -380,11 +404,11 @@ pub(super) mod tests {
         let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock.yaml")).unwrap();
         let files = scan_dir(dir.path());
         assert_eq!(paths(&files), ["pipe.yaml", "sock.yaml"]);
-        assert!(files[0].text.as_ref().unwrap_err().contains("a FIFO"));
-        assert!(files[1].text.as_ref().unwrap_err().contains("a socket"));
+        assert_eq!(files[0].text, Err(ReadError::NotRegular("a FIFO")));
+        assert_eq!(files[1].text, Err(ReadError::NotRegular("a socket")));
         // The race the stat cannot see: the opened descriptor is checked too.
         let file = open_nonblocking(&dir.path().join("pipe.yaml")).unwrap();
-        assert!(read_open(file).unwrap_err().contains("a FIFO"));
+        assert_eq!(read_open(file), Err(ReadError::NotRegular("a FIFO")));
     }
 
     #[test]
@@ -417,7 +441,7 @@ pub(super) mod tests {
         fs::write(dir.path().join("bin.yaml"), [0xff, 0xfe]).unwrap();
         fs::write(dir.path().join("big.yaml"), vec![b'#'; MAX_FILE_BYTES + 1]).unwrap();
         let files = scan_dir(dir.path());
-        assert!(files[0].text.as_ref().unwrap_err().contains("larger than"));
-        assert_eq!(files[1].text, Err("file is not valid UTF-8".into()));
+        assert_eq!(files[0].text, Err(ReadError::TooLarge));
+        assert_eq!(files[1].text, Err(ReadError::NotUtf8));
     }
 }

@@ -28,7 +28,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode};
 use tokio::sync::watch;
 
-use super::scan::{scan_dir_with, ScanPolicy, SourceFile};
+use super::scan::{scan_dir_with, ReadError, ScanPolicy, SourceFile};
 use super::ManifestError;
 
 /// A full snapshot of the manifest files, as published by [`watch_dir`].
@@ -180,7 +180,7 @@ fn loses_a_file(old: &[SourceFile], new: &[SourceFile]) -> bool {
 /// Whether a file may hold an object: anything but blank lines, comments and
 /// document markers. An unreadable file counts as holding (its last good objects
 /// are kept anyway).
-fn holds_content(text: &Result<String, String>) -> bool {
+fn holds_content(text: &Result<String, ReadError>) -> bool {
     let Ok(text) = text else { return true };
     text.lines().any(|line| {
         let line = line.trim();

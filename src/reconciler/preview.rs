@@ -28,9 +28,10 @@ pub fn read_manifests(path: &Path) -> Vec<SourceFile> {
     if path.is_dir() {
         return scan_dir(path);
     }
+    // Bounded and never blocking, as a scanned file (a FIFO or a huge file is refused).
     vec![SourceFile {
         path: path.display().to_string(),
-        text: std::fs::read_to_string(path).map_err(|e| e.to_string()),
+        text: crate::manifest::read_text(path),
     }]
 }
 
