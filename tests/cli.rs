@@ -131,3 +131,25 @@ fn plan_of_a_fifo_or_an_oversized_file_refuses_it_at_once_naming_why() {
         assert!(out.contains(why), "{out}{err}");
     }
 }
+
+#[test]
+fn image_prune_and_rm_remove_nothing_beside_a_container_record_of_a_newer_wharf() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("containers/future/record.json");
+    std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+    std::fs::write(
+        &record,
+        r#"{"version": 99, "meta": {"imageDigest": "sha256:00"}}"#,
+    )
+    .unwrap();
+    let state = dir.path().display().to_string();
+    for args in [
+        &["image", "prune", "--state", &state][..],
+        &["image", "rm", "--state", &state, "busybox"][..],
+    ] {
+        let (code, out, err) = wharf(args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains("no image is removed"), "{args:?}: {err}");
+        assert!(err.contains("newer wharf"), "{args:?}: {err}");
+    }
+}

@@ -119,6 +119,7 @@ pub fn rm(
     let store = open(args)?;
     let in_use: std::collections::HashMap<String, Vec<String>> =
         crate::runtime::image_users(&args.state)
+            .map_err(ImageError::UsersUnknown)?
             .into_iter()
             .collect();
     let mut failed = 0;
@@ -138,6 +139,7 @@ pub fn rm(
 /// content nothing names.
 pub fn prune(args: &StoreArgs, out: &mut impl Write) -> Result<(), ImageError> {
     let keep: HashSet<String> = crate::runtime::image_users(&args.state)
+        .map_err(ImageError::UsersUnknown)?
         .into_keys()
         .collect();
     let report = open(args)?.prune(&keep, None)?;

@@ -220,6 +220,8 @@ pub enum ImageError {
         digest: String,
         users: String,
     },
+    #[error("no image is removed while a container's image is unknown: {0}")]
+    UsersUnknown(crate::runtime::records::RecordError),
     #[error("remove {} from the image store: {source}", path.display())]
     RemoveContent {
         path: PathBuf,

@@ -112,6 +112,7 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
                     .as_ref()
                     .map(|m| m.volumes.clone())
                     .unwrap_or_default(),
+                unknown: o.refused.is_some(),
             },
         );
     }

@@ -45,6 +45,15 @@ pub struct Have {
     pub networks: Vec<String>,
     /// The named volumes it mounts: not deleted until it is gone.
     pub volumes: Vec<String>,
+    /// Its record is of a newer wharf, refused unread: what it holds is unknown, so it
+    /// is taken to hold every network and volume (none is removed while it exists).
+    pub unknown: bool,
+}
+
+impl Have {
+    fn holds_network(&self, network: &str) -> bool {
+        self.unknown || self.networks.iter().any(|n| n == network)
+    }
 }
 
 /// The named volumes, as the planner sees them.
@@ -193,12 +202,8 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         }
     };
     let nets = inputs.networks.as_ref();
-    let users = |network: &str| -> bool {
-        inputs
-            .observed
-            .values()
-            .any(|h| h.networks.iter().any(|n| n == network))
-    };
+    let users =
+        |network: &str| -> bool { inputs.observed.values().any(|h| h.holds_network(network)) };
 
     if let Some(nets) = nets {
         for (name, want) in &nets.desired {
@@ -228,6 +233,9 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
                 .values()
                 .flat_map(|h| h.volumes.iter().cloned()),
         );
+        if inputs.observed.values().any(|h| h.unknown) {
+            in_use.extend(vols.on_disk.records.keys().cloned());
+        }
         for action in crate::volumes::plan(&vols.on_disk.records, &vols.declared, &in_use) {
             let name = match &action {
                 Action::Create { name, .. }
@@ -249,7 +257,7 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
 
     // Networks a container holds that this plan neither replaces nor removes (frozen,
     // unsupported fields, given up on, kept while a file is invalid).
-    let stuck: BTreeSet<&String> = inputs
+    let stuck_holders: Vec<&Have> = inputs
         .observed
         .iter()
         .filter(|(name, _)| {
@@ -259,8 +267,9 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
             };
             left_alone || inputs.frozen.contains(*name)
         })
-        .flat_map(|(_, have)| have.networks.iter())
+        .map(|(_, have)| have)
         .collect();
+    let stuck = |network: &str| stuck_holders.iter().any(|h| h.holds_network(network));
 
     if inputs.complete {
         for name in inputs.observed.keys() {
@@ -289,7 +298,7 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         let step = match inputs.observed.get(name) {
             None => Step::Create { name: name.clone() },
             Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => {
-                if waiting_net.is_some_and(|n| !stuck.contains(n)) {
+                if waiting_net.is_some_and(|n| !stuck(n)) {
                     // The old container goes now (its network may be changing under
                     // it); the new one starts once the network is made. Not while a
                     // container this plan leaves alone holds the network: it would
@@ -376,6 +385,7 @@ mod tests {
                     phase,
                     networks: vec![],
                     volumes: vec![],
+                    unknown: false,
                 },
             );
             self
@@ -447,6 +457,74 @@ mod tests {
         w.0.frozen.insert("web".into());
         w.0.desired.remove("web");
         assert!(steps(w.plan(Instant::now())).is_empty());
+    }
+
+    #[test]
+    fn a_container_of_a_newer_record_keeps_every_network_and_volume() {
+        // Its record was refused unread: it may hold any network or volume.
+        let mut w = World::new().have("future", "h", Phase::Running);
+        w.0.frozen.insert("future".into());
+        w.0.observed.get_mut("future").unwrap().unknown = true;
+        let mut w = with_networks(w, &[], &[("back", "10.1.0.0/24")]);
+        w.0.volumes = Some(VolumeInputs {
+            on_disk: crate::volumes::OnDisk {
+                records: BTreeMap::from([(
+                    "data".to_owned(),
+                    crate::volumes::Record {
+                        declared: true,
+                        reclaim_policy: crate::manifest::ReclaimPolicy::Delete,
+                        ..Default::default()
+                    },
+                )]),
+                held: BTreeSet::new(),
+            },
+            declared: crate::volumes::Declared {
+                complete: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let planned = steps(w.plan(Instant::now()));
+        assert!(
+            !planned.iter().any(|s| matches!(
+                s,
+                Step::RemoveNetwork { .. }
+                    | Step::Remove { .. }
+                    | Step::Volume {
+                        action: Action::Delete { .. },
+                        ..
+                    }
+            )),
+            "{planned:?}"
+        );
+        // Its manifest gone, the volume is only marked for deletion.
+        assert!(
+            planned.iter().any(|s| matches!(
+                s,
+                Step::Volume { action: Action::Update { record, .. }, .. } if record.delete_requested
+            )),
+            "{planned:?}"
+        );
+        // Without it, both go.
+        w.0.observed.clear();
+        w.0.frozen.clear();
+        let planned = steps(w.plan(Instant::now()));
+        assert!(
+            planned
+                .iter()
+                .any(|s| matches!(s, Step::RemoveNetwork { .. })),
+            "{planned:?}"
+        );
+        assert!(
+            planned.iter().any(|s| matches!(
+                s,
+                Step::Volume {
+                    action: Action::Delete { .. },
+                    ..
+                }
+            )),
+            "{planned:?}"
+        );
     }
 
     #[test]

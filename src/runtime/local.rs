@@ -857,16 +857,20 @@ impl Runtime for LinuxRuntime {
 
 /// Which containers (by name) under `state_root` were created from which image digest,
 /// read from their records: what an offline `wharf image rm` or `prune` must not delete.
-pub fn image_users(state_root: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+/// An error for a container whose record is of a newer wharf: it could use any image.
+pub fn image_users(
+    state_root: &Path,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, RecordError> {
     let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     let Ok(entries) = fs::read_dir(state_root.join("containers")) else {
-        return users;
+        return Ok(users);
     };
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let dir = entry.path();
         let meta = match Record::load(&dir.join("record.json")) {
             Ok(Some(r)) if r.meta.is_some() => r.meta,
+            Err(e @ RecordError::UnknownVersion { .. }) => return Err(e),
             _ => config_annotations(&dir.join("config.json"))
                 .and_then(|a| ContainerMeta::from_annotations(&a)),
         };
@@ -877,5 +881,5 @@ pub fn image_users(state_root: &Path) -> std::collections::BTreeMap<String, Vec<
     for names in users.values_mut() {
         names.sort();
     }
-    users
+    Ok(users)
 }
