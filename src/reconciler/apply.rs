@@ -40,6 +40,10 @@ pub struct Reconciler<R: Runtime, I: Images, N: Network, V: Volumes> {
     vol_memos: Memos,
     /// The steps running, by `Kind/name` ([`Step::key`]): one per object at a time.
     inflight: HashMap<String, Step>,
+    /// The named volumes each running container step may mount, by its key: in use
+    /// until it ends (a create started before its manifest and `Delete` volume were
+    /// removed would otherwise make the volume again, implicitly, after its deletion).
+    inflight_volumes: HashMap<String, Vec<String>>,
     /// Containers held until a network or volume is made, with what (from the last plan).
     waiting: BTreeMap<String, String>,
     /// Why the networks could not be resolved, if they could not.
@@ -60,6 +64,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             net_memos: Arc::default(),
             vol_memos: Arc::default(),
             inflight: HashMap::new(),
+            inflight_volumes: HashMap::new(),
             waiting: BTreeMap::new(),
             resolve_error: None,
             done_tx,
@@ -71,6 +76,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
     pub async fn step_done(&mut self) -> Option<String> {
         let key = self.done_rx.recv().await?;
         self.inflight.remove(&key);
+        self.inflight_volumes.remove(&key);
         Some(key)
     }
 
@@ -173,7 +179,10 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             .map(|o| (o.name.clone(), o))
             .collect();
         let networks = self.network_inputs(desired).await;
-        let on_disk = self.volumes.list().await;
+        let mut on_disk = self.volumes.list().await;
+        on_disk
+            .held
+            .extend(self.inflight_volumes.values().flatten().cloned());
         let now = Instant::now();
         let mut inputs = self.inputs(desired, &observed, now);
         inputs.volumes = Some(self.volume_inputs(desired, on_disk));
@@ -232,6 +241,10 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                 }
                 _ => {
                     let name = step.name();
+                    if let Some(c) = desired.containers.get(name) {
+                        let volumes = c.object.volume_names().map(str::to_owned).collect();
+                        self.inflight_volumes.insert(key.clone(), volumes);
+                    }
                     let task = Task {
                         runtime: self.runtime.clone(),
                         images: self.images.clone(),

@@ -18,10 +18,15 @@ use crate::volumes::{FakeVolumes, Volumes};
 #[derive(Default)]
 struct FakeImages {
     broken: HashMap<String, String>,
+    /// When set, every pull waits for a permit: a create held in flight.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Images for FakeImages {
     async fn ensure(&self, reference: &str, _policy: PullPolicy) -> Result<ImageInfo, ImageError> {
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
         if let Some(e) = self.broken.get(reference) {
             return Err(ImageError::RegistryAccess {
                 reference: reference.into(),
@@ -114,6 +119,7 @@ async fn a_registry_error_leaves_the_container_pending_with_the_reason_and_other
     let rt = Arc::new(FakeRuntime::default());
     let images = FakeImages {
         broken: HashMap::from([("down:1".into(), "connection refused".into())]),
+        ..Default::default()
     };
     let mut r = Reconciler::new(Seams {
         images: Arc::new(images),
@@ -452,6 +458,55 @@ async fn a_volume_is_made_before_its_container_and_deleted_after_it() {
     converge(&mut r, &desired(&[])).await;
     assert_eq!(vols.calls(), ["create data", "update data", "delete data"]);
     assert!(vols.names().is_empty());
+}
+
+/// A create in flight when its manifest and its `Delete` volume are removed: the volume
+/// is not deleted under it (the create would make it again, implicitly), only once the
+/// container is gone.
+#[tokio::test]
+async fn a_volume_is_not_deleted_under_a_create_in_flight() {
+    let rt = Arc::new(FakeRuntime::default());
+    let vols = Arc::new(FakeVolumes::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut r = Reconciler::new(Seams {
+        volumes: vols.clone(),
+        images: Arc::new(FakeImages {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        }),
+        ..seams(&rt)
+    });
+    let volume =
+        "apiVersion: wharf/v1\nkind: Volume\nmetadata:\n  name: data\nspec:\n  reclaimPolicy: Delete\n";
+    converge(&mut r, &desired(&[("v.yaml", volume)])).await;
+    let app = container("app", "busybox", "  mounts: [\"data:/data\"]\n");
+    r.pass(&desired(&[("v.yaml", volume), ("app.yaml", &app)]))
+        .await
+        .unwrap();
+    assert!(r.busy(), "the create is in flight");
+    r.pass(&desired(&[])).await.unwrap();
+    while let Ok(Some(_)) =
+        tokio::time::timeout(std::time::Duration::from_millis(50), r.step_done()).await
+    {
+        r.pass(&desired(&[])).await.unwrap();
+    }
+    assert!(
+        !vols.calls().contains(&"delete data".to_owned()),
+        "deleted under the create: {:?}",
+        vols.calls()
+    );
+    assert_eq!(vols.names(), ["data"]);
+    gate.add_permits(1);
+    let s = converge(&mut r, &desired(&[])).await;
+    assert!(s.containers.is_empty());
+    assert_eq!(
+        rt.calls(),
+        ["start app sh", "stop app SIGTERM", "remove app"]
+    );
+    assert!(
+        vols.names().is_empty(),
+        "deleted once the container is gone"
+    );
 }
 
 /// A volume step that fails is retried with backoff, and says why and when beside the
