@@ -185,7 +185,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let nets = Networks::new(&instance, &args.state, &args.run_dir)?;
     let network = Arc::new(BridgeNetwork::new(nets, &args.state));
     // A deleted veth or bridge, a flushed ruleset: repaired as soon as the kernel says.
-    let drift = crate::net::monitor::Drift::watch(&crate::net::link::link_prefix(&instance));
+    let drift = crate::net::monitor::Drift::watch(
+        &crate::net::link::link_prefix(&instance),
+        &crate::net::firewall::table_name(&instance),
+    );
     let drift_task = tokio::spawn(crate::net::monitor::repair_on_drift(drift, network.clone()));
     let store = ImageStore::open_with(
         &args.state.join("images"),
