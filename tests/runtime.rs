@@ -146,6 +146,43 @@ async fn exit_code_is_recorded_and_a_restart_keeps_the_log() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A privileged init that makes sub-cgroups in its own cgroup and moves into one (as
+/// systemd or docker-in-docker do): when it ends, its shim removes the sub-cgroups, then
+/// the container's cgroup, in every hierarchy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privileged_containers_sub_cgroups_go_with_it() {
+    if !common::privileged("sub_cgroups") {
+        return;
+    }
+    let f = fixture();
+    let name = "nested";
+    let _c = Cleanup(&f.rt, name);
+    // In each hierarchy the container sees (its own cgroup is the root of its view):
+    // a child with a grandchild, the init moved into the grandchild. (Not cpuset: a new
+    // cpuset cgroup has no CPUs until given some.)
+    let script = "for h in /sys/fs/cgroup/*/; do [ -e \"$h/cgroup.procs\" ] || continue; \
+                  case $h in *cpuset*) continue;; esac; \
+                  mkdir -p \"$h/sub/deeper\" && echo $$ > \"$h/sub/deeper/cgroup.procs\" || exit 9; done; \
+                  cat /proc/self/cgroup; exit 0";
+    let mut req = request(&f, name, &["sh", "-c", script]);
+    req.privileged = true;
+    req.capabilities = wharf::runtime::process::resolve_capabilities(&["ALL".into()], &[]);
+    f.rt.start(req).await.unwrap();
+    let exit = f.wait_observed(name, 30, exited);
+    let log =
+        std::fs::read_to_string(f.wait_observed(name, 5, |o| Some(o.log_path.clone()))).unwrap();
+    assert_eq!(exit.exit_code, 0, "{log}");
+    assert!(log.contains("/sub/deeper"), "the init did not move: {log}");
+    let own = format!("wharf/{}/{name}", f.instance);
+    let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(&own))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// A remove issued while the init is dead but its shim is still recording the exit
 /// waits for the shim: removing the folder under a shim writing `exit.json` failed with
 /// "Directory not empty" (a CI flake). The shim is played by a `sleep` this test owns,
