@@ -175,3 +175,40 @@ fn a_killed_init_or_one_moved_out_of_its_cgroup_is_restarted_as_the_policy_says(
         "{procs}"
     );
 }
+
+/// "Its rootfs unmounted" cannot happen from the host: the overlay is mounted only in
+/// the container's own mount namespace (and pivoted into), so the host has no mount of
+/// it for anyone to take away; the rootfs folder on the host is a plain empty folder.
+#[test]
+fn a_containers_rootfs_is_mounted_only_inside_its_own_mount_namespace() {
+    if !ready("drift_rootfs") {
+        return;
+    }
+    let mut agent = Agent::new();
+    let (pid, _) = start_web(&mut agent);
+    let rootfs = agent.run.join("containers/web/rootfs");
+    assert!(rootfs.is_dir());
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let needle = agent.state.join("containers/web").display().to_string();
+    assert!(
+        !host
+            .lines()
+            .any(|l| l.contains(&needle) || l.contains(&*rootfs.to_string_lossy())),
+        "the host has a mount of the container's rootfs"
+    );
+    assert_eq!(
+        nix::mount::umount(&rootfs),
+        Err(nix::errno::Errno::EINVAL),
+        "not a mount point on the host"
+    );
+    // Inside, its root is the overlay with its writable layer.
+    let inside = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = inside
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap_or_default();
+    assert!(
+        root.contains("overlay") && root.contains(&needle),
+        "{inside}"
+    );
+}
