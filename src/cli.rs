@@ -54,6 +54,28 @@ pub enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Run a command in a running container, confined as its own processes are (its
+    /// namespaces, cgroup, user, capabilities, seccomp, environment). On the host, as
+    /// root: it reads the container's state directly. Exits with the command's status.
+    Exec {
+        name: String,
+        /// `uid[:gid]` or `name[:group]` of the container's, instead of its user.
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// `KEY=VALUE` over the container's environment (repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Instead of the container's working directory.
+        #[arg(long, short = 'w')]
+        workdir: Option<String>,
+        #[arg(long, env = "WHARF_STATE", default_value = "/var/lib/wharf")]
+        state: PathBuf,
+        #[arg(long, env = "WHARF_RUN_DIR", default_value = "/run/wharf")]
+        run_dir: PathBuf,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Print a container object as JSON.
     Inspect {
         name: String,

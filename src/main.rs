@@ -78,6 +78,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status(host) => client(wharf::client::status(&host.hosts)),
         Command::Volumes(host) => client(wharf::client::volumes(&host.hosts)),
+        Command::Exec {
+            name,
+            user,
+            env,
+            workdir,
+            state,
+            run_dir,
+            command,
+        } => {
+            // Synchronous and single-threaded, like the shim: it forks.
+            let code = wharf::runtime::exec::run(&wharf::runtime::exec::ExecRequest {
+                name,
+                state_root: state,
+                run_root: run_dir,
+                args: command,
+                env,
+                workdir,
+                user,
+            })?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Command::Logs {
             name,
             tail,

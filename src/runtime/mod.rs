@@ -2,7 +2,9 @@
 //! implementation (one shim process per container), and OCI config generation.
 
 pub mod capabilities;
+pub mod exec;
 pub mod file_cache;
+pub mod identity;
 pub mod linux;
 pub mod local;
 pub mod process;

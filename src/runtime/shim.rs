@@ -13,32 +13,25 @@
 //! (`clone3(CLONE_INTO_CGROUP)`); on v1 it moves itself there first thing
 //! ([`cgroups::join_self`]); either is cheaper than the parent moving it.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{
-    chdir, dup2_stderr, dup2_stdin, dup2_stdout, execve, pipe2, setgid, setgroups, sethostname,
-    setsid, setuid, ForkResult, Gid, Pid, Uid,
+    dup2_stderr, dup2_stdin, dup2_stdout, pipe2, sethostname, setsid, ForkResult, Pid,
 };
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::identity::{Identity, Never, EXEC_FAILED};
 use super::linux::resolve::Root;
 use super::linux::{cgroups, fork_into_cgroup, fork_single_threaded, proc, rootfs};
 use super::records::{now, ExitRecord, Running, ShimConfig, StartReport};
 use crate::state;
-
-/// How the messages of a failed exec begin (Docker's wording): the one failure of a
-/// start that is the image's and the manifest's, not the host's.
-const EXEC_FAILED: &str = "exec";
 
 /// Runs the shim for the bundle in `bundle`; returns the shim's exit code.
 pub fn main(bundle: &Path) -> i32 {
@@ -315,8 +308,6 @@ fn child(spec: &Spec, shim: &ShimConfig, join_cgroup: &[PathBuf], out_w: &OwnedF
     }
 }
 
-enum Never {}
-
 fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, String> {
     let process = spec.process().as_ref().ok_or("config has no process")?;
     let root = spec.root().as_ref().ok_or("config has no root")?;
@@ -388,117 +379,27 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
     // Docker creates a missing working directory (before dropping privileges).
     fs::create_dir_all(cwd).map_err(|e| format!("create working dir {}: {e}", cwd.display()))?;
     let user = process.user();
-    let groups: Vec<Gid> = user
-        .additional_gids()
-        .iter()
-        .flatten()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
-    // Capabilities: shrink the bounding set and keep the permitted set across setuid
-    // (runc's order), then set the final sets once the user has changed.
-    let capabilities = process.capabilities().clone();
-    if let Some(c) = &capabilities {
-        super::capabilities::limit_bounding(c)?;
-        nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keep capabilities: {e}"))?;
-    }
-    setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
-    setgid(Gid::from_raw(user.gid())).map_err(|e| format!("setgid {}: {e}", user.gid()))?;
-    setuid(Uid::from_raw(user.uid())).map_err(|e| format!("setuid {}: {e}", user.uid()))?;
-    if let Some(c) = &capabilities {
-        let _ = nix::sys::prctl::set_keepcaps(false);
-        super::capabilities::apply_sets(c)?;
-    }
-    chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
-    if let Some(soft) = shim.nofile_soft {
-        // Lowering the soft limit needs no privilege; the hard one stays.
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-            setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)
-                .map_err(|e| format!("set the open files limit: {e}"))?;
-        }
-    }
-    if process.no_new_privileges().unwrap_or(false) {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-    }
-
+    let additional_gids = user.additional_gids().clone().unwrap_or_default();
     let mut env: Vec<String> = process.env().clone().unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", shim.home.as_deref().unwrap_or("/")));
     }
-    let args = process.args().clone().unwrap_or_default();
-    let program = args.first().ok_or("config has no process args")?;
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(super::process::DEFAULT_PATH);
-    let exe = find_executable(program, path)?;
-
     // Standard streams: stdin from /dev/null, stdout and stderr into the log pipe.
     let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     dup2_stdin(&null).map_err(|e| format!("dup2 stdin: {e}"))?;
     dup2_stdout(out_w).map_err(|e| format!("dup2 stdout: {e}"))?;
     dup2_stderr(out_w).map_err(|e| format!("dup2 stderr: {e}"))?;
-    // Rust ignores SIGPIPE at startup and ignored signals survive execve: restore the
-    // default, and an empty signal mask, as a fresh process expects.
-    reset_signals();
-    // Last, right before execve: the filter must allow only what the container may do,
-    // not what setting it up needed. (Installing it sets no_new_privs too.)
-    if shim.seccomp {
-        // The bounding set decides, as in Docker: a non-root user has no effective
-        // capabilities, yet its profile is the one of the capabilities it could gain.
-        let caps = capabilities
-            .as_ref()
-            .map(|c| super::capabilities::convert(c.bounding()))
-            .unwrap_or_default();
-        let program = super::linux::seccomp::default_profile(&caps).map_err(|e| e.to_string())?;
-        super::linux::seccomp::install(&program).map_err(|e| e.to_string())?;
-    }
-
-    let c = |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains a NUL byte"));
-    let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
-    let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
-    let err = execve(&exe_c, &argv, &envp).unwrap_err();
-    Err(format!("{EXEC_FAILED} {}: {err}", exe.display()))
-}
-
-/// Resolves `program` like execvp(3) but against the container's `PATH`, with Docker's
-/// error message when it is not found.
-fn find_executable(program: &str, path: &str) -> Result<PathBuf, String> {
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return match p.metadata() {
-            Ok(_) => Ok(p),
-            Err(_) => Err(format!(
-                "{EXEC_FAILED}: \"{program}\": stat {program}: no such file or directory"
-            )),
-        };
-    }
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let candidate = Path::new(dir).join(program);
-        if is_executable(&candidate) {
-            return Ok(candidate);
-        }
-    }
-    Err(format!(
-        "{EXEC_FAILED}: \"{program}\": executable file not found in $PATH"
-    ))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-fn reset_signals() {
-    for sig in Signal::iterator() {
-        if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
-            let _ = super::linux::set_default_handler(sig);
-        }
-    }
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let identity = Identity {
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: &additional_gids,
+        capabilities: process.capabilities().as_ref(),
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        nofile_soft: shim.nofile_soft,
+        seccomp: shim.seccomp,
+        die_with_parent: false,
+    };
+    identity.exec(cwd, &process.args().clone().unwrap_or_default(), &env)
 }
 
 /// `lo` starts down in a new network namespace; containers expect it up (Docker and

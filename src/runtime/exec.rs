@@ -1,0 +1,248 @@
+//! `wharf exec NAME -- CMD...`: a command run in a running container, confined exactly
+//! as the container's own processes are: its cgroup, its namespaces (mount, UTS, IPC,
+//! network, pid, cgroup), its user, capabilities, `no_new_privs`, seccomp filter,
+//! environment and root. The `exec` healthcheck runs through it too.
+//!
+//! It stands alone rather than asking the agent: the endpoint stays read-only, and the
+//! container's files under `--state` and `--run-dir` say all it needs (root only, as the
+//! state root is). A small synchronous program, like the shim:
+//! 1. the container's init is pinned with a pidfd and checked to be the recorded one;
+//! 2. this process joins the container's cgroup (before anything of the container can
+//!    see it, while the host's cgroup files are still in its view), then all of the
+//!    init's namespaces at once (`setns` on the pidfd);
+//! 3. it forks: the child is born in the container's pid namespace, takes the
+//!    container's identity ([`Identity`]) and execs; this process waits and returns
+//!    the child's status. It is not dumpable meanwhile, so nothing in the container can
+//!    ptrace its way into a root process of the host (runc's CVE-2016-9962).
+//!
+//! The child dies with this process (a parent-death signal), so a healthcheck that
+//! kills its helper on a timeout ends the command too.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::ForkResult;
+use oci_spec::runtime::Spec;
+
+use super::identity::{Identity, EXEC_FAILED};
+use super::linux::{cgroups, fork_single_threaded, pidfd_open, proc};
+use super::records::{ExitRecord, Paths, Record, Running, ShimConfig};
+use crate::state;
+
+/// The exit status of a command that could not be run (Docker's, and the shell's).
+pub const CANNOT_RUN: i32 = 126;
+/// The exit status of a command that was not found.
+pub const NOT_FOUND: i32 = 127;
+
+/// What to run, where.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub name: String,
+    pub state_root: PathBuf,
+    pub run_root: PathBuf,
+    pub args: Vec<String>,
+    /// `KEY=VALUE`, over the container's environment.
+    pub env: Vec<String>,
+    /// Instead of the container's working directory.
+    pub workdir: Option<String>,
+    /// `uid[:gid]` or `name[:group]` (the container's `/etc/passwd` and `/etc/group`),
+    /// instead of the container's user.
+    pub user: Option<String>,
+}
+
+/// Why the command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{0:?} is not a container name")]
+    BadName(String),
+    #[error("no container {0}")]
+    NotFound(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("read {what} of container {name}: {message}")]
+    Read {
+        name: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("enter container {name}: {what}: {source}")]
+    Enter {
+        name: String,
+        what: &'static str,
+        source: nix::errno::Errno,
+    },
+    #[error("--env {0:?}: expected KEY=VALUE")]
+    BadEnv(String),
+}
+
+/// Runs the request; the command's exit status (128 + the signal if one ended it), or
+/// [`CANNOT_RUN`] / [`NOT_FOUND`] with the reason on stderr. Must be called from a
+/// single-threaded process.
+pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
+    let name = req.name.as_str();
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ExecError::BadName(req.name.clone()));
+    }
+    if let Some(bad) = req
+        .env
+        .iter()
+        .find(|e| !e.contains('=') || e.starts_with('='))
+    {
+        return Err(ExecError::BadEnv(bad.clone()));
+    }
+    let paths = Paths::new(&req.state_root, &req.run_root, name);
+    let read = |what: &'static str, message: String| ExecError::Read {
+        name: name.to_owned(),
+        what,
+        message,
+    };
+    let record = Record::load(&paths.record())
+        .map_err(|e| read("record", e.to_string()))?
+        .ok_or_else(|| ExecError::NotFound(name.to_owned()))?;
+    let running: Running = state::read_json(&paths.state())
+        .map_err(|e| read("state", e.to_string()))?
+        .filter(|r: &Running| r.run == record.run)
+        .ok_or_else(|| ExecError::NotRunning(name.to_owned()))?;
+    let exited: Option<ExitRecord> = state::read_json(&paths.exit()).ok().flatten();
+    if exited.is_some_and(|e| e.run == running.run) {
+        return Err(ExecError::NotRunning(name.to_owned()));
+    }
+    // Pinned first, then checked: the pidfd names one process for good, so a pid reused
+    // after the check cannot be entered by mistake.
+    let init = pidfd_open(running.pid).map_err(|_| ExecError::NotRunning(name.to_owned()))?;
+    if !proc::is_alive(running.pid, running.start_time) {
+        return Err(ExecError::NotRunning(name.to_owned()));
+    }
+    let spec = Spec::load(paths.config()).map_err(|e| read("config.json", e.to_string()))?;
+    let shim: ShimConfig = state::read_json(&paths.shim_config())
+        .map_err(|e| read("shim.json", e.to_string()))?
+        .ok_or_else(|| read("shim.json", "missing".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| read("config.json", "no process".into()))?;
+
+    let enter = |what: &'static str| {
+        move |source| ExecError::Enter {
+            name: name.to_owned(),
+            what,
+            source,
+        }
+    };
+    if !cgroups::Layout::host().exists(&shim.cgroup) {
+        return Err(ExecError::NotRunning(name.to_owned()));
+    }
+    let cg = cgroups::ensure(&shim.cgroup).map_err(|e| read("cgroup", e.to_string()))?;
+    cgroups::join_self(&cgroups::self_join_files(&cg)).map_err(|e| read("cgroup", e))?;
+    nix::sys::prctl::set_dumpable(false).map_err(enter("not dumpable"))?;
+    setns(
+        &init,
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(enter("join its namespaces"))?;
+    drop(init);
+
+    // Inside its root now: its own passwd and group files name its users.
+    let (uid, gid, gids, home) = match &req.user {
+        Some(user) => {
+            let passwd = read_small(Path::new("/etc/passwd"));
+            let group = read_small(Path::new("/etc/group"));
+            match super::process::resolve_user(user, &passwd, &group) {
+                Ok(u) => (u.uid, u.gid, u.additional_gids, Some(u.home)),
+                Err(e) => {
+                    eprintln!("wharf exec: {e}");
+                    return Ok(CANNOT_RUN);
+                }
+            }
+        }
+        None => {
+            let u = process.user();
+            let gids = u.additional_gids().clone().unwrap_or_default();
+            (u.uid(), u.gid(), gids, shim.home.clone())
+        }
+    };
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) || req.user.is_some() {
+        env.retain(|e| !e.starts_with("HOME="));
+        env.push(format!("HOME={}", home.as_deref().unwrap_or("/")));
+    }
+    for kv in &req.env {
+        let key = kv.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    let cwd = req
+        .workdir
+        .as_deref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| process.cwd().clone());
+
+    match fork_single_threaded().map_err(enter("fork"))? {
+        ForkResult::Child => {
+            let identity = Identity {
+                uid,
+                gid,
+                additional_gids: &gids,
+                capabilities: process.capabilities().as_ref(),
+                no_new_privileges: process.no_new_privileges().unwrap_or(false),
+                nofile_soft: shim.nofile_soft,
+                seccomp: shim.seccomp,
+                die_with_parent: true,
+            };
+            let message = match identity.exec(&cwd, &req.args, &env) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = writeln!(std::io::stderr(), "wharf exec: {message}");
+            let code = if message.starts_with(EXEC_FAILED)
+                && (message.contains("not found") || message.contains("no such file"))
+            {
+                NOT_FOUND
+            } else {
+                CANNOT_RUN
+            };
+            super::linux::exit_now(code)
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(enter("wait")(e)),
+            }
+        },
+    }
+}
+
+/// A small file of the container's, read as text: a regular file only (a FIFO would
+/// block), at most 1 MiB. Missing or odd: empty, as an image without the file.
+fn read_small(path: &Path) -> String {
+    const LIMIT: u64 = 1 << 20;
+    let Ok(file) = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    else {
+        return String::new();
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = file.take(LIMIT).read_to_string(&mut text);
+    text
+}

@@ -1,0 +1,137 @@
+//! `wharf exec`: a command in a running container is confined exactly as the
+//! container's init is, gets its environment, and exits with the command's status.
+
+mod common;
+
+use common::agent::{container_yaml, pid_of, wharf_full, Agent};
+
+fn ready(test: &str) -> bool {
+    common::privileged(test) && common::agent::registry_up(test)
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn exec_runs_confined_as_the_container_and_returns_the_commands_status() {
+    if !ready("exec") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    agent.write(
+        "web.yaml",
+        &container_yaml(
+            "web",
+            "exec sleep 1000",
+            "  env: {FOO: from-manifest}\n  workingDir: /tmp\n  user: \"1000:1000\"\n  capabilities: {add: [NET_ADMIN]}\n",
+        ),
+    );
+    let c = agent.wait_container("web", 60, "running", |c| c["state"] == "running");
+    let pid = pid_of(&c);
+    let (state, run) = (
+        agent.state.display().to_string(),
+        agent.run.display().to_string(),
+    );
+    let exec = |extra: &[&str], cmd: &str| {
+        let mut args = vec!["exec", "--state", &state, "--run-dir", &run];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["web", "--", "sh", "-c", cmd]);
+        wharf_full(&args)
+    };
+
+    let probe = "grep -E '^(Uid|Gid|CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status; \
+                 for n in mnt net pid uts ipc cgroup; do echo \"ns $n $(readlink /proc/self/ns/$n)\"; done; \
+                 echo \"FOO=$FOO\"; echo \"pwd=$(pwd)\"; echo \"hostname=$(hostname)\"; \
+                 echo \"root=$(stat -c %d:%i /)\"";
+    let (code, out, err) = exec(&[], probe);
+    assert_eq!(code, 0, "{out}{err}");
+    let init = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for key in ["Uid", "Gid", "CapEff", "CapBnd", "Seccomp", "NoNewPrivs"] {
+        assert_eq!(
+            status_field(&out, key),
+            status_field(&init, key),
+            "{key} differs from the init's\n{out}"
+        );
+    }
+    assert_eq!(status_field(&out, "Seccomp"), "2", "{out}");
+    for ns in ["mnt", "net", "pid", "uts", "ipc", "cgroup"] {
+        let want = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert!(
+            out.contains(&format!("ns {ns} {}", want.display())),
+            "not in the init's {ns} namespace\n{out}"
+        );
+    }
+    assert!(out.contains("FOO=from-manifest"), "{out}");
+    assert!(out.contains("pwd=/tmp"), "{out}");
+    assert!(out.contains("hostname=web"), "{out}");
+    // Its root is the init's root (the container's overlay), not the host's.
+    let root = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        out.contains(&format!("root={}:{}", root.dev(), root.ino())),
+        "{out}"
+    );
+    // In the container's cgroup, and not seen from the host's pid namespace as pid 1.
+    let (_, cg, _) = exec(&[], "cat /proc/self/cgroup");
+    let init_cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = |text: &str| {
+        text.lines()
+            .find(|l| l.contains(":memory:"))
+            .map(|l| l.to_owned())
+    };
+    if let Some(line) = memory(&init_cg) {
+        // Inside its cgroup namespace the container's cgroup is the root.
+        assert!(
+            memory(&cg).is_some_and(|l| l.ends_with(":/")),
+            "{cg} vs {line}"
+        );
+    }
+
+    // Overrides, and the command's own status.
+    let (code, out, _) = exec(
+        &["--env", "FOO=over", "--workdir", "/", "--user", "0"],
+        "echo \"$FOO $(pwd) $(id -u)\"; exit 7",
+    );
+    assert_eq!(code, 7);
+    assert_eq!(out.trim(), "over / 0");
+    let (code, _, err) = exec(&[], "kill -9 $$");
+    assert_eq!(code, 137, "{err}");
+    let mut args = vec!["exec", "--state", &state, "--run-dir", &run, "web", "--"];
+    args.push("no-such-command");
+    let (code, _, err) = wharf_full(&args);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("executable file not found"), "{err}");
+    let args = [
+        "exec",
+        "--state",
+        &state,
+        "--run-dir",
+        &run,
+        "nothere",
+        "--",
+        "true",
+    ];
+    let (code, _, err) = wharf_full(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no container nothere"), "{err}");
+    let args = [
+        "exec",
+        "--state",
+        &state,
+        "--run-dir",
+        &run,
+        "../web",
+        "--",
+        "true",
+    ];
+    let (code, _, err) = wharf_full(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a container name"), "{err}");
+}
