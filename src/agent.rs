@@ -123,6 +123,20 @@ fn with_messages(
     volumes
 }
 
+/// Each running container's health and last probe results, from the monitor.
+fn with_health(status: &mut StatusSnapshot, health: &crate::health::Monitor) {
+    for c in &mut status.containers {
+        let found = c
+            .health_target
+            .as_ref()
+            .and_then(|t| health.get(&t.name, t.pid));
+        (c.health, c.probes) = match found {
+            Some((h, probes)) => (Some(h), probes),
+            None => (None, Vec::new()),
+        };
+    }
+}
+
 /// Publishes the latest snapshot with one part replaced, for readers (the endpoint)
 /// only: waiters are not woken, since the tasks that produce those parts wait on the
 /// snapshot themselves (a volume list republished would wake the volume task, whose new
@@ -181,7 +195,24 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let _lock = lock_state(&args.state)?;
     let instance = instance_id(&args.state);
     let shim_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let (health, mut unhealthy) = crate::health::Monitor::new(crate::health::probe::ExecVia {
+        wharf: shim_exe.clone(),
+        state_root: args.state.clone(),
+        run_root: args.run_dir.clone(),
+    });
     let linux = LinuxRuntime::new(&args.state, &args.run_dir, &instance, shim_exe);
+    // An unhealthy container under `Always` is stopped; its policy restarts it.
+    let stopper = linux.clone();
+    let unhealthy_task = tokio::spawn(async move {
+        while let Some(u) = unhealthy.recv().await {
+            let rt = stopper.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rt.stop_because(&u.name, u.pid, u.reason).await {
+                    tracing::warn!(container = %u.name, error = %e, "stop an unhealthy container");
+                }
+            });
+        }
+    });
     let nets = Networks::new(&instance, &args.state, &args.run_dir)?;
     let network = Arc::new(BridgeNetwork::new(nets, &args.state));
     // A deleted veth or bridge, a flushed ruleset: repaired as soon as the kernel says.
@@ -290,6 +321,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     first_pass = false;
                 }
                 let mut status = status;
+                let targets: Vec<_> = status
+                    .containers
+                    .iter()
+                    .filter_map(|c| c.health_target.clone())
+                    .collect();
+                health.update(&targets);
+                with_health(&mut status, &health);
                 status.images = images_rx.borrow_and_update().clone();
                 status.volumes = with_messages(
                     volumes_rx.borrow_and_update().clone(),
@@ -322,6 +360,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                         // A shim ended: its container exited, or the shim was killed.
                         () = linux.shim_ended() => {}
                         _ = tokio::time::sleep_until(deadline) => {}
+                        () = health.changed() => {
+                            republish(&status_tx, |s| with_health(s, &health));
+                            continue;
+                        }
                         Ok(()) = images_rx.changed() => {
                             let images = images_rx.borrow_and_update().clone();
                             republish(&status_tx, |s| s.images = images);
@@ -358,6 +400,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     tracing::info!("agent stopping; containers keep running");
     housekeeping.abort();
     volume_task.abort();
+    unhealthy_task.abort();
     drift_task.abort();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), api_task).await {

@@ -385,7 +385,11 @@ fn render_table(
     for (host, c) in rows {
         let mut line = vec![
             c.name.clone(),
-            c.state.to_string(),
+            // As `docker ps` says it: "running (healthy)".
+            match c.health {
+                Some(h) => format!("{} ({h})", c.state),
+                None => c.state.to_string(),
+            },
             c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             c.image.clone(),
             c.restart_count.to_string(),

@@ -10,6 +10,7 @@ pub mod class;
 pub mod cli;
 pub mod client;
 pub mod fault;
+pub mod health;
 pub mod images;
 pub mod manifest;
 pub mod net;

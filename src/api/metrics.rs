@@ -43,6 +43,23 @@ pub fn render(snapshot: &StatusSnapshot) -> Result<String, std::fmt::Error> {
             c.state == crate::reconciler::status::ContainerState::Running,
         ));
     }
+    // One series per container with a healthcheck, labelled with its health (1).
+    let health = Family::<Labels, Gauge>::default();
+    for c in &snapshot.containers {
+        if let Some(h) = c.health {
+            health
+                .get_or_create(&vec![
+                    ("container", c.name.clone()),
+                    ("health", h.to_string()),
+                ])
+                .set(1);
+        }
+    }
+    registry.register(
+        "wharf_container_health",
+        "1 for a container's health (starting, healthy, unhealthy), if it has a healthcheck",
+        health,
+    );
     registry.register(
         "wharf_container_restarts",
         "Restarts of a container since it was created",

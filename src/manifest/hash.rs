@@ -32,9 +32,6 @@ impl Container {
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
         let s = &self.spec;
         let mut out = Vec::new();
-        if s.healthcheck.is_some() {
-            out.push("healthcheck");
-        }
         if !s.depends_on.is_empty() {
             out.push("dependsOn");
         }

@@ -266,6 +266,10 @@ pub struct Resources {
     pub pids: Option<u64>,
 }
 
+/// The grace period between the stop signal and SIGKILL when `stopGracePeriod` is not
+/// set (Docker's is 10 s).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// `spec.healthcheck`. Durations are kept at millisecond precision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

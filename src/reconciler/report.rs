@@ -91,6 +91,9 @@ pub(super) fn container_status(
         generation: meta.map(|m| m.generation).filter(|g| *g > 0),
         last_state: observed.and_then(|o| o.last_state.as_ref()).map(last_state),
         next_restart_at: next_try.map(|t| rfc3339_ms(wall_ms(t))),
+        health: None,
+        probes: Vec::new(),
+        health_target: None,
     };
     let policy = desired.map_or(RestartPolicy::Never, |c| c.object.spec.restart_policy);
     match observed.map(|o| &o.state) {
@@ -107,6 +110,19 @@ pub(super) fn container_status(
         Some(ObservedState::Running(r)) => {
             status.state = ContainerState::Running;
             status.pid = Some(r.pid);
+            // The healthcheck it runs with: its record's spec, whatever the manifest now
+            // says (a changed healthcheck is a replace).
+            let spec = meta.and_then(|m| m.spec.as_ref());
+            status.health_target = spec.and_then(|c| {
+                Some(crate::health::HealthTarget {
+                    name: name.to_owned(),
+                    pid: r.pid,
+                    start_time: r.start_time,
+                    started_at_ms: Some(r.started_at_ms),
+                    check: c.spec.healthcheck.clone()?,
+                    restart_when_unhealthy: c.spec.restart_policy == RestartPolicy::Always,
+                })
+            });
             if !unsupported.is_empty() {
                 status.message = Some(format!(
                     "the changed spec is not applied, the previous one keeps running: {}",

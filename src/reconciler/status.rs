@@ -69,6 +69,16 @@ pub struct ContainerStatus {
     /// it backs off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_restart_at: Option<String>,
+    /// `starting`, `healthy` or `unhealthy` while it runs, if it has a healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::Health>,
+    /// Its healthcheck's last results, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::health::ProbeResult>,
+    /// What the health monitor probes, while it runs with a healthcheck (not
+    /// serialised).
+    #[serde(skip)]
+    pub health_target: Option<crate::health::HealthTarget>,
     /// Where the shim writes the container's stdout and stderr (not serialised).
     #[serde(skip)]
     pub log_path: Option<PathBuf>,

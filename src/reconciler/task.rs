@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
@@ -19,8 +19,7 @@ use crate::runtime::process::{plan_process, resolve_capabilities, ProcessRequest
 use crate::runtime::{ContainerMeta, NetworkMode, Observed, Runtime, RuntimeError, StartRequest};
 use crate::volumes::{Action, Volumes};
 
-/// Default grace period between the stop signal and SIGKILL (Docker's is 10 s).
-pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+pub use crate::manifest::DEFAULT_STOP_GRACE;
 
 pub(super) type Memos = Arc<Mutex<std::collections::HashMap<String, Memo>>>;
 

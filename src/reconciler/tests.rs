@@ -184,16 +184,14 @@ async fn an_unsupported_field_fails_only_its_container_and_says_so() {
     let d = desired(&[
         (
             "a.yaml",
-            &container("a", "busybox", "  healthcheck: {exec: [\"/bin/check\"]}\n"),
+            &container("a", "busybox", "  update: {strategy: StartFirst}\n"),
         ),
         ("b.yaml", &container("b", "busybox", "")),
     ]);
     let s = converge(&mut r, &d).await;
     let (state, message) = state_of(&s, "a");
     assert_eq!(state, ContainerState::Failed);
-    assert!(message
-        .unwrap()
-        .contains("not supported yet: spec.healthcheck"));
+    assert!(message.unwrap().contains("not supported yet: spec.update"));
     assert_eq!(rt.calls(), ["start b sh"]);
 }
 

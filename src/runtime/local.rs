@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use std::str::FromStr;
 
 use super::file_cache::FileCache;
 use super::linux::{cgroups, proc};
@@ -577,6 +578,48 @@ impl LinuxRuntime {
         }
     }
 
+    /// Stops container `name` (its stop signal, its grace period, then SIGKILL) if its
+    /// init is still `pid`, recording `reason` for the run's `lastState.message`; its
+    /// restart policy decides what comes next. For the health monitor.
+    pub async fn stop_because(
+        &self,
+        name: &str,
+        pid: i32,
+        reason: String,
+    ) -> Result<(), RuntimeError> {
+        let me = self.clone();
+        let owned = name.to_owned();
+        blocking(
+            move || {
+                let paths = me.paths(&owned);
+                let Some(r): Option<Running> = state::read_json(&paths.state()).ok().flatten()
+                else {
+                    return Ok(());
+                };
+                let record = Record::load(&paths.record()).ok().flatten();
+                let Some(meta) = record.as_ref().and_then(|rec| rec.meta.clone()) else {
+                    return Ok(());
+                };
+                if r.pid != pid || record.is_some_and(|rec| rec.run != r.run) {
+                    return Ok(()); // another run by now: not the one found unhealthy
+                }
+                let signal = Signal::from_str(&meta.stop_signal).unwrap_or(Signal::SIGTERM);
+                let grace = meta
+                    .spec
+                    .as_ref()
+                    .and_then(|c| c.spec.stop_grace_period)
+                    .unwrap_or(crate::manifest::DEFAULT_STOP_GRACE);
+                let why = super::records::StopReason { run: r.run, reason };
+                if let Err(e) = state::write_json(&paths.stop_reason(), &why) {
+                    tracing::warn!(container = %owned, error = %e, "record why it is stopped");
+                }
+                me.stop_blocking(&owned, signal, grace)
+            },
+            name,
+        )
+        .await
+    }
+
     fn remove_blocking(&self, name: &str, keep_log: bool) -> Result<(), RuntimeError> {
         self.stop_blocking(name, Signal::SIGKILL, Duration::ZERO)?;
         let paths = self.paths(name);
@@ -694,13 +737,21 @@ fn note_previous_run(record: &mut Record, paths: &Paths) {
         record.last_state = None;
         return;
     };
+    // The agent's own reason for stopping it (unhealthy), for this run only.
+    let stopped_because: Option<super::records::StopReason> =
+        state::read_json(&paths.stop_reason()).ok().flatten();
+    let _ = fs::remove_file(paths.stop_reason());
     record.last_state = Some(LastState {
         exit_code: exit.exit_code,
         signal: exit.signal,
         oom_killed: exit.oom_killed,
         started_at: record.started_at,
         finished_at: exit.finished_at,
-        message: exit.message,
+        message: exit.message.or_else(|| {
+            stopped_because
+                .filter(|s| s.run == exit.run)
+                .map(|s| s.reason)
+        }),
     });
     if let Some(h) = record.history.iter_mut().find(|h| h.run == exit.run) {
         h.finished_at_ms = Some(exit.finished_at_ms);

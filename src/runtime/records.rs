@@ -160,6 +160,13 @@ pub struct LogRange {
     pub end: u64,
 }
 
+/// Why the agent stopped a run (see [`Paths::stop_reason`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopReason {
+    pub run: u64,
+    pub reason: String,
+}
+
 /// How many runs [`Record::history`] keeps.
 pub const HISTORY: usize = 16;
 
@@ -352,6 +359,11 @@ impl Paths {
             parent.join(format!("{name}.log")),
             parent.join(format!("{name}.json")),
         )
+    }
+    /// Why the agent stopped the current run, when it was not the manifest's doing
+    /// (an unhealthy container): `{"run": N, "reason": "..."}`, read into `lastState`.
+    pub fn stop_reason(&self) -> PathBuf {
+        self.dir.join("stop-reason.json")
     }
     pub fn shim_log(&self) -> PathBuf {
         self.dir.join("shim.log")

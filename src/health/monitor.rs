@@ -1,0 +1,197 @@
+//! One small task per running container that has a healthcheck: it waits `interval`,
+//! probes (bounded by `timeout`), and keeps the run's [`Tracker`]. The agent hands it
+//! the running containers after every pass ([`Monitor::update`]), reads the health into
+//! the status it publishes ([`Monitor::get`]), republishes when a result comes in
+//! ([`Monitor::changed`]), and stops a container that turned unhealthy when its policy
+//! is `Always` (the receiver [`Monitor::new`] returns).
+//!
+//! A task belongs to one run (the init's pid and start time): a restarted or replaced
+//! container starts over as `starting`, as in Docker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+use tokio::task::AbortHandle;
+
+use super::probe::{self, ExecVia, Target};
+use super::{Health, ProbeResult, Tracker};
+use crate::manifest::Healthcheck;
+
+/// A running container with a healthcheck.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthTarget {
+    pub name: String,
+    /// Its init, as recorded.
+    pub pid: i32,
+    pub start_time: u64,
+    /// When the run started, in ms since the epoch (for the start period).
+    pub started_at_ms: Option<i64>,
+    pub check: Healthcheck,
+    /// Stopped when unhealthy (`restartPolicy: Always`), so its policy restarts it.
+    pub restart_when_unhealthy: bool,
+}
+
+/// A container that turned unhealthy and is to be stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy {
+    pub name: String,
+    pub pid: i32,
+    /// Why, for its `lastState.message`.
+    pub reason: String,
+}
+
+/// The health tasks; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    via: ExecVia,
+    entries: Mutex<HashMap<String, Entry>>,
+    changed: Notify,
+    unhealthy: mpsc::UnboundedSender<Unhealthy>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    target: HealthTarget,
+    tracker: Tracker,
+    task: AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let entries = self.entries.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, e) in entries.drain() {
+            e.task.abort();
+        }
+    }
+}
+
+impl Monitor {
+    /// A monitor whose `exec` probes run through `via`, and the receiver of the
+    /// containers to stop for being unhealthy.
+    pub fn new(via: ExecVia) -> (Self, mpsc::UnboundedReceiver<Unhealthy>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            via,
+            entries: Mutex::default(),
+            changed: Notify::new(),
+            unhealthy: tx,
+        });
+        (Monitor { inner }, rx)
+    }
+
+    /// Probes exactly `targets` from now on: a new run (or a changed healthcheck)
+    /// starts over, a container no longer listed stops being probed. Must run inside a
+    /// tokio runtime.
+    pub fn update(&self, targets: &[HealthTarget]) {
+        let mut entries = self.lock();
+        entries.retain(|name, e| {
+            let keep = targets.iter().any(|t| t.name == *name && *t == e.target);
+            if !keep {
+                e.task.abort();
+            }
+            keep
+        });
+        for t in targets {
+            if entries.contains_key(&t.name) {
+                continue;
+            }
+            let started = t
+                .started_at_ms
+                .map(|ms| {
+                    let ago = (crate::runtime::records::now_ms() - ms).max(0) as u64;
+                    Instant::now()
+                        .checked_sub(Duration::from_millis(ago))
+                        .unwrap_or_else(Instant::now)
+                })
+                .unwrap_or_else(Instant::now);
+            let task = tokio::spawn(watch(Arc::downgrade(&self.inner), t.clone()));
+            entries.insert(
+                t.name.clone(),
+                Entry {
+                    target: t.clone(),
+                    tracker: Tracker::new(t.check.retries, t.check.start_period, started),
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// The health and last results of `name`, if its run with init `pid` is probed.
+    pub fn get(&self, name: &str, pid: i32) -> Option<(Health, Vec<ProbeResult>)> {
+        let entries = self.lock();
+        let e = entries.get(name).filter(|e| e.target.pid == pid)?;
+        Some((e.tracker.health(), e.tracker.results()))
+    }
+
+    /// Resolves when a probe result came in since the last call.
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Probes one run every `interval` (the first after one `interval`, as Docker) until
+/// aborted, or until it is stopped for being unhealthy.
+async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
+    let target = Target {
+        name: t.name.clone(),
+        pid: t.pid,
+        start_time: t.start_time,
+    };
+    loop {
+        tokio::time::sleep(t.check.interval).await;
+        let Some(via) = inner.upgrade().map(|i| i.via.clone()) else {
+            return;
+        };
+        let outcome = probe::run(&t.check.probe, &target, &via, t.check.timeout).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let time = crate::runtime::records::rfc3339_ms(crate::runtime::records::now_ms());
+        let (was, now, failures) = {
+            let mut entries = inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(e) = entries.get_mut(&t.name).filter(|e| e.target == t) else {
+                return;
+            };
+            let was = e.tracker.health();
+            let now = e.tracker.record(&outcome, Instant::now(), time);
+            (was, now, e.tracker.failures())
+        };
+        inner.changed.notify_one();
+        if now == Health::Unhealthy && was != Health::Unhealthy {
+            let last = match (outcome.exit_code, outcome.status) {
+                (Some(code), _) => format!("exit code {code}"),
+                (_, Some(status)) => format!("HTTP {status}"),
+                _ => outcome.output.clone(),
+            };
+            let mut reason = format!("unhealthy: {failures} probes in a row failed; last: {last}");
+            if reason.len() > 300 {
+                let mut cut = 300;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+                reason.push('…');
+            }
+            tracing::warn!(container = %t.name, %reason, "unhealthy");
+            if t.restart_when_unhealthy {
+                let _ = inner.unhealthy.send(Unhealthy {
+                    name: t.name.clone(),
+                    pid: t.pid,
+                    reason,
+                });
+                return;
+            }
+        }
+    }
+}
