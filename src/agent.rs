@@ -304,6 +304,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let mut last_repair = Instant::now();
     let mut first_pass = true;
     'passes: loop {
+        reconciler.set_health(health.states());
         match reconciler.pass(&desired).await {
             Ok((status, wake)) => {
                 if first_pass {
@@ -360,6 +361,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                         // A shim ended: its container exited, or the shim was killed.
                         () = linux.shim_ended() => {}
                         _ = tokio::time::sleep_until(deadline) => {}
+                        () = health.transitioned() => {}
                         () = health.changed() => {
                             republish(&status_tx, |s| with_health(s, &health));
                             continue;

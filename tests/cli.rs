@@ -153,3 +153,32 @@ fn image_prune_and_rm_remove_nothing_beside_a_container_record_of_a_newer_wharf(
         assert!(err.contains("newer wharf"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn validate_reports_a_dependency_cycle_at_each_member() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, on) in [("web", "api"), ("api", "web")] {
+        std::fs::write(
+            dir.path().join(format!("{name}.yaml")),
+            format!("apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: busybox\n  dependsOn: [{on}]\n"),
+        )
+        .unwrap();
+    }
+    let path = dir.path().display().to_string();
+    let (code, out, _) = wharf(&["validate", &path]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{path}/api.yaml:4:9: dependsOn makes a cycle: api -> web -> api"
+        )),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{path}/web.yaml:4:9: dependsOn makes a cycle: web -> api -> web"
+        )),
+        "{out}"
+    );
+}

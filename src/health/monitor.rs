@@ -53,6 +53,8 @@ struct Inner {
     via: ExecVia,
     entries: Mutex<HashMap<String, Entry>>,
     changed: Notify,
+    /// A container's health changed (not only its results): dependants may start.
+    transitioned: Notify,
     unhealthy: mpsc::UnboundedSender<Unhealthy>,
 }
 
@@ -81,6 +83,7 @@ impl Monitor {
             via,
             entries: Mutex::default(),
             changed: Notify::new(),
+            transitioned: Notify::new(),
             unhealthy: tx,
         });
         (Monitor { inner }, rx)
@@ -135,6 +138,20 @@ impl Monitor {
         self.inner.changed.notified().await;
     }
 
+    /// Resolves when a container's health changed since the last call (a pass is due:
+    /// a dependant may be waiting for it).
+    pub async fn transitioned(&self) {
+        self.inner.transitioned.notified().await;
+    }
+
+    /// Every probed run's health: name → (init pid, health).
+    pub fn states(&self) -> std::collections::BTreeMap<String, (i32, Health)> {
+        self.lock()
+            .iter()
+            .map(|(name, e)| (name.clone(), (e.target.pid, e.tracker.health())))
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.inner.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -168,6 +185,9 @@ async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
             (was, now, e.tracker.failures())
         };
         inner.changed.notify_one();
+        if now != was {
+            inner.transitioned.notify_one();
+        }
         if now == Health::Unhealthy && was != Health::Unhealthy {
             let last = match (outcome.exit_code, outcome.status) {
                 (Some(code), _) => format!("exit code {code}"),

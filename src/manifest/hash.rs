@@ -32,9 +32,6 @@ impl Container {
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
         let s = &self.spec;
         let mut out = Vec::new();
-        if !s.depends_on.is_empty() {
-            out.push("dependsOn");
-        }
         if s.update
             .as_ref()
             .is_some_and(|u| u.strategy != Default::default())

@@ -254,7 +254,96 @@ fn cross_check(objects: &[Sourced<Object>]) -> (BTreeSet<String>, Vec<Diagnostic
             }
         }
     }
+    dependency_checks(objects, &mut frozen, &mut diagnostics);
     (frozen, diagnostics)
+}
+
+/// `dependsOn` across files: a cycle is an error at every member (each is left as it
+/// runs: none could ever start first), and so is waiting for a container to be
+/// `Healthy` when it has no healthcheck (it never would be).
+fn dependency_checks(
+    objects: &[Sourced<Object>],
+    frozen: &mut BTreeSet<String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let containers: BTreeMap<&str, &Sourced<Object>> = objects
+        .iter()
+        .filter(|o| matches!(o.object, Object::Container(_)))
+        .map(|o| (o.object.name(), o))
+        .collect();
+    let deps = |name: &str| -> Vec<&crate::manifest::Dependency> {
+        match containers.get(name).map(|o| &o.object) {
+            Some(Object::Container(c)) => c.spec.depends_on.iter().collect(),
+            _ => Vec::new(),
+        }
+    };
+    for (name, here) in &containers {
+        for d in deps(name) {
+            let healthcheck = match containers.get(d.name.as_str()).map(|o| &o.object) {
+                Some(Object::Container(c)) => Some(c.spec.healthcheck.is_some()),
+                _ => None,
+            };
+            if d.condition == crate::manifest::DependencyCondition::Healthy
+                && healthcheck == Some(false)
+            {
+                frozen.insert(here.object.key());
+                diagnostics.push(Diagnostic::at(
+                    &here.file,
+                    here.line,
+                    here.column,
+                    format!(
+                        "Container \"{name}\" waits for {} to be Healthy, but {} has no healthcheck: add one to it, or wait for Started",
+                        d.name, d.name
+                    ),
+                ));
+            }
+        }
+        // The shortest way back to itself, if any (breadth first over the names).
+        let mut came_from: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut queue: std::collections::VecDeque<&str> = deps(name)
+            .iter()
+            .map(|d| d.name.as_str())
+            .filter(|n| containers.contains_key(n))
+            .collect();
+        for n in &queue {
+            came_from.insert(n, name);
+        }
+        let mut found = false;
+        while let Some(at) = queue.pop_front() {
+            if at == *name {
+                found = true;
+                break;
+            }
+            for d in deps(at) {
+                let next = d.name.as_str();
+                if containers.contains_key(next) && !came_from.contains_key(next) {
+                    came_from.insert(next, at);
+                    queue.push_back(next);
+                }
+            }
+        }
+        if !found {
+            continue;
+        }
+        let mut path = vec![*name];
+        let mut at = came_from[name];
+        while at != *name && path.len() <= containers.len() {
+            path.push(at);
+            at = came_from[at];
+        }
+        path.push(name);
+        path.reverse();
+        frozen.insert(here.object.key());
+        diagnostics.push(Diagnostic::at(
+            &here.file,
+            here.line,
+            here.column,
+            format!(
+                "dependsOn makes a cycle: {}; none of them could start first: remove one of these dependencies (whatever runs for them is left as it is)",
+                path.join(" -> ")
+            ),
+        ));
+    }
 }
 
 /// Validates files and folders for `wharf validate PATH...`: folders are scanned
@@ -342,6 +431,53 @@ mod tests {
         assert_eq!(state.networks.len(), 1);
         assert_eq!(state.reports[1].objects, ["Network/back", "Container/db"]);
         assert!(state.reports.iter().all(|r| r.errors.is_empty()));
+    }
+
+    #[test]
+    fn a_dependency_cycle_is_an_error_at_every_member_and_freezes_only_them() {
+        let dep = |name: &str, on: &str, cond: &str| {
+            format!(
+                "{}  dependsOn: [{{name: {on}, condition: {cond}}}]\n",
+                container(name, "busybox")
+            )
+        };
+        let state = Loader::new(None).load(&[
+            file("a.yaml", &dep("a", "b", "Started")),
+            file("b.yaml", &format!("# b\n{}", dep("b", "c", "Started"))),
+            file("c.yaml", &dep("c", "a", "Completed")),
+            file("d.yaml", &dep("d", "a", "Started")),
+            file("e.yaml", &dep("e", "d", "Healthy")),
+        ]);
+        let errors = |f: &str| -> Vec<String> {
+            state
+                .reports
+                .iter()
+                .find(|r| r.file == f)
+                .unwrap()
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            errors("a.yaml"),
+            ["a.yaml:4:9: dependsOn makes a cycle: a -> b -> c -> a; none of them could start first: remove one of these dependencies (whatever runs for them is left as it is)"]
+        );
+        assert!(
+            errors("b.yaml")[0]
+                .starts_with("b.yaml:5:9: dependsOn makes a cycle: b -> c -> a -> b"),
+            "{:?}",
+            errors("b.yaml")
+        );
+        assert!(errors("c.yaml")[0].contains("c -> a -> b -> c"));
+        assert!(errors("d.yaml").is_empty(), "outside the cycle");
+        assert!(errors("e.yaml")[0].contains("waits for d to be Healthy, but d has no healthcheck"));
+        let frozen: Vec<&String> = state.frozen.iter().collect();
+        assert_eq!(
+            frozen,
+            ["Container/a", "Container/b", "Container/c", "Container/e"]
+        );
+        assert_eq!(state.containers.keys().collect::<Vec<_>>(), ["d"]);
     }
 
     #[test]

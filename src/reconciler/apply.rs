@@ -44,8 +44,12 @@ pub struct Reconciler<R: Runtime, I: Images, N: Network, V: Volumes> {
     /// until it ends (a create started before its manifest and `Delete` volume were
     /// removed would otherwise make the volume again, implicitly, after its deletion).
     inflight_volumes: HashMap<String, Vec<String>>,
-    /// Containers held until a network or volume is made, with what (from the last plan).
+    /// Containers held until a network or volume is made or a dependency is ready, with
+    /// what (from the last plan).
     waiting: BTreeMap<String, String>,
+    /// The health of running containers with a healthcheck, by name, with their init's
+    /// pid (from the health monitor, see [`Reconciler::set_health`]).
+    health: BTreeMap<String, (i32, crate::health::Health)>,
     /// Why the networks could not be resolved, if they could not.
     resolve_error: Option<String>,
     done_tx: mpsc::UnboundedSender<String>,
@@ -66,6 +70,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             inflight: HashMap::new(),
             inflight_volumes: HashMap::new(),
             waiting: BTreeMap::new(),
+            health: BTreeMap::new(),
             resolve_error: None,
             done_tx,
             done_rx,
@@ -78,6 +83,12 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         self.inflight.remove(&key);
         self.inflight_volumes.remove(&key);
         Some(key)
+    }
+
+    /// The health of running containers (name → init pid, health), for `dependsOn:
+    /// Healthy`; set before a pass.
+    pub fn set_health(&mut self, health: BTreeMap<String, (i32, crate::health::Health)>) {
+        self.health = health;
     }
 
     /// Whether any step is still running.
@@ -397,6 +408,17 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         now: Instant,
     ) -> Inputs {
         let mut inputs = super::inputs::inputs(desired, observed);
+        for (name, have) in &mut inputs.observed {
+            let pid = match observed.get(name).map(|o| &o.state) {
+                Some(ObservedState::Running(r)) => r.pid,
+                _ => continue,
+            };
+            have.health = self
+                .health
+                .get(name)
+                .filter(|(p, _)| *p == pid)
+                .map(|(_, h)| *h);
+        }
         let mut memos = self.memos.lock().expect("memo lock");
         memos
             .retain(|name, _| desired.containers.contains_key(name) || observed.contains_key(name));
@@ -455,8 +477,8 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                 now,
             );
             s.spec_hash = Some(super::inputs::effective_hash(&c.object, desired));
-            if let (Some(network), None) = (self.waiting.get(name), &s.message) {
-                s.message = Some(format!("waiting for {network} to be made"));
+            if let (Some(what), None) = (self.waiting.get(name), &s.message) {
+                s.message = Some(format!("waiting for {what}"));
             }
             let missing = super::inputs::missing_networks(&c.object, desired);
             if !missing.is_empty() {

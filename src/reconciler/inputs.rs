@@ -83,6 +83,7 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
                 unsupported: c.object.unsupported_fields(),
                 networks: bridge_networks(&c.object),
                 volumes: c.object.volume_names().map(str::to_owned).collect(),
+                depends_on: c.object.spec.depends_on.clone(),
             },
         );
     }
@@ -113,6 +114,14 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
                     .map(|m| m.volumes.clone())
                     .unwrap_or_default(),
                 unknown: o.refused.is_some(),
+                // Filled in by the reconciler, which knows the health monitor's view.
+                health: None,
+                depends_on: o
+                    .meta
+                    .as_ref()
+                    .and_then(|m| m.spec.as_ref())
+                    .map(|c| c.spec.depends_on.iter().map(|d| d.name.clone()).collect())
+                    .unwrap_or_default(),
             },
         );
     }

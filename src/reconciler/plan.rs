@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::manifest::RestartPolicy;
+use crate::health::Health;
+use crate::manifest::{Dependency, DependencyCondition, RestartPolicy};
 use crate::net::driver::NetworkConfig;
 use crate::volumes::{Action, Declared, OnDisk};
 
@@ -19,6 +20,8 @@ pub struct Want {
     pub networks: Vec<String>,
     /// The named volumes it mounts: a declared one must exist before it starts.
     pub volumes: Vec<String>,
+    /// The containers it waits for before it is created or replaced.
+    pub depends_on: Vec<Dependency>,
 }
 
 /// What a container is doing, as far as the planner cares.
@@ -48,6 +51,10 @@ pub struct Have {
     /// Its record is of a newer wharf, refused unread: what it holds is unknown, so it
     /// is taken to hold every network and volume (none is removed while it exists).
     pub unknown: bool,
+    /// While it runs with a healthcheck: its health.
+    pub health: Option<Health>,
+    /// The containers it was made to depend on: when both go, it goes first.
+    pub depends_on: Vec<String>,
 }
 
 impl Have {
@@ -170,9 +177,52 @@ impl Step {
 pub struct Plan {
     pub steps: Vec<Step>,
     pub wake_at: Option<Instant>,
-    /// Containers held until a network or volume is made, with what they wait for
-    /// (`network backend`, `volume data`).
+    /// Containers held, with what they wait for (`network backend to be made`,
+    /// `db to be healthy`).
     pub waiting: BTreeMap<String, String>,
+}
+
+/// What `want` still waits for among its dependencies, as the status says it
+/// (`waiting for db to be healthy`); `None` when every condition holds (Compose's
+/// `service_started`, `service_healthy`, `service_completed_successfully`).
+fn dependency_wait(want: &Want, inputs: &Inputs) -> Option<String> {
+    want.depends_on.iter().find_map(|d| {
+        let n = &d.name;
+        let have = inputs.observed.get(n);
+        let met = have.is_some_and(|h| match d.condition {
+            DependencyCondition::Started => {
+                matches!(h.phase, Phase::Running | Phase::Exited { .. })
+            }
+            DependencyCondition::Healthy => {
+                h.phase == Phase::Running && h.health == Some(Health::Healthy)
+            }
+            DependencyCondition::Completed => h.phase == Phase::Exited { code: 0 },
+        });
+        if met {
+            return None;
+        }
+        let declared = inputs.desired.contains_key(n) || inputs.frozen.contains(n);
+        let phase = have.map(|h| &h.phase);
+        Some(match (d.condition, phase) {
+            _ if !declared && have.is_none() => {
+                format!("{n}, which no manifest declares: add a Container manifest for it")
+            }
+            _ if inputs.failed.contains(n) || phase == Some(&Phase::StartFailed) => {
+                format!("{n}, which failed to start")
+            }
+            (DependencyCondition::Started, _) => format!("{n} to start"),
+            (DependencyCondition::Healthy, Some(Phase::Running))
+                if have.and_then(|h| h.health) == Some(Health::Unhealthy) =>
+            {
+                format!("{n} to be healthy (it is unhealthy)")
+            }
+            (DependencyCondition::Healthy, _) => format!("{n} to be healthy"),
+            (DependencyCondition::Completed, Some(Phase::Exited { code })) => {
+                format!("{n} to complete successfully (it exited with {code})")
+            }
+            (DependencyCondition::Completed, _) => format!("{n} to complete"),
+        })
+    })
 }
 
 /// Whether a container that exited with `code` is restarted under `policy`.
@@ -272,11 +322,14 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
     let stuck = |network: &str| stuck_holders.iter().any(|h| h.holds_network(network));
 
     if inputs.complete {
+        let going = |n: &String| !inputs.desired.contains_key(n) && !inputs.frozen.contains(n);
         for name in inputs.observed.keys() {
-            if !inputs.desired.contains_key(name)
-                && !inputs.frozen.contains(name)
-                && !held(inputs.not_before.get(name), &mut out)
-            {
+            // Reverse order: a container goes after those going too that depend on it.
+            let dependants_going = inputs
+                .observed
+                .iter()
+                .any(|(n, h)| n != name && going(n) && h.depends_on.contains(name));
+            if going(name) && !dependants_going && !held(inputs.not_before.get(name), &mut out) {
                 out.steps.push(Step::Remove { name: name.clone() });
             }
         }
@@ -290,11 +343,13 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
             continue;
         }
         let waiting_net = nets.and_then(|nets| want.networks.iter().find(|n| !nets.ready(n)));
-        let waiting_for = waiting_net.map(|n| format!("network {n}")).or_else(|| {
-            let vols = inputs.volumes.as_ref()?;
-            let v = want.volumes.iter().find(|v| !vols.ready(v))?;
-            Some(format!("volume {v}"))
-        });
+        let waiting_for = waiting_net
+            .map(|n| format!("network {n} to be made"))
+            .or_else(|| {
+                let vols = inputs.volumes.as_ref()?;
+                let v = want.volumes.iter().find(|v| !vols.ready(v))?;
+                Some(format!("volume {v} to be made"))
+            });
         let step = match inputs.observed.get(name) {
             None => Step::Create { name: name.clone() },
             Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => {
@@ -327,6 +382,14 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         if let (Some(what), false) = (&waiting_for, matches!(step, Step::Remove { .. })) {
             out.waiting.insert(name.clone(), what.clone());
             continue;
+        }
+        // Dependencies hold a new container and a replacement (the old one keeps
+        // running meanwhile), not a restart after a crash, as in Compose.
+        if matches!(step, Step::Create { .. } | Step::Replace { .. }) {
+            if let Some(what) = dependency_wait(want, inputs) {
+                out.waiting.insert(name.clone(), what);
+                continue;
+            }
         }
         if held(inputs.not_before.get(name), &mut out) {
             continue;
@@ -373,6 +436,7 @@ mod tests {
                     unsupported: vec![],
                     networks: vec![],
                     volumes: vec![],
+                    depends_on: vec![],
                 },
             );
             self
@@ -386,6 +450,8 @@ mod tests {
                     networks: vec![],
                     volumes: vec![],
                     unknown: false,
+                    health: None,
+                    depends_on: vec![],
                 },
             );
             self
@@ -457,6 +523,113 @@ mod tests {
         w.0.frozen.insert("web".into());
         w.0.desired.remove("web");
         assert!(steps(w.plan(Instant::now())).is_empty());
+    }
+
+    fn depends(mut w: World, name: &str, on: &str, condition: DependencyCondition) -> World {
+        if let Some(want) = w.0.desired.get_mut(name) {
+            want.depends_on.push(Dependency {
+                name: on.into(),
+                condition,
+            });
+        }
+        if let Some(have) = w.0.observed.get_mut(name) {
+            have.depends_on.push(on.into());
+        }
+        w
+    }
+
+    #[test]
+    fn a_container_waits_for_its_dependencies_conditions_and_says_which() {
+        let now = Instant::now();
+        let base = || {
+            let w = World::new()
+                .want("app", "a", RestartPolicy::Always)
+                .want("db", "d", RestartPolicy::Always)
+                .have("db", "d", Phase::Running);
+            depends(w, "app", "db", DependencyCondition::Healthy)
+        };
+        let mut w = base();
+        w.0.observed.get_mut("db").unwrap().health = Some(Health::Starting);
+        let p = w.plan(now);
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert_eq!(p.waiting["app"], "db to be healthy");
+        w.0.observed.get_mut("db").unwrap().health = Some(Health::Unhealthy);
+        assert_eq!(
+            w.plan(now).waiting["app"],
+            "db to be healthy (it is unhealthy)"
+        );
+        w.0.observed.get_mut("db").unwrap().health = Some(Health::Healthy);
+        assert_eq!(steps(w.plan(now)), [Step::Create { name: "app".into() }]);
+
+        // Completed: a `Never` job that exited 0; another exit code is said.
+        let w = World::new()
+            .want("app", "a", RestartPolicy::Always)
+            .want("migrate", "m", RestartPolicy::Never)
+            .have("migrate", "m", Phase::Exited { code: 3 });
+        let w = depends(w, "app", "migrate", DependencyCondition::Completed);
+        assert_eq!(
+            w.plan(now).waiting["app"],
+            "migrate to complete successfully (it exited with 3)"
+        );
+        let w = w.have("migrate", "m", Phase::Exited { code: 0 });
+        assert_eq!(steps(w.plan(now)), [Step::Create { name: "app".into() }]);
+
+        // A failed or undeclared dependency blocks only its dependants.
+        let mut w = World::new()
+            .want("app", "a", RestartPolicy::Always)
+            .want("db", "d", RestartPolicy::Always)
+            .want("other", "o", RestartPolicy::Always)
+            .want("lost", "l", RestartPolicy::Always);
+        w.0.failed.insert("db".into());
+        let w = depends(w, "app", "db", DependencyCondition::Started);
+        let w = depends(w, "lost", "ghost", DependencyCondition::Started);
+        let p = w.plan(now);
+        assert_eq!(p.waiting["app"], "db, which failed to start");
+        assert!(p.waiting["lost"].starts_with("ghost, which no manifest declares"));
+        assert_eq!(
+            p.steps,
+            [Step::Create {
+                name: "other".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_replacement_waits_for_dependencies_but_a_crash_restart_does_not() {
+        let now = Instant::now();
+        let w = World::new()
+            .want("app", "a2", RestartPolicy::Always)
+            .have("app", "a1", Phase::Running)
+            .want("db", "d", RestartPolicy::Always);
+        let w = depends(w, "app", "db", DependencyCondition::Started);
+        let p = w.plan(now);
+        assert_eq!(
+            p.steps,
+            [Step::Create { name: "db".into() }],
+            "the old app keeps running"
+        );
+        assert_eq!(p.waiting["app"], "db to start");
+        let w = w.have("app", "a2", Phase::Exited { code: 1 });
+        assert!(steps(w.plan(now)).contains(&Step::Restart { name: "app".into() }));
+    }
+
+    #[test]
+    fn removal_runs_in_reverse_order_of_dependencies() {
+        let now = Instant::now();
+        let w = World::new()
+            .have("app", "a", Phase::Running)
+            .have("db", "d", Phase::Running);
+        let w = depends(w, "app", "db", DependencyCondition::Healthy);
+        assert_eq!(steps(w.plan(now)), [Step::Remove { name: "app".into() }]);
+        let w = World::new().have("db", "d", Phase::Running);
+        assert_eq!(steps(w.plan(now)), [Step::Remove { name: "db".into() }]);
+        // A dependant that stays does not hold it.
+        let w = World::new()
+            .want("app", "a", RestartPolicy::Always)
+            .have("app", "a", Phase::Running)
+            .have("db", "d", Phase::Running);
+        let w = depends(w, "app", "db", DependencyCondition::Started);
+        assert_eq!(steps(w.plan(now)), [Step::Remove { name: "db".into() }]);
     }
 
     #[test]
@@ -657,7 +830,7 @@ mod tests {
                 name: "back".into()
             }]
         );
-        assert_eq!(p.waiting["app"], "network back");
+        assert_eq!(p.waiting["app"], "network back to be made");
         let w = with_networks(w, &[("back", "10.1.0.0/24")], &[("back", "10.1.0.0/24")]);
         assert_eq!(
             steps(w.plan(Instant::now())),
@@ -735,7 +908,7 @@ mod tests {
         w.0.frozen.insert("dup".into());
         let p = w.plan(Instant::now());
         assert!(p.steps.is_empty(), "{:?}", p.steps);
-        assert_eq!(p.waiting["app"], "network back");
+        assert_eq!(p.waiting["app"], "network back to be made");
     }
 
     #[test]
