@@ -477,6 +477,14 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                 now,
             );
             s.spec_hash = Some(super::inputs::effective_hash(&c.object, desired));
+            super::report::note_outdated(
+                &mut s,
+                observed
+                    .get(name)
+                    .and_then(|o| o.meta.as_ref())
+                    .map(|m| m.hash.as_str()),
+                &memo,
+            );
             if let (Some(what), None) = (self.waiting.get(name), &s.message) {
                 s.message = Some(format!("waiting for {what}"));
             }

@@ -41,6 +41,30 @@ fn last_state(l: &LastState) -> LastStateStatus {
     }
 }
 
+/// A replace that failed before it stopped anything (its image could not be pulled):
+/// the old version runs on, and the message says so. `running_hash`: the effective hash
+/// the running container was made from; the status carries the desired one.
+pub(super) fn note_outdated(status: &mut ContainerStatus, running_hash: Option<&str>, memo: &Memo) {
+    let outdated = running_hash.is_some_and(|h| Some(h) != status.spec_hash.as_deref());
+    // (A spec this release cannot apply says so already.)
+    let unsupported = status
+        .message
+        .as_deref()
+        .is_some_and(|m| m.starts_with("the changed spec is not applied"));
+    let Some(m) = &memo.message else { return };
+    if status.state != ContainerState::Running || !outdated || unsupported {
+        return;
+    }
+    let next = status
+        .next_restart_at
+        .as_ref()
+        .map(|t| format!("; next try at {t}"))
+        .unwrap_or_default();
+    status.message = Some(format!(
+        "the update is not applied, the running version keeps running: {m}{next}"
+    ));
+}
+
 pub(super) fn container_status(
     name: &str,
     desired: Option<&Sourced<Container>>,

@@ -72,12 +72,17 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
         let name = step.name().to_owned();
         let result = match &step {
             Step::Remove { .. } => self.remove(&name).await,
-            Step::Replace { .. } => match self.remove(&name).await {
-                Ok(()) => self.create(&name, true).await,
+            // The new image first: a registry that is down (or a tag that is gone) never
+            // takes the running version away.
+            Step::Replace { .. } => match self.pull().await {
+                Ok(image) => match self.remove(&name).await {
+                    Ok(()) => self.create(&name, true, Some(image)).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
-            Step::Create { .. } => self.create(&name, true).await,
-            Step::Restart { .. } => self.create(&name, false).await,
+            Step::Create { .. } => self.create(&name, true, None).await,
+            Step::Restart { .. } => self.create(&name, false, None).await,
             // Networks and volumes have their own tasks.
             Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } | Step::Volume { .. } => Ok(()),
         };
@@ -148,25 +153,48 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
         Ok(())
     }
 
-    async fn create(&self, name: &str, fresh: bool) -> Result<(), StepError> {
+    /// The desired spec's image, pulled as its pull policy says.
+    async fn pull(&self) -> Result<crate::reconciler::ImageInfo, StepError> {
         let Some(c) = &self.desired else {
-            return Ok(());
+            return Err(StepError::Start(RuntimeError::StartFailed(
+                "no desired spec to pull for".into(),
+            )));
         };
         let spec = &c.object.spec;
-        // A restart reuses the image it has; only a create honours `Always`.
-        let policy = if fresh {
-            spec.pull_policy
-        } else {
-            crate::manifest::PullPolicy::IfNotPresent
-        };
-        let image = self
-            .images
-            .ensure(&spec.image, policy)
+        self.images
+            .ensure(&spec.image, spec.pull_policy)
             .await
             .map_err(|source| StepError::Image {
                 reference: spec.image.clone(),
                 source,
-            })?;
+            })
+    }
+
+    /// Starts the desired spec: a new container (`fresh`) or the next run of the same
+    /// one; with `pulled`, the image a replace already pulled.
+    async fn create(
+        &self,
+        name: &str,
+        fresh: bool,
+        pulled: Option<crate::reconciler::ImageInfo>,
+    ) -> Result<(), StepError> {
+        let Some(c) = &self.desired else {
+            return Ok(());
+        };
+        let spec = &c.object.spec;
+        let image = match pulled {
+            Some(image) => image,
+            None if fresh => self.pull().await?,
+            // A restart reuses the image it has; only a create honours `Always`.
+            None => self
+                .images
+                .ensure(&spec.image, crate::manifest::PullPolicy::IfNotPresent)
+                .await
+                .map_err(|source| StepError::Image {
+                    reference: spec.image.clone(),
+                    source,
+                })?,
+        };
         let hostname = spec.hostname.clone().unwrap_or_else(|| name.to_owned());
         let process = plan_process(
             &ProcessRequest {

@@ -246,6 +246,35 @@ async fn an_edit_stops_the_old_container_with_its_stop_signal_before_starting_th
 }
 
 #[tokio::test]
+async fn an_update_whose_image_cannot_be_pulled_leaves_the_running_version_alone() {
+    let rt = Arc::new(FakeRuntime::default());
+    let images = FakeImages {
+        broken: HashMap::from([("busybox:v2".into(), "connection refused".into())]),
+        ..Default::default()
+    };
+    let mut r = Reconciler::new(Seams {
+        images: Arc::new(images),
+        ..seams(&rt)
+    });
+    converge(
+        &mut r,
+        &desired(&[("a.yaml", &container("a", "busybox:v1", ""))]),
+    )
+    .await;
+    let s = converge(
+        &mut r,
+        &desired(&[("a.yaml", &container("a", "busybox:v2", ""))]),
+    )
+    .await;
+    assert_eq!(rt.calls(), ["start a sh"], "nothing stopped");
+    let (state, message) = state_of(&s, "a");
+    assert_eq!(state, ContainerState::Running);
+    let message = message.unwrap();
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(message.contains("keeps running"), "{message}");
+}
+
+#[tokio::test]
 async fn a_container_whose_manifest_is_gone_is_stopped_and_removed() {
     let (rt, mut r) = fakes();
     converge(
