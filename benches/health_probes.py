@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Probe overhead: CPU of an agent whose N containers each have a 1 s `exec` healthcheck.
+
+Starts a real agent (release build) against the local registry fixture with N busybox
+`sleep` containers (`networks: [none]`), first without a healthcheck, then replaced by
+the same containers with `healthcheck: {exec: [true], interval: 1s}`, and measures over
+--window seconds, each time once all are running (and, with checks, all healthy):
+- the agent's own CPU (user + system of its process, /proc/PID/stat);
+- the probes' CPU: what the agent's reaped children used (cutime + cstime): each probe
+  is a `wharf exec` helper, which enters the container and runs `true` there;
+
+A peer on the same work, in the same run: the CPU of one `wharf exec NAME -- true`
+against one `crun exec ID true` on a crun container of the same busybox rootfs (both
+measured with wait4's rusage, the median of --execs runs), when crun is installed.
+
+Usage (as root, from the repository root):
+    benches/health_probes.py [--containers 100] [--window 20] [--execs 50]
+
+Cleans up what it creates, also on failure: the containers (through the agent, else
+`wharf system reset`), the agent (by its PID), the crun container, temp dirs.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_agent import (  # noqa: E402
+    ROOT, Agent, busybox_layer, get, prepare, registry, wait_until, write_manifest)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu(pid):
+    """(own, reaped children) CPU seconds of `pid`."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14 to 17 (1-based) of the whole line.
+    own = (int(fields[11]) + int(fields[12])) / TICKS
+    children = (int(fields[13]) + int(fields[14])) / TICKS
+    return own, children
+
+
+def manifest(name, check):
+    health = "  healthcheck: {exec: [\"true\"], interval: 1s, timeout: 5s}\n" if check else ""
+    return (
+        "apiVersion: wharf/v1\nkind: Container\nmetadata:\n"
+        f"  name: {name}\nspec:\n  image: {registry()}/test/busybox:latest\n"
+        "  command: [sleep, \"100000\"]\n  stopGracePeriod: 0s\n  networks: [none]\n"
+        f"{health}"
+    )
+
+
+def containers(agent):
+    status, body = get(agent.sock, "/v1/containers")
+    return json.loads(body) if status == 200 else []
+
+
+def measure(agent, window):
+    """CPU use over `window` seconds: the agent's own and its reaped children's."""
+    (o0, c0), w0 = cpu(agent.pid), time.monotonic()
+    time.sleep(window)
+    (o1, c1), w1 = cpu(agent.pid), time.monotonic()
+    wall = w1 - w0
+    return {"own_pct": 100 * (o1 - o0) / wall, "probe_pct": 100 * (c1 - c0) / wall}
+
+
+def exec_cpu(argv, runs):
+    """Median CPU seconds (user + system, with its children) of running `argv`."""
+    out = []
+    for _ in range(runs):
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            raise RuntimeError(f"{argv} exited {p.returncode}")
+        out.append(ru.ru_utime + ru.ru_stime)
+    return statistics.median(out)
+
+
+def crun_exec_cpu(layer, runs, tmp):
+    """CPU of `crun exec ID true` on a crun container of `layer` (crun 1.8 needs a
+    private mount namespace without the cgroup2 mount on a hybrid host)."""
+    bundle = os.path.join(tmp, "crun")
+    os.makedirs(bundle)
+    subprocess.run(["crun", "spec"], cwd=bundle, check=True)
+    with open(os.path.join(bundle, "config.json")) as f:
+        config = json.load(f)
+    config["root"] = {"path": layer, "readonly": True}
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["sleep", "100000"]
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(config, f)
+    script = f"""
+import os, subprocess, json, statistics
+cid = "wharfprobebench"
+subprocess.run(["crun", "run", "--detach", "--bundle", {bundle!r}, cid], check=True)
+try:
+    out = []
+    for _ in range({runs}):
+        p = subprocess.Popen(["crun", "exec", cid, "true"])
+        _, status, ru = os.wait4(p.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        out.append(ru.ru_utime + ru.ru_stime)
+    print(json.dumps(statistics.median(out)))
+finally:
+    subprocess.run(["crun", "kill", cid, "KILL"])
+    subprocess.run(["crun", "delete", "--force", cid])
+"""
+    res = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         "umount /sys/fs/cgroup/unified 2>/dev/null; exec python3 -c \"$0\"", script],
+        capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--containers", type=int, default=100)
+    ap.add_argument("--window", type=float, default=20.0)
+    ap.add_argument("--execs", type=int, default=50)
+    ap.add_argument("--wharf", default=os.path.join(ROOT, "target", "release", "wharf"))
+    args = ap.parse_args()
+    prepare(args.wharf)
+    tmp = tempfile.mkdtemp(prefix="wharf-probes-")
+    agent = Agent(args.wharf, tmp)
+    try:
+        names = [f"probe{i}" for i in range(args.containers)]
+        for name in names:
+            write_manifest(agent.manifests, name, manifest(name, False))
+        wait_until(f"{len(names)} running", 60 + len(names),
+                   lambda: sum(c["state"] == "running" for c in containers(agent)) == len(names),
+                   interval=0.2)
+        time.sleep(3)
+        base = measure(agent, args.window)
+        for name in names:
+            write_manifest(agent.manifests, name, manifest(name, True))
+        wait_until(f"{len(names)} healthy", 120 + len(names),
+                   lambda: sum(c.get("health") == "healthy" for c in containers(agent))
+                   == len(names), interval=0.5)
+        time.sleep(3)
+        checked = measure(agent, args.window)
+        print(f"{len(names)} containers, no healthcheck: agent {base['own_pct']:.2f}% of a core")
+        print(f"{len(names)} containers, exec healthcheck every 1 s: agent itself "
+              f"{checked['own_pct']:.2f}% of a core (target < 2%), the probes (wharf exec "
+              f"helpers and the command) {checked['probe_pct']:.1f}% of a core, "
+              f"{checked['probe_pct'] * 10 / len(names):.2f} ms CPU per probe")
+        one = exec_cpu([args.wharf, "exec", "--state", agent.state, "--run-dir",
+                        agent.run_dir, names[0], "--", "true"], args.execs)
+        print(f"one `wharf exec NAME -- true`: {one * 1000:.2f} ms CPU (median of {args.execs})")
+        if shutil.which("crun"):
+            peer = crun_exec_cpu(busybox_layer(agent.state), args.execs, tmp)
+            print(f"one `crun exec ID true` (same rootfs, same run): {peer * 1000:.2f} ms CPU; "
+                  f"ratio wharf/crun: {one / peer:.2f}")
+        else:
+            print("crun not installed: no comparison")
+    finally:
+        agent.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
