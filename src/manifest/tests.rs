@@ -461,6 +461,7 @@ fn annotation_change_does_not_change_hash() {
     });
     b.spec.update = Some(UpdateSpec {
         strategy: UpdateStrategy::StartFirst,
+        timeout: Some(std::time::Duration::from_secs(60)),
     });
     assert_eq!(a.spec_hash(), b.spec_hash());
     assert!(changed_fields(&a, &b).is_empty());
@@ -527,4 +528,19 @@ fn yaml_bomb_is_refused_quickly() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].contains("invalid YAML"), "{e:?}");
+}
+
+#[test]
+fn update_timeout_is_taken_with_start_first_only() {
+    let c = container(&spec(
+        "  image: busybox\n  update: {strategy: StartFirst, timeout: 5m}\n",
+    ));
+    let update = c.spec.update.unwrap();
+    assert_eq!(update.timeout, Some(std::time::Duration::from_secs(300)));
+    let e = errors(&spec("  image: busybox\n  update: {timeout: 5m}\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("update.timeout applies to strategy: StartFirst only"),
+        "{e:?}"
+    );
 }

@@ -392,6 +392,14 @@ pub struct UpdateSpec {
     /// How a replacement is rolled out.
     #[serde(skip_serializing_if = "is_default")]
     pub strategy: UpdateStrategy,
+    /// `StartFirst`: how long the new container has to become healthy before the
+    /// update is rolled back.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "duration_opt",
+        default
+    )]
+    pub timeout: Option<Duration>,
 }
 
 /// `spec.update.strategy`.

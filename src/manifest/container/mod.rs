@@ -423,7 +423,7 @@ fn decode_capabilities(cx: &mut Ctx, node: &Node) -> Option<Capabilities> {
 }
 
 fn decode_update(cx: &mut Ctx, node: &Node) -> Option<UpdateSpec> {
-    let f = fields(cx, node, "update", &["strategy"])?;
+    let f = fields(cx, node, "update", &["strategy", "timeout"])?;
     let strategy = match f.get("strategy") {
         Some(n) => one_of(
             cx,
@@ -436,5 +436,15 @@ fn decode_update(cx: &mut Ctx, node: &Node) -> Option<UpdateSpec> {
         )?,
         None => UpdateStrategy::Recreate,
     };
-    Some(UpdateSpec { strategy })
+    let timeout = f.get("timeout").and_then(|n| {
+        let t = duration(cx, n, "update.timeout")?;
+        if strategy != UpdateStrategy::StartFirst {
+            cx.error(
+                n.pos,
+                "update.timeout applies to strategy: StartFirst only (how long the new container has to become healthy); remove it, or set the strategy",
+            );
+        }
+        Some(t)
+    });
+    Some(UpdateSpec { strategy, timeout })
 }
