@@ -207,7 +207,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         while let Some(u) = unhealthy.recv().await {
             let rt = stopper.clone();
             tokio::spawn(async move {
-                if let Err(e) = rt.stop_because(&u.name, u.pid, u.reason).await {
+                if let Err(e) = rt
+                    .stop_because(&u.name, (u.pid, u.start_time), u.reason)
+                    .await
+                {
                     tracing::warn!(container = %u.name, error = %e, "stop an unhealthy container");
                 }
             });

@@ -94,6 +94,41 @@ fn exec_runs_confined_as_the_container_and_returns_the_commands_status() {
         );
     }
 
+    // Its streams are pipes relayed by the helper, never the caller's descriptors: the
+    // caller gave /dev/null as stdin and an open file as descriptor 7.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7</etc/hostname; exec {} exec --state {state} --run-dir {run} web -- sh -c 'readlink /proc/self/fd/0; ls /proc/self/fd; tty; echo x > /dev/tty && echo REACHED-TTY'",
+            env!("CARGO_BIN_EXE_wharf")
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("pipe:"), "stdin is not a pipe: {text}");
+    assert!(
+        !lines.contains(&"7"),
+        "descriptor 7 leaked into the container: {text}"
+    );
+    assert!(text.contains("not a tty"), "{text}");
+    assert!(
+        !text.contains("REACHED-TTY"),
+        "a controlling terminal: {text}"
+    );
+
+    // Pipes work both ways, with more than a pipe's buffer in flight.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 300000 /dev/zero | {} exec --state {state} --run-dir {run} web -- wc -c",
+            env!("CARGO_BIN_EXE_wharf")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300000");
+
     // Overrides, and the command's own status.
     let (code, out, _) = exec(
         &["--env", "FOO=over", "--workdir", "/", "--user", "0"],

@@ -37,7 +37,9 @@ pub struct HealthTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unhealthy {
     pub name: String,
+    /// Its init (pid and start time): only that run is stopped.
     pub pid: i32,
+    pub start_time: u64,
     /// Why, for its `lastState.message`.
     pub reason: String,
 }
@@ -158,7 +160,7 @@ impl Monitor {
 }
 
 /// Probes one run every `interval` (the first after one `interval`, as Docker) until
-/// aborted, or until it is stopped for being unhealthy.
+/// aborted (the run is gone).
 async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
     let target = Target {
         name: t.name.clone(),
@@ -204,13 +206,14 @@ async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
                 reason.push('…');
             }
             tracing::warn!(container = %t.name, %reason, "unhealthy");
+            // Probing goes on: if the stop fails, the health still tells the truth.
             if t.restart_when_unhealthy {
                 let _ = inner.unhealthy.send(Unhealthy {
                     name: t.name.clone(),
                     pid: t.pid,
+                    start_time: t.start_time,
                     reason,
                 });
-                return;
             }
         }
     }

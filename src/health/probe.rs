@@ -116,11 +116,24 @@ async fn exec(cmd: &[String], target: &Target, via: &ExecVia) -> Outcome {
         Err(e) => return Outcome::failed(format!("run wharf exec: {e}")),
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (out, err, status) = tokio::join!(
-        read_bounded(stdout, MAX_OUTPUT),
-        read_bounded(stderr, MAX_OUTPUT),
-        child.wait()
+    let out = tokio::spawn(read_bounded(stdout, MAX_OUTPUT));
+    let err = tokio::spawn(read_bounded(stderr, MAX_OUTPUT));
+    // The readers end with this probe, also when its timeout drops it here: a process
+    // the command left behind must not keep a task and two pipes of the agent's.
+    let _guards = (
+        AbortOnDrop(out.abort_handle()),
+        AbortOnDrop(err.abort_handle()),
     );
+    let status = child.wait().await;
+    // Output is taken until the command ends, and a moment more: something it left
+    // running in the background may hold the pipes open for ever.
+    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        let abort = task.abort_handle();
+        let got = tokio::time::timeout(Duration::from_millis(100), task).await;
+        abort.abort();
+        got.ok().and_then(Result::ok).unwrap_or_default()
+    };
+    let (out, err) = tokio::join!(collect(out), collect(err));
     let mut output = out;
     output.extend_from_slice(&err);
     output.truncate(MAX_OUTPUT);
@@ -135,6 +148,15 @@ async fn exec(cmd: &[String], target: &Target, via: &ExecVia) -> Outcome {
         exit_code: code,
         status: None,
         output: String::from_utf8_lossy(&output).into_owned(),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -207,9 +229,9 @@ async fn http(target: &Target, port: u16, path: &str) -> Outcome {
     if let Err(e) = stream.write_all(request.as_bytes()).await {
         return Outcome::failed(format!("send the request: {e}"));
     }
-    // Until the headers are complete (a server that keeps the connection open, or
-    // streams, is not waited for), at most MAX_OUTPUT bytes; the body's start that came
-    // with them is kept as the output.
+    // Until the response ends (its Content-Length, or the server closing: the request
+    // asked it to), at most MAX_OUTPUT bytes, all within the probe's timeout, as
+    // kubelet reads at most a bounded body.
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
     while response.len() < MAX_OUTPUT {
@@ -221,7 +243,7 @@ async fn http(target: &Target, port: u16, path: &str) -> Outcome {
             }
             Err(_) => break,
         }
-        if response.windows(4).any(|w| w == b"\r\n\r\n") {
+        if complete(&response) {
             break;
         }
     }
@@ -237,6 +259,20 @@ async fn http(target: &Target, port: u16, path: &str) -> Outcome {
             String::from_utf8_lossy(&response[..response.len().min(80)])
         )),
     }
+}
+
+/// Whether `response` holds its headers and the whole body its `Content-Length` says.
+fn complete(response: &[u8]) -> bool {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let headers = String::from_utf8_lossy(&response[..end]);
+    headers
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| response.len() >= end + 4 + len)
 }
 
 /// The status of `HTTP/1.x NNN ...`.
@@ -274,6 +310,14 @@ mod tests {
         assert_eq!(
             body_start(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nok\n"),
             "ok\n".to_owned()
+        );
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"));
+        assert!(complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+        ));
+        assert!(
+            !complete(b"HTTP/1.1 200 OK\r\n\r\nstreaming"),
+            "read to the end"
         );
     }
 

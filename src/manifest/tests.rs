@@ -544,3 +544,23 @@ fn update_timeout_is_taken_with_start_first_only() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_healthcheck_interval_under_100ms_or_an_http_path_with_spaces_is_refused() {
+    let e = errors(&spec(
+        "  image: busybox\n  healthcheck: {tcp: {port: 80}, interval: 10ms}\n",
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("healthcheck.interval must be at least 100ms")),
+        "{e:?}"
+    );
+    let e = errors(&spec(
+        "  image: busybox\n  healthcheck: {http: {port: 80, path: \"/a b\\r\\nX: y\"}}\n",
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("must not hold spaces or control characters")),
+        "{e:?}"
+    );
+}

@@ -309,6 +309,8 @@ impl Healthcheck {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
     /// Docker's default retries.
     pub const DEFAULT_RETRIES: u32 = 3;
+    /// The shortest `interval` and `timeout` taken.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
     fn default_interval() -> Duration {
         Self::DEFAULT_INTERVAL

@@ -10,25 +10,31 @@
 //! 2. this process joins the container's cgroup (before anything of the container can
 //!    see it, while the host's cgroup files are still in its view), then all of the
 //!    init's namespaces at once (`setns` on the pidfd);
-//! 3. it forks: the child is born in the container's pid namespace, takes the
-//!    container's identity ([`Identity`]) and execs; this process waits and returns
-//!    the child's status. It is not dumpable meanwhile, so nothing in the container can
-//!    ptrace its way into a root process of the host (runc's CVE-2016-9962).
+//! 3. it takes the container's identity itself (user, capabilities, `no_new_privs`,
+//!    seccomp: [`Identity::confine`]), then forks: the child is born in the container's
+//!    pid namespace already as confined as the container's own processes, in a session
+//!    of its own, its streams pipes that this process relays (the caller's terminal and
+//!    descriptors never reach the container), and execs. This process, never visible
+//!    inside, waits and returns the child's status. It is not dumpable meanwhile.
 //!
 //! The child dies with this process (a parent-death signal), so a healthcheck that
 //! kills its helper on a timeout ends the command too.
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::ForkResult;
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, getppid, pipe2, setsid, ForkResult};
 use oci_spec::runtime::Spec;
 
-use super::identity::{Identity, EXEC_FAILED};
+use super::identity::{exec_program, Identity, Never, EXEC_FAILED};
 use super::linux::{cgroups, fork_single_threaded, pidfd_open, proc};
 use super::records::{ExitRecord, Paths, Record, Running, ShimConfig};
 use crate::state;
@@ -105,6 +111,8 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
         what,
         message,
     };
+    // Nothing the caller left open is passed on to the command.
+    super::linux::cloexec_from(3).map_err(|e| read("descriptors", e.to_string()))?;
     let record = Record::load(&paths.record())
         .map_err(|e| read("record", e.to_string()))?
         .ok_or_else(|| ExecError::NotFound(name.to_owned()))?;
@@ -191,25 +199,38 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
         .map(PathBuf::from)
         .unwrap_or_else(|| process.cwd().clone());
 
+    // Confined before the fork: this process, outside the container's pid namespace
+    // (nothing inside can see it), takes the container's identity first, so the
+    // command's process is born as confined as the container's own and is never a
+    // privileged process something in the container could ptrace.
+    let identity = Identity {
+        uid,
+        gid,
+        additional_gids: &gids,
+        capabilities: process.capabilities().as_ref(),
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        nofile_soft: shim.nofile_soft,
+        seccomp: shim.seccomp,
+    };
+    if let Err(e) = identity.confine(&cwd) {
+        eprintln!("wharf exec: {e}");
+        return Ok(CANNOT_RUN);
+    }
+    // The command's streams are pipes this process relays: the caller's terminal, or
+    // any other descriptor of the caller, never reaches the container.
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(enter("pipe"));
+    let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
     match fork_single_threaded().map_err(enter("fork"))? {
         ForkResult::Child => {
-            let identity = Identity {
-                uid,
-                gid,
-                additional_gids: &gids,
-                capabilities: process.capabilities().as_ref(),
-                no_new_privileges: process.no_new_privileges().unwrap_or(false),
-                nofile_soft: shim.nofile_soft,
-                seccomp: shim.seccomp,
-                die_with_parent: true,
-            };
-            let message = match identity.exec(&cwd, &req.args, &env) {
+            drop((in_w, out_r, err_r));
+            let message = match command(&in_r, &out_w, &err_w, &req.args, &env) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
             let _ = writeln!(std::io::stderr(), "wharf exec: {message}");
+            let lower = message.to_lowercase();
             let code = if message.starts_with(EXEC_FAILED)
-                && (message.contains("not found") || message.contains("no such file"))
+                && (lower.contains("not found") || lower.contains("no such file"))
             {
                 NOT_FOUND
             } else {
@@ -217,14 +238,145 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
             };
             super::linux::exit_now(code)
         }
-        ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(enter("wait")(e)),
+        ForkResult::Parent { child } => {
+            drop((in_r, out_w, err_w));
+            relay(in_w, out_r, err_r);
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(enter("wait")(e)),
+                }
             }
-        },
+        }
+    }
+}
+
+/// The command's process: its streams, a session of its own, death with the helper,
+/// then the exec.
+fn command(
+    stdin: &OwnedFd,
+    stdout: &OwnedFd,
+    stderr: &OwnedFd,
+    args: &[String],
+    env: &[String],
+) -> Result<Never, String> {
+    dup2_stdin(stdin).map_err(|e| format!("dup2 stdin: {e}"))?;
+    dup2_stdout(stdout).map_err(|e| format!("dup2 stdout: {e}"))?;
+    dup2_stderr(stderr).map_err(|e| format!("dup2 stderr: {e}"))?;
+    // No controlling terminal: the container's `/dev/tty` must not be the caller's.
+    setsid().map_err(|e| format!("setsid: {e}"))?;
+    // It dies with the helper (a probe's timeout kills the helper). If the helper is
+    // already gone, this process was given to the container's init: its parent, seen
+    // from inside the pid namespace, is then no longer 0 (outside).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| format!("parent-death signal: {e}"))?;
+    if getppid().as_raw() != 0 {
+        return Err("wharf exec ended before the command started".into());
+    }
+    exec_program(args, env)
+}
+
+/// Copies the caller's stdin to the command, and the command's stdout and stderr to the
+/// caller's, until both outputs end (the command and whatever it left running exited).
+/// One thread (a process that joined another pid namespace cannot make threads): the
+/// command's stdin is written without blocking, what it has not taken yet kept, so a
+/// command that writes much before it reads never deadlocks against us.
+fn relay(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) {
+    let mut to_command = Some(File::from(stdin));
+    if let Some(f) = &to_command {
+        let _ = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    }
+    let mut caller_in = Some(std::io::stdin());
+    let mut pending: Vec<u8> = Vec::new();
+    let mut outputs = [
+        (
+            File::from(stdout),
+            Box::new(std::io::stdout()) as Box<dyn Write>,
+        ),
+        (
+            File::from(stderr),
+            Box::new(std::io::stderr()) as Box<dyn Write>,
+        ),
+    ];
+    let mut open = [true, true];
+    let mut buf = [0u8; 16 * 1024];
+    while open.iter().any(|o| *o) {
+        // What to wait for: each open output; the caller's stdin while nothing is
+        // pending; the command's stdin while something is.
+        let mut fds: Vec<PollFd> = Vec::new();
+        for (i, (f, _)) in outputs.iter().enumerate() {
+            if open[i] {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        let stdin_at = match (&caller_in, pending.is_empty()) {
+            (Some(s), true) => {
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
+        let command_at = match (&to_command, pending.is_empty()) {
+            (Some(f), false) => {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLOUT));
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue; // EINTR
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        let mut k = 0;
+        for (i, (from, to)) in outputs.iter_mut().enumerate() {
+            if !open[i] {
+                continue;
+            }
+            let is_ready = ready[k];
+            k += 1;
+            if !is_ready {
+                continue;
+            }
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => open[i] = false,
+                Ok(n) => {
+                    let _ = to.write_all(&buf[..n]);
+                    let _ = to.flush();
+                }
+            }
+        }
+        if stdin_at.is_some_and(|at| ready[at]) {
+            match caller_in.as_mut().map(|s| s.read(&mut buf)) {
+                Some(Ok(n)) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                // The caller's input ended: so does the command's.
+                _ => {
+                    caller_in = None;
+                    to_command = None;
+                }
+            }
+        }
+        if command_at.is_some_and(|at| ready[at]) {
+            match to_command.as_mut().map(|f| f.write(&pending)) {
+                Some(Ok(n)) => {
+                    pending.drain(..n);
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The command closed its stdin: nothing more goes to it.
+                _ => {
+                    to_command = None;
+                    caller_in = None;
+                    pending.clear();
+                }
+            }
+        }
+        if caller_in.is_none() && pending.is_empty() {
+            to_command = None;
+        }
     }
 }
 

@@ -32,14 +32,22 @@ pub struct Identity<'a> {
     pub nofile_soft: Option<u64>,
     /// Install Docker's default seccomp profile (off when privileged).
     pub seccomp: bool,
-    /// SIGKILL when the parent dies (an exec whose helper is killed on a timeout).
-    pub die_with_parent: bool,
 }
 
 impl Identity<'_> {
     /// Becomes this identity in `cwd` and execs `args` with `env` (its `PATH` finds
     /// the program). Returns only on failure, with the message.
     pub fn exec(&self, cwd: &Path, args: &[String], env: &[String]) -> Result<Never, String> {
+        self.confine(cwd)?;
+        exec_program(args, env)
+    }
+
+    /// Every step but the exec: user and groups, capabilities, working directory,
+    /// umask, open-files limit, `no_new_privs`, signals, and last the seccomp filter.
+    /// What a process may do from here on is what the container's own processes may:
+    /// `wharf exec` confines itself so before it forks the command, so nothing of the
+    /// container ever sees a process of ours with more.
+    pub fn confine(&self, cwd: &Path) -> Result<(), String> {
         let groups: Vec<Gid> = self
             .additional_gids
             .iter()
@@ -59,6 +67,19 @@ impl Identity<'_> {
             super::capabilities::apply_sets(c)?;
         }
         chdir(cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
+        // A working directory reached through a descriptor of the host (a
+        // `/proc/self/fd/N` one) would be outside the root: the kernel then has no path
+        // for it from the root (runc's CVE-2024-21626).
+        match nix::unistd::getcwd() {
+            Ok(dir) if dir.is_absolute() => {}
+            _ => {
+                return Err(format!(
+                    "working directory {} is outside the container",
+                    cwd.display()
+                ))
+            }
+        }
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         if let Some(soft) = self.nofile_soft {
             // Lowering the soft limit needs no privilege; the hard one stays.
             use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -70,22 +91,11 @@ impl Identity<'_> {
         if self.no_new_privileges {
             nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
         }
-        let program = args.first().ok_or("no command to run")?;
-        let path = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(super::process::DEFAULT_PATH);
-        let exe = find_executable(program, path)?;
         // Rust ignores SIGPIPE at startup and ignored signals survive execve: restore the
         // default, and an empty signal mask, as a fresh process expects.
         reset_signals();
-        if self.die_with_parent {
-            // After the credential change, which clears it.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                .map_err(|e| format!("parent-death signal: {e}"))?;
-        }
-        // Last, right before execve: the filter must allow only what the container may do,
-        // not what setting it up needed. (Installing it sets no_new_privs too.)
+        // Last: the filter must allow only what the container may do, not what setting
+        // it up needed. (Installing it sets no_new_privs too.)
         if self.seccomp {
             // The bounding set decides, as in Docker: a non-root user has no effective
             // capabilities, yet its profile is the one of the capabilities it could gain.
@@ -97,14 +107,25 @@ impl Identity<'_> {
                 super::linux::seccomp::default_profile(&caps).map_err(|e| e.to_string())?;
             super::linux::seccomp::install(&program).map_err(|e| e.to_string())?;
         }
-        let c =
-            |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains a NUL byte"));
-        let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
-        let envp: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
-        let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
-        let err = execve(&exe_c, &argv, &envp).unwrap_err();
-        Err(format!("{EXEC_FAILED} {}: {err}", exe.display()))
+        Ok(())
     }
+}
+
+/// Execs `args` with `env`, the program found on the `PATH` of `env` (from a confined
+/// process: [`Identity::confine`]). Returns only on failure, with the message.
+pub fn exec_program(args: &[String], env: &[String]) -> Result<Never, String> {
+    let program = args.first().ok_or("no command to run")?;
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(super::process::DEFAULT_PATH);
+    let exe = find_executable(program, path)?;
+    let c = |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains a NUL byte"));
+    let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
+    let err = execve(&exe_c, &argv, &envp).unwrap_err();
+    Err(format!("{EXEC_FAILED} {}: {err}", exe.display()))
 }
 
 /// Resolves `program` like execvp(3) but against the container's `PATH`, with Docker's

@@ -579,12 +579,13 @@ impl LinuxRuntime {
     }
 
     /// Stops container `name` (its stop signal, its grace period, then SIGKILL) if its
-    /// init is still `pid`, recording `reason` for the run's `lastState.message`; its
-    /// restart policy decides what comes next. For the health monitor.
+    /// init is still `init` (pid, start time), recording `reason` for the run's
+    /// `lastState.message`; its restart policy decides what comes next. For the health
+    /// monitor.
     pub async fn stop_because(
         &self,
         name: &str,
-        pid: i32,
+        init: (i32, u64),
         reason: String,
     ) -> Result<(), RuntimeError> {
         let me = self.clone();
@@ -600,7 +601,7 @@ impl LinuxRuntime {
                 let Some(meta) = record.as_ref().and_then(|rec| rec.meta.clone()) else {
                     return Ok(());
                 };
-                if r.pid != pid || record.is_some_and(|rec| rec.run != r.run) {
+                if (r.pid, r.start_time) != init || record.is_some_and(|rec| rec.run != r.run) {
                     return Ok(()); // another run by now: not the one found unhealthy
                 }
                 let signal = Signal::from_str(&meta.stop_signal).unwrap_or(Signal::SIGTERM);

@@ -397,7 +397,6 @@ fn setup(spec: &Spec, shim: &ShimConfig, out_w: &OwnedFd) -> Result<Never, Strin
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
         nofile_soft: shim.nofile_soft,
         seccomp: shim.seccomp,
-        die_with_parent: false,
     };
     identity.exec(cwd, &process.args().clone().unwrap_or_default(), &env)
 }

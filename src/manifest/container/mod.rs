@@ -283,7 +283,11 @@ fn decode_healthcheck(cx: &mut Ctx, node: &Node) -> Option<Healthcheck> {
         if let Some(n) = f.get(field) {
             let name = format!("healthcheck.{field}");
             match duration(cx, n, &name) {
-                Some(d) if d.is_zero() => cx.error(n.pos, format!("{name} must be more than 0s")),
+                // Each probe starts a process or opens a connection: a few a second per
+                // container at most.
+                Some(d) if d < Healthcheck::MIN_INTERVAL => {
+                    cx.error(n.pos, format!("{name} must be at least 100ms"))
+                }
                 Some(d) => *slot = d,
                 None => {}
             }
@@ -321,6 +325,11 @@ fn decode_probe(cx: &mut Ctx, kind: &str, node: &Node) -> Option<Probe> {
                         cx.error(
                             n.pos,
                             format!("healthcheck.http.path {p:?} must start with /"),
+                        );
+                    } else if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        cx.error(
+                            n.pos,
+                            format!("healthcheck.http.path {p:?} must not hold spaces or control characters; percent-encode them (%20)"),
                         );
                     }
                     p
