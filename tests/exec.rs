@@ -61,6 +61,16 @@ fn exec_runs_confined_as_the_container_and_returns_the_commands_status() {
         );
     }
     assert_eq!(status_field(&out, "Seccomp"), "2", "{out}");
+    // A non-root user holds no capability (moby's rule), only the bounding set.
+    assert_eq!(status_field(&init, "CapEff"), "0000000000000000", "{init}");
+    assert_ne!(status_field(&init, "CapBnd"), "0000000000000000", "{init}");
+    // Root by `--user 0` gets the container's set, as `docker exec -u 0`.
+    let (_, root, _) = exec(&["--user", "0"], "grep CapEff /proc/self/status");
+    assert_eq!(
+        status_field(&root, "CapEff"),
+        status_field(&init, "CapBnd"),
+        "{root}"
+    );
     for ns in ["mnt", "net", "pid", "uts", "ipc", "cgroup"] {
         let want = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         assert!(

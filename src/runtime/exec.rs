@@ -203,11 +203,24 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
     // (nothing inside can see it), takes the container's identity first, so the
     // command's process is born as confined as the container's own and is never a
     // privileged process something in the container could ptrace.
+    // The container's bounding set; effective and permitted for root only, as for its
+    // init (`spec::capabilities`): `--user 0` in a container of a non-root user gets
+    // them, a non-root `--user` has none.
+    let capabilities = process.capabilities().clone().map(|mut c| {
+        let held = if uid == 0 {
+            c.bounding().clone()
+        } else {
+            Some(Default::default())
+        };
+        c.set_effective(held.clone());
+        c.set_permitted(held);
+        c
+    });
     let identity = Identity {
         uid,
         gid,
         additional_gids: &gids,
-        capabilities: process.capabilities().as_ref(),
+        capabilities: capabilities.as_ref(),
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
         nofile_soft: shim.nofile_soft,
         seccomp: shim.seccomp,

@@ -39,20 +39,28 @@ pub struct ConfigInputs {
     pub annotations: HashMap<String, String>,
 }
 
-/// The OCI capability sets for `names`: bounding, effective and permitted; inheritable
-/// and ambient empty (as moby does since CVE-2022-24769). A name this oci-spec version
-/// does not know (a capability newer than it) is left out.
-fn capabilities(
+/// The OCI capability sets for `names` and user `uid`: the bounding set always;
+/// effective and permitted for root only (a non-root user has none, as after an execve,
+/// which moby's `SetCapabilities` does too); inheritable and ambient empty (as moby does
+/// since CVE-2022-24769). A name this oci-spec version does not know (a capability newer
+/// than it) is left out.
+pub fn capabilities(
     names: &[String],
+    uid: u32,
 ) -> Result<oci_spec::runtime::LinuxCapabilities, oci_spec::OciSpecError> {
     let set: oci_spec::runtime::Capabilities = names
         .iter()
         .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.clone())).ok())
         .collect();
+    let held = if uid == 0 {
+        set.clone()
+    } else {
+        oci_spec::runtime::Capabilities::new()
+    };
     oci_spec::runtime::LinuxCapabilitiesBuilder::default()
-        .bounding(set.clone())
-        .effective(set.clone())
-        .permitted(set)
+        .bounding(set)
+        .effective(held.clone())
+        .permitted(held)
         .inheritable(oci_spec::runtime::Capabilities::new())
         .ambient(oci_spec::runtime::Capabilities::new())
         .build()
@@ -274,7 +282,7 @@ pub fn build(inputs: &ConfigInputs) -> Result<Spec, oci_spec::OciSpecError> {
         .args(inputs.process.args.clone())
         .env(inputs.process.env.clone())
         .cwd(PathBuf::from(&inputs.process.cwd))
-        .capabilities(capabilities(&inputs.capabilities)?)
+        .capabilities(capabilities(&inputs.capabilities, inputs.user.uid)?)
         // A setuid binary cannot gain privileges (issue 5 asks for it; Kubernetes'
         // allowPrivilegeEscalation: false). Privileged containers keep Docker's default.
         .no_new_privileges(!inputs.privileged)
