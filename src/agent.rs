@@ -364,7 +364,9 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                         // A shim ended: its container exited, or the shim was killed.
                         () = linux.shim_ended() => {}
                         _ = tokio::time::sleep_until(deadline) => {}
-                        () = health.transitioned() => {}
+                        // Only worth a pass when something waits (for a dependency to be
+                        // healthy): a flapping check must not cost a pass per probe.
+                        () = health.transitioned(), if reconciler.holds_any() => {}
                         () = health.changed() => {
                             republish(&status_tx, |s| with_health(s, &health));
                             continue;

@@ -91,6 +91,12 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         self.health = health;
     }
 
+    /// Whether the last plan held some container (for a network, a volume or a
+    /// dependency): then a change of health may let it go.
+    pub fn holds_any(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Whether any step is still running.
     pub fn busy(&self) -> bool {
         !self.inflight.is_empty()
