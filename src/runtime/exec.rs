@@ -150,7 +150,18 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
         return Err(ExecError::NotRunning(name.to_owned()));
     }
     let cg = cgroups::ensure(&shim.cgroup).map_err(|e| read("cgroup", e.to_string()))?;
-    cgroups::join_self(&cgroups::self_join_files(&cg)).map_err(|e| read("cgroup", e))?;
+    // On cgroup v2 the init's own cgroup: a privileged container (systemd,
+    // docker-in-docker) may have moved it below its cgroup and enabled controllers
+    // there, and a cgroup with controllers enabled takes no process of its own.
+    let files = match cgroups::unified_dir(&cg) {
+        Some(dir) => {
+            let text = std::fs::read_to_string(format!("/proc/{}/cgroup", running.pid))
+                .map_err(|e| read("the init's cgroup", e.to_string()))?;
+            vec![init_cgroup_dir(&dir, &shim.cgroup, &text).join("cgroup.procs")]
+        }
+        None => cgroups::self_join_files(&cg),
+    };
+    cgroups::join_self(&files).map_err(|e| read("cgroup", e))?;
     nix::sys::prctl::set_dumpable(false).map_err(enter("not dumpable"))?;
     setns(
         &init,
@@ -393,6 +404,29 @@ fn relay(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) {
     }
 }
 
+/// The v2 folder of the init's cgroup, from its `/proc/PID/cgroup` (`0::/path`), when it
+/// is the container's cgroup (`container_dir`, at `container_path`) or one below it;
+/// else the container's.
+fn init_cgroup_dir(container_dir: &Path, container_path: &str, proc_cgroup: &str) -> PathBuf {
+    let own = format!("/{}", container_path.trim_matches('/'));
+    let Some(root) = container_dir
+        .to_str()
+        .and_then(|d| d.strip_suffix(own.as_str()))
+    else {
+        return container_dir.to_owned();
+    };
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+        .filter(|p| *p == own || p.starts_with(&format!("{own}/")))
+        .filter(|p| !p.split('/').any(|c| c == ".."))
+        .map_or_else(
+            || container_dir.to_owned(),
+            |p| PathBuf::from(format!("{root}{p}")),
+        )
+}
+
 /// A small file of the container's, read as text: a regular file only (a FIFO would
 /// block), at most 1 MiB. Missing or odd: empty, as an image without the file.
 fn read_small(path: &Path) -> String {
@@ -410,4 +444,28 @@ fn read_small(path: &Path) -> String {
     let mut text = String::new();
     let _ = file.take(LIMIT).read_to_string(&mut text);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inits_own_cgroup_is_joined_when_it_is_below_the_containers() {
+        let dir = Path::new("/sys/fs/cgroup/wharf/i1/web");
+        let path = "wharf/i1/web";
+        assert_eq!(
+            init_cgroup_dir(dir, path, "0::/wharf/i1/web/init.scope\n"),
+            Path::new("/sys/fs/cgroup/wharf/i1/web/init.scope")
+        );
+        assert_eq!(init_cgroup_dir(dir, path, "0::/wharf/i1/web\n"), dir);
+        // Anywhere else (moved out: drift), or a path that climbs: the container's.
+        assert_eq!(init_cgroup_dir(dir, path, "0::/user.slice\n"), dir);
+        assert_eq!(init_cgroup_dir(dir, path, "0::/wharf/i1/webx\n"), dir);
+        assert_eq!(
+            init_cgroup_dir(dir, path, "0::/wharf/i1/web/../../x\n"),
+            dir
+        );
+        assert_eq!(init_cgroup_dir(dir, path, "12:pids:/x\n"), dir);
+    }
 }
