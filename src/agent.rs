@@ -137,6 +137,28 @@ fn with_health(status: &mut StatusSnapshot, health: &crate::health::Monitor) {
     }
 }
 
+/// The containers with new probe results (from [`crate::health::Monitor::take_changed`]).
+fn with_new_results(
+    status: &mut StatusSnapshot,
+    changed: Vec<(
+        String,
+        i32,
+        crate::health::Health,
+        Vec<crate::health::ProbeResult>,
+    )>,
+) {
+    for (name, pid, health, probes) in changed {
+        if let Some(c) = status
+            .containers
+            .iter_mut()
+            .find(|c| c.name == name && c.pid == Some(pid))
+        {
+            c.health = Some(health);
+            c.probes = probes;
+        }
+    }
+}
+
 /// Publishes the latest snapshot with one part replaced, for readers (the endpoint)
 /// only: waiters are not woken, since the tasks that produce those parts wait on the
 /// snapshot themselves (a volume list republished would wake the volume task, whose new
@@ -368,7 +390,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                         // healthy): a flapping check must not cost a pass per probe.
                         () = health.transitioned(), if reconciler.holds_any() => {}
                         () = health.changed() => {
-                            republish(&status_tx, |s| with_health(s, &health));
+                            let changed = health.take_changed();
+                            republish(&status_tx, |s| with_new_results(s, changed));
                             continue;
                         }
                         Ok(()) = images_rx.changed() => {

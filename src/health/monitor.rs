@@ -65,6 +65,8 @@ struct Entry {
     target: HealthTarget,
     tracker: Tracker,
     task: AbortHandle,
+    /// A result came in since [`Monitor::take_changed`] last looked.
+    changed: bool,
 }
 
 impl Drop for Inner {
@@ -123,6 +125,7 @@ impl Monitor {
                     target: t.clone(),
                     tracker: Tracker::new(t.check.retries, t.check.start_period, started),
                     task: task.abort_handle(),
+                    changed: false,
                 },
             );
         }
@@ -133,6 +136,25 @@ impl Monitor {
         let entries = self.lock();
         let e = entries.get(name).filter(|e| e.target.pid == pid)?;
         Some((e.tracker.health(), e.tracker.results()))
+    }
+
+    /// The containers with a new result since the last call: name, init pid, health and
+    /// last results. (Republishing only those keeps a result's cost independent of how
+    /// many containers are probed.)
+    pub fn take_changed(&self) -> Vec<(String, i32, Health, Vec<ProbeResult>)> {
+        self.lock()
+            .iter_mut()
+            .filter(|(_, e)| e.changed)
+            .map(|(name, e)| {
+                e.changed = false;
+                (
+                    name.clone(),
+                    e.target.pid,
+                    e.tracker.health(),
+                    e.tracker.results(),
+                )
+            })
+            .collect()
     }
 
     /// Resolves when a probe result came in since the last call.
@@ -184,6 +206,7 @@ async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
             };
             let was = e.tracker.health();
             let now = e.tracker.record(&outcome, Instant::now(), time);
+            e.changed = true;
             (was, now, e.tracker.failures())
         };
         inner.changed.notify_one();
