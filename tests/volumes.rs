@@ -213,10 +213,14 @@ fn a_declared_volume_that_cannot_be_made_is_listed_pending_with_why_and_made_onc
     assert!(message.contains("blocked"), "{v}");
     // Out of the way: the next try makes it.
     std::fs::remove_file(&blocker).unwrap();
+    // (The volume task may list the new folder a moment before the step that made it
+    // has recorded the volume as declared and cleared its failure: wait for both.)
     let v = wait_volume(&agent, "blocked", "made once it can be", |v| {
-        v.is_some_and(|v| v["state"] == "ready")
+        v.is_some_and(|v| {
+            v["state"] == "ready" && v["declared"] == true && v.get("message").is_none()
+        })
     })
     .unwrap();
-    assert!(v.get("message").is_none(), "{v}");
+    assert_eq!(v["source"], "blocked.yaml", "{v}");
     assert!(agent.state.join("volumes/blocked/data").is_dir());
 }
