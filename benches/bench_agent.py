@@ -231,9 +231,20 @@ def busybox_layer(state):
                 if os.path.exists(os.path.join(layers, d, "bin", "busybox")))
 
 
-def bench_crun(layer, runs, tmp):
-    """crun on the same rootfs, in a private mount namespace without the cgroup2 mount
-    (crun 1.8 refuses cgroup v1 'hybrid' hosts otherwise)."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times(pid):
+    """(own, reaped children's) CPU seconds, user + system, of `pid`."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14 to 17 (1-based) of the whole line.
+    own = (int(fields[11]) + int(fields[12])) / TICKS
+    return own, (int(fields[13]) + int(fields[14])) / TICKS
+
+
+def crun_bundle(layer, tmp, args):
+    """A crun bundle in `tmp` running `args` on the rootfs `layer`, read-only."""
     bundle = os.path.join(tmp, "crun")
     os.makedirs(bundle)
     subprocess.run(["crun", "spec"], cwd=bundle, check=True)
@@ -241,9 +252,27 @@ def bench_crun(layer, runs, tmp):
         config = json.load(f)
     config["root"] = {"path": layer, "readonly": True}
     config["process"]["terminal"] = False
-    config["process"]["args"] = ["sleep", "2000"]
+    config["process"]["args"] = args
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(config, f)
+    return bundle
+
+
+def run_for_crun(script):
+    """Runs a Python `script` that drives crun, in a private mount namespace without
+    the cgroup2 mount (crun 1.8 refuses cgroup v1 'hybrid' hosts otherwise); returns
+    the JSON of its last line."""
+    res = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         "umount /sys/fs/cgroup/unified 2>/dev/null; exec python3 -c \"$0\"", script],
+        capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_crun(layer, runs, tmp):
+    """crun on the same rootfs, in a private mount namespace without the cgroup2 mount
+    (crun 1.8 refuses cgroup v1 'hybrid' hosts otherwise)."""
+    bundle = crun_bundle(layer, tmp, ["sleep", "2000"])
     script = f"""
 import subprocess, time, json, sys
 out = []
@@ -259,8 +288,4 @@ for i in range({runs}):
     subprocess.run(["crun", "delete", "--force", cid], check=True)
 print(json.dumps(out))
 """
-    res = subprocess.run(
-        ["unshare", "-m", "sh", "-c",
-         "umount /sys/fs/cgroup/unified 2>/dev/null; exec python3 -c \"$0\"", script],
-        capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_for_crun(script)

@@ -32,20 +32,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_agent import (  # noqa: E402
-    ROOT, Agent, busybox_layer, get, prepare, registry, wait_until, write_manifest)
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu(pid):
-    """(own, reaped children) CPU seconds of `pid`."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime, stime, cutime, cstime: fields 14 to 17 (1-based) of the whole line.
-    own = (int(fields[11]) + int(fields[12])) / TICKS
-    children = (int(fields[13]) + int(fields[14])) / TICKS
-    return own, children
-
+    ROOT, Agent, busybox_layer, cpu_times, crun_bundle, get, prepare, registry, run_for_crun,
+    wait_until, write_manifest)
 
 def manifest(name, check):
     health = "  healthcheck: {exec: [\"true\"], interval: 1s, timeout: 5s}\n" if check else ""
@@ -64,9 +52,9 @@ def containers(agent):
 
 def measure(agent, window):
     """CPU use over `window` seconds: the agent's own and its reaped children's."""
-    (o0, c0), w0 = cpu(agent.pid), time.monotonic()
+    (o0, c0), w0 = cpu_times(agent.pid), time.monotonic()
     time.sleep(window)
-    (o1, c1), w1 = cpu(agent.pid), time.monotonic()
+    (o1, c1), w1 = cpu_times(agent.pid), time.monotonic()
     wall = w1 - w0
     return {"own_pct": 100 * (o1 - o0) / wall, "probe_pct": 100 * (c1 - c0) / wall}
 
@@ -85,18 +73,8 @@ def exec_cpu(argv, runs):
 
 
 def crun_exec_cpu(layer, runs, tmp):
-    """CPU of `crun exec ID true` on a crun container of `layer` (crun 1.8 needs a
-    private mount namespace without the cgroup2 mount on a hybrid host)."""
-    bundle = os.path.join(tmp, "crun")
-    os.makedirs(bundle)
-    subprocess.run(["crun", "spec"], cwd=bundle, check=True)
-    with open(os.path.join(bundle, "config.json")) as f:
-        config = json.load(f)
-    config["root"] = {"path": layer, "readonly": True}
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["sleep", "100000"]
-    with open(os.path.join(bundle, "config.json"), "w") as f:
-        json.dump(config, f)
+    """CPU of `crun exec ID true` on a crun container of `layer`."""
+    bundle = crun_bundle(layer, tmp, ["sleep", "100000"])
     script = f"""
 import os, subprocess, json, statistics
 cid = "wharfprobebench"
@@ -113,11 +91,7 @@ finally:
     subprocess.run(["crun", "kill", cid, "KILL"])
     subprocess.run(["crun", "delete", "--force", cid])
 """
-    res = subprocess.run(
-        ["unshare", "-m", "sh", "-c",
-         "umount /sys/fs/cgroup/unified 2>/dev/null; exec python3 -c \"$0\"", script],
-        capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_for_crun(script)
 
 
 def main():

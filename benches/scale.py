@@ -40,17 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_agent import (  # noqa: E402
-    ROOT, Agent, get, init_pids, manifest, prepare, wait_until, write_manifest)
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 (1-based) of the whole line.
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
+    ROOT, Agent, cpu_times, get, init_pids, manifest, prepare, wait_until, write_manifest)
 
 def status_kb(pid, key):
     with open(f"/proc/{pid}/status") as f:
@@ -121,14 +111,14 @@ def bench(wharf, n, k, idle, network, tmp, perf=None):
 
         # Let the last starts' bookkeeping settle, then measure a quiet agent.
         time.sleep(3)
-        c0, w0 = cpu_seconds(agent.pid), time.monotonic()
+        c0, w0 = cpu_times(agent.pid)[0], time.monotonic()
         if perf:
             subprocess.run(["perf", "record", "-g", "-o", perf, "-p", str(agent.pid),
                             "--", "sleep", str(idle)], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             time.sleep(idle)
-        c1, w1 = cpu_seconds(agent.pid), time.monotonic()
+        c1, w1 = cpu_times(agent.pid)[0], time.monotonic()
         out["idle_cpu_pct"] = 100 * (c1 - c0) / (w1 - w0)
         out["idle_s"] = w1 - w0
         out["agent_rss_kb"] = status_kb(agent.pid, "VmRSS")

@@ -39,12 +39,7 @@ fn exec_runs_confined_as_the_container_and_returns_the_commands_status() {
         agent.state.display().to_string(),
         agent.run.display().to_string(),
     );
-    let exec = |extra: &[&str], cmd: &str| {
-        let mut args = vec!["exec", "--state", &state, "--run-dir", &run];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["web", "--", "sh", "-c", cmd]);
-        wharf_full(&args)
-    };
+    let exec = |extra: &[&str], cmd: &str| agent.exec(extra, "web", cmd);
 
     let probe = "grep -E '^(Uid|Gid|CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status; \
                  for n in mnt net pid uts ipc cgroup; do echo \"ns $n $(readlink /proc/self/ns/$n)\"; done; \

@@ -4,30 +4,15 @@
 
 mod common;
 
-use common::agent::{container_yaml, pid_of, wharf, wharf_full, Agent};
+use common::agent::{container_yaml, pid_of, wharf, Agent};
 
 fn ready(test: &str) -> bool {
     common::privileged(test) && common::agent::registry_up(test)
 }
 
-/// Runs `cmd` in container `name` through `wharf exec`.
+/// Runs `cmd` in container `name` through `wharf exec`; it must succeed.
 fn exec(agent: &Agent, name: &str, cmd: &str) {
-    let (state, run) = (
-        agent.state.display().to_string(),
-        agent.run.display().to_string(),
-    );
-    let (code, out, err) = wharf_full(&[
-        "exec",
-        "--state",
-        &state,
-        "--run-dir",
-        &run,
-        name,
-        "--",
-        "sh",
-        "-c",
-        cmd,
-    ]);
+    let (code, out, err) = agent.exec(&[], name, cmd);
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -175,4 +160,29 @@ fn a_tcp_check_reaches_a_server_bound_only_inside_and_never_restarts_only_report
     assert_eq!(lonely["state"], "running", "{lonely}");
     assert_eq!(pid_of(&lonely), pid, "restarted under Never: {lonely}");
     assert_eq!(lonely["restartCount"], 0);
+}
+
+#[test]
+fn an_exec_check_that_leaves_a_process_behind_is_judged_by_its_exit() {
+    if !ready("health_background") {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    // The check backgrounds a process holding its output open far past the timeout.
+    agent.write(
+        "bg.yaml",
+        &container_yaml(
+            "bg",
+            "exec sleep 1000",
+            "  restartPolicy: Never\n  healthcheck: {exec: [sh, -c, \"sleep 30 & echo ok\"], interval: 1s, timeout: 2s}\n",
+        ),
+    );
+    let c = agent.wait_container("bg", 30, "healthy", |c| c["health"] == "healthy");
+    let probe = last_probe(&c);
+    assert_eq!(probe["exitCode"], 0, "{c}");
+    assert!(
+        probe["output"].as_str().unwrap_or_default().contains("ok"),
+        "{c}"
+    );
 }

@@ -83,15 +83,10 @@ pub async fn run(probe: &Probe, target: &Target, via: &ExecVia, timeout: Duratio
     // command dies with it (its parent-death signal), and closes a socket.
     match tokio::time::timeout(timeout, work).await {
         Ok(outcome) => outcome,
-        Err(_) => Outcome::failed(format!("timed out after {}", humantime(timeout))),
-    }
-}
-
-fn humantime(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
+        Err(_) => Outcome::failed(format!(
+            "timed out after {}",
+            crate::units::format_duration(timeout)
+        )),
     }
 }
 
@@ -116,24 +111,33 @@ async fn exec(cmd: &[String], target: &Target, via: &ExecVia) -> Outcome {
         Err(e) => return Outcome::failed(format!("run wharf exec: {e}")),
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let out = tokio::spawn(read_bounded(stdout, MAX_OUTPUT));
-    let err = tokio::spawn(read_bounded(stderr, MAX_OUTPUT));
-    // The readers end with this probe, also when its timeout drops it here: a process
-    // the command left behind must not keep a task and two pipes of the agent's.
-    let _guards = (
-        AbortOnDrop(out.abort_handle()),
-        AbortOnDrop(err.abort_handle()),
-    );
-    let status = child.wait().await;
-    // Output is taken until the command ends, and a moment more: something it left
-    // running in the background may hold the pipes open for ever.
-    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
-        let abort = task.abort_handle();
-        let got = tokio::time::timeout(Duration::from_millis(100), task).await;
-        abort.abort();
-        got.ok().and_then(Result::ok).unwrap_or_default()
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let ended = tokio::sync::Notify::new();
+    let wait = async {
+        let status = child.wait().await;
+        ended.notify_one();
+        status
     };
-    let (out, err) = tokio::join!(collect(out), collect(err));
+    // Output is taken until the pipes end, or until a moment after the command ended:
+    // something it left running in the background may hold them open for ever. (All of
+    // it is dropped with this future when the probe's timeout strikes.)
+    let read = async {
+        let both = async {
+            tokio::join!(
+                read_bounded(stdout, &mut out, MAX_OUTPUT),
+                read_bounded(stderr, &mut err, MAX_OUTPUT)
+            )
+        };
+        let grace = async {
+            ended.notified().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        tokio::select! {
+            _ = both => {}
+            () = grace => {}
+        }
+    };
+    let (status, ()) = tokio::join!(wait, read);
     let mut output = out;
     output.extend_from_slice(&err);
     output.truncate(MAX_OUTPUT);
@@ -151,26 +155,16 @@ async fn exec(cmd: &[String], target: &Target, via: &ExecVia) -> Outcome {
     }
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Reads up to `limit` bytes, then drains the rest unread (so the writer never blocks
-/// on a full pipe).
-async fn read_bounded(r: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+/// Reads into `kept` up to `limit` bytes, then drains the rest unread (so the writer
+/// never blocks on a full pipe).
+async fn read_bounded(r: Option<impl AsyncRead + Unpin>, kept: &mut Vec<u8>, limit: usize) {
     let Some(mut r) = r else {
-        return Vec::new();
+        return;
     };
-    let mut kept = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
                 let room = limit.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
@@ -324,7 +318,8 @@ mod tests {
     #[tokio::test]
     async fn output_beyond_the_limit_is_drained_not_kept() {
         let big = vec![b'x'; 3 * MAX_OUTPUT];
-        let kept = read_bounded(Some(&big[..]), MAX_OUTPUT).await;
+        let mut kept = Vec::new();
+        read_bounded(Some(&big[..]), &mut kept, MAX_OUTPUT).await;
         assert_eq!(kept.len(), MAX_OUTPUT);
     }
 }

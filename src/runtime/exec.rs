@@ -25,13 +25,14 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, getppid, pipe2, setsid, ForkResult};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, getppid, pipe2, setsid, ForkResult, Pid};
 use oci_spec::runtime::Spec;
 
 use super::identity::{exec_program, Identity, Never, EXEC_FAILED};
@@ -264,15 +265,7 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
         }
         ForkResult::Parent { child } => {
             drop((in_r, out_w, err_w));
-            relay(in_w, out_r, err_r);
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(enter("wait")(e)),
-                }
-            }
+            relay(in_w, out_r, err_r, child).map_err(enter("wait"))
         }
     }
 }
@@ -303,11 +296,14 @@ fn command(
 }
 
 /// Copies the caller's stdin to the command, and the command's stdout and stderr to the
-/// caller's, until both outputs end (the command and whatever it left running exited).
+/// caller's, until the command has exited and its outputs ended, or [`DRAIN`] after its
+/// exit (what it left running in the background may hold them open for ever: the
+/// command's exit decides, as for an exec healthcheck); returns its exit status (128 +
+/// the signal that ended it).
 /// One thread (a process that joined another pid namespace cannot make threads): the
 /// command's stdin is written without blocking, what it has not taken yet kept, so a
 /// command that writes much before it reads never deadlocks against us.
-fn relay(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) {
+fn relay(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd, child: Pid) -> nix::Result<i32> {
     let mut to_command = Some(File::from(stdin));
     if let Some(f) = &to_command {
         let _ = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
@@ -326,7 +322,21 @@ fn relay(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) {
     ];
     let mut open = [true, true];
     let mut buf = [0u8; 16 * 1024];
-    while open.iter().any(|o| *o) {
+    let mut exited: Option<(i32, Instant)> = None;
+    loop {
+        if exited.is_none() {
+            exited = match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Some((code, Instant::now())),
+                Ok(WaitStatus::Signaled(_, sig, _)) => Some((128 + sig as i32, Instant::now())),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => None,
+                Err(e) => return Err(e),
+            };
+        }
+        match exited {
+            Some((code, _)) if !open.iter().any(|o| *o) => return Ok(code),
+            Some((code, at)) if at.elapsed() >= DRAIN => return Ok(code),
+            _ => {}
+        }
         // What to wait for: each open output; the caller's stdin while nothing is
         // pending; the command's stdin while something is.
         let mut fds: Vec<PollFd> = Vec::new();
@@ -349,7 +359,8 @@ fn relay(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) {
             }
             _ => None,
         };
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        // Woken at least every 50 ms to see whether the command has exited.
+        if poll(&mut fds, PollTimeout::from(50u8)).is_err() {
             continue; // EINTR
         }
         let ready: Vec<bool> = fds
@@ -426,6 +437,9 @@ fn init_cgroup_dir(container_dir: &Path, container_path: &str, proc_cgroup: &str
             |p| PathBuf::from(format!("{root}{p}")),
         )
 }
+
+/// How long output is still relayed after the command exited.
+const DRAIN: Duration = Duration::from_millis(100);
 
 /// A small file of the container's, read as text: a regular file only (a FIFO would
 /// block), at most 1 MiB. Missing or odd: empty, as an image without the file.

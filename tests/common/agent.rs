@@ -261,6 +261,19 @@ impl Agent {
         );
     }
 
+    /// `wharf exec [extra...] name -- sh -c cmd` against this agent's roots: exit code,
+    /// stdout, stderr.
+    pub fn exec(&self, extra: &[&str], name: &str, cmd: &str) -> (i32, String, String) {
+        let (state, run) = (
+            self.state.display().to_string(),
+            self.run.display().to_string(),
+        );
+        let mut args = vec!["exec", "--state", &state, "--run-dir", &run];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[name, "--", "sh", "-c", cmd]);
+        wharf_full(&args)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("agent.log")).unwrap_or_default()
     }
