@@ -147,12 +147,13 @@ fn with_new_results(
         Vec<crate::health::ProbeResult>,
     )>,
 ) {
-    for (name, pid, health, probes) in changed {
-        if let Some(c) = status
-            .containers
-            .iter_mut()
-            .find(|c| c.name == name && c.pid == Some(pid))
-        {
+    // By instance (the monitor's key), not container name.
+    for (instance, pid, health, probes) in changed {
+        if let Some(c) = status.containers.iter_mut().find(|c| {
+            c.health_target
+                .as_ref()
+                .is_some_and(|t| t.name == instance && t.pid == pid)
+        }) {
             c.health = Some(health);
             c.probes = probes;
         }
@@ -334,8 +335,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             Ok((status, wake)) => {
                 if first_pass {
                     // Cgroups left by a crash between creating a cgroup and its record.
-                    let known: Vec<String> =
-                        status.containers.iter().map(|c| c.name.clone()).collect();
+                    let known: Vec<String> = reconciler.instances().to_vec();
                     let rt = linux.clone();
                     let removed =
                         tokio::task::spawn_blocking(move || rt.remove_orphan_cgroups(&known))
@@ -351,6 +351,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     .containers
                     .iter()
                     .filter_map(|c| c.health_target.clone())
+                    .chain(status.standby_health_targets.iter().cloned())
                     .collect();
                 health.update(&targets);
                 with_health(&mut status, &health);

@@ -70,6 +70,7 @@ impl Server {
         failed.exit_code = Some(127);
         failed.message = Some("exec: \"postgres\": not found".to_owned());
         let snapshot = StatusSnapshot {
+            standby_health_targets: Vec::new(),
             containers: vec![container("web", Some(log.clone())), failed],
             manifests: vec![ManifestReport {
                 file: "web.yaml".to_owned(),

@@ -28,17 +28,9 @@ impl Container {
 
     /// The camelCase names of fields set to a value this release cannot apply yet.
     /// The caller decides what to do (report, refuse to start); the manifest is
-    /// still valid.
+    /// still valid. (None at present: every field of manifest v1 is applied.)
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
-        let s = &self.spec;
-        let mut out = Vec::new();
-        if s.update
-            .as_ref()
-            .is_some_and(|u| u.strategy != Default::default())
-        {
-            out.push("update");
-        }
-        out
+        Vec::new()
     }
 }
 

@@ -345,7 +345,17 @@ fn dependencies_capabilities_and_signals_are_normalised_or_rejected() {
     assert_eq!(c.spec.depends_on[0].condition, DependencyCondition::Started);
     assert_eq!(c.spec.stop_signal.as_deref(), Some("SIGQUIT"));
     assert_eq!(c.spec.capabilities.as_ref().unwrap().add, ["CAP_NET_RAW"]);
-    assert_eq!(c.unsupported_fields(), ["update"]);
+    assert_eq!(
+        c.spec.update.as_ref().map(|u| u.strategy),
+        Some(UpdateStrategy::StartFirst)
+    );
+    let e = errors(&spec(
+        "  image: busybox\n  networks: [host]\n  update: {strategy: StartFirst}\n",
+    ));
+    assert!(
+        e[0].contains("StartFirst cannot be used with networks [host]"),
+        "{e:?}"
+    );
     let e = errors(&spec(
         "  image: busybox\n  dependsOn: [web, {name: db, condition: Ready}]\n  capabilities: {add: [NET_ADMN]}\n",
     ));

@@ -195,12 +195,19 @@ impl Network for BridgeNetwork {
             }
         }
         let (netns, attached) = st.nets.attach(&spec.container, &configs).await?;
+        st.nets.set_standby(&spec.container, spec.standby);
+        // A standby instance's ports are published at its handover.
+        let ports = if spec.standby {
+            Vec::new()
+        } else {
+            spec.ports.clone()
+        };
         let mut wanted = st.ports.clone();
-        wanted.insert(spec.container.clone(), spec.ports.clone());
+        wanted.insert(spec.container.clone(), ports.clone());
         // Rebuilding the table costs an `nft` run: skip it when this container
         // publishes nothing now and published nothing before.
         let unchanged =
-            spec.ports.is_empty() && st.ports.get(&spec.container).is_none_or(|p| p.is_empty());
+            ports.is_empty() && st.ports.get(&spec.container).is_none_or(|p| p.is_empty());
         let errors = if unchanged {
             Vec::new()
         } else {
@@ -242,6 +249,46 @@ impl Network for BridgeNetwork {
         })
     }
 
+    async fn handover(&self, from: &str, to: &str, ports: &[PortMapping]) -> Result<(), NetError> {
+        let _writing = self.hosts_writing.lock().await;
+        let files = {
+            let mut st = self.state.lock().await;
+            if !st.nets.attachments().contains_key(to) {
+                return Err(NetError::InvalidAttach {
+                    container: to.to_owned(),
+                    reason: "cannot hand over to an instance that is not attached".into(),
+                });
+            }
+            let mut wanted = st.ports.clone();
+            wanted.remove(from);
+            wanted.insert(to.to_owned(), ports.to_vec());
+            if wanted != st.ports {
+                // One table, one batch: the old DNAT rules go as the new ones come.
+                let errors = st.nets.apply_ports(&wanted)?;
+                if let Some((_, reason)) = errors.iter().find(|(c, _)| c == to) {
+                    let reason = reason.clone();
+                    let old = st.ports.clone();
+                    if let Err(e) = st.nets.apply_ports(&old) {
+                        tracing::warn!(container = %from, error = %e, "restore published ports");
+                    }
+                    return Err(NetError::PortsUnavailable {
+                        container: to.to_owned(),
+                        reason,
+                    });
+                }
+                st.ports = wanted;
+            }
+            st.nets.set_standby(to, false);
+            st.nets.set_standby(from, true);
+            hosts_files(&st, &self.state_root)
+        };
+        // At once, not batched: peers resolve the name to the new instance from now on.
+        tokio::task::spawn_blocking(move || write_hosts_files(&files))
+            .await
+            .ok();
+        Ok(())
+    }
+
     async fn detach(&self, container: &str) -> Result<(), NetError> {
         let mut st = self.state.lock().await;
         if st.ports.remove(container).is_some_and(|p| !p.is_empty()) {
@@ -264,6 +311,11 @@ impl Network for BridgeNetwork {
 
     async fn adopt(&self, observed: &[Observed]) {
         let mut st = self.state.lock().await;
+        // Which instance of each container serves (an update may have been cut short).
+        let serving: Vec<String> = crate::runtime::instance::roles(observed.to_vec())
+            .into_values()
+            .map(|i| i.current.name)
+            .collect();
         for o in observed {
             let Some(meta) = o.meta.as_ref().filter(|m| !m.networks.is_empty()) else {
                 continue;
@@ -278,7 +330,16 @@ impl Network for BridgeNetwork {
                 tracing::warn!(container = %o.name, error = %e, "re-attach networks");
                 continue;
             }
-            st.ports.insert(o.name.clone(), meta.ports.clone());
+            let serves = serving.contains(&o.name);
+            st.nets.set_standby(&o.name, !serves);
+            st.ports.insert(
+                o.name.clone(),
+                if serves {
+                    meta.ports.clone()
+                } else {
+                    Vec::new()
+                },
+            );
         }
         let known: Vec<String> = observed.iter().map(|o| o.name.clone()).collect();
         match st.nets.cleanup_orphans(&known).await {
@@ -332,11 +393,16 @@ impl Network for BridgeNetwork {
                     .get(&name)
                     .or_else(|| st.nets.networks().get(&name));
                 let bridge = net.filter(|n| n.kind == NetworkKind::Bridge);
+                // By container name; an update's standby instance is not a member yet.
                 let containers = st
                     .nets
                     .members(&name)
                     .into_iter()
-                    .map(|(name, ip)| NetworkMember { name, ip })
+                    .filter(|(instance, _)| st.nets.serving(instance))
+                    .map(|(instance, ip)| NetworkMember {
+                        name: crate::runtime::instance::container_of(&instance).to_owned(),
+                        ip,
+                    })
                     .collect();
                 NetworkStatus {
                     driver: net.map(|n| n.kind).unwrap_or(NetworkKind::Bridge),

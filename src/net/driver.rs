@@ -252,6 +252,9 @@ pub struct Networks {
     records: Records,
     netlink: Netlink,
     attached: BTreeMap<String, ContainerAttachment>,
+    /// Attached instances that do not serve (a StartFirst update's new version before
+    /// the handover, the old one after): left out of peers' hosts files.
+    standby: BTreeSet<String>,
     /// The port rules in the applied firewall table, per container.
     published: BTreeMap<String, Vec<PortRule>>,
     /// The host's routes at the last [`Networks::refresh_host_routes`], for choosing
@@ -287,6 +290,7 @@ impl Networks {
             records,
             netlink: Netlink::connect()?,
             attached: BTreeMap::new(),
+            standby: BTreeSet::new(),
             published: BTreeMap::new(),
             host_routes: None,
             firewall_checked: false,
@@ -600,27 +604,42 @@ impl Networks {
             .unwrap_or_default()
     }
 
-    /// The `/etc/hosts` of `container` with `hostname`: its own addresses and every
-    /// peer on a shared network (see [`super::hosts`]).
-    pub fn hosts_file(&self, container: &str, hostname: &str) -> String {
+    /// Marks an attached instance as standby (not serving: see [`Self::hosts_file`]),
+    /// or as serving.
+    pub fn set_standby(&mut self, instance: &str, standby: bool) {
+        if standby {
+            self.standby.insert(instance.to_owned());
+        } else {
+            self.standby.remove(instance);
+        }
+    }
+
+    /// Whether an instance serves (is not standby).
+    pub fn serving(&self, instance: &str) -> bool {
+        !self.standby.contains(instance)
+    }
+
+    /// The `/etc/hosts` of `instance` with `hostname`: its own addresses and every
+    /// serving peer on a shared network, by container name (see [`super::hosts`]).
+    pub fn hosts_file(&self, instance: &str, hostname: &str) -> String {
         use super::hosts::{render_hosts, Member};
-        let all: Vec<Member<'_>> = self
+        use crate::runtime::instance::container_of;
+        fn member<'a>(name: &'a str, a: Option<&'a ContainerAttachment>) -> Member<'a> {
+            Member {
+                container: container_of(name),
+                addrs: a
+                    .map(|a| a.nets.iter().map(|n| (n.network.as_str(), n.ip)).collect())
+                    .unwrap_or_default(),
+            }
+        }
+        let me = member(instance, self.attached.get(instance));
+        let peers: Vec<Member<'_>> = self
             .attached
             .iter()
-            .map(|(name, a)| Member {
-                container: name.as_str(),
-                addrs: a.nets.iter().map(|n| (n.network.as_str(), n.ip)).collect(),
-            })
+            .filter(|(name, _)| !self.standby.contains(*name))
+            .map(|(name, a)| member(name, Some(a)))
             .collect();
-        let me = all
-            .iter()
-            .find(|m| m.container == container)
-            .cloned()
-            .unwrap_or(Member {
-                container,
-                addrs: Vec::new(),
-            });
-        render_hosts(&me, hostname, &all)
+        render_hosts(&me, hostname, &peers)
     }
 
     /// The containers with a lease or an attachment on `network`, sorted.

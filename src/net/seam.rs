@@ -52,6 +52,10 @@ pub struct AttachSpec {
     /// Bridge networks by name, in interface order (`eth0` first).
     pub networks: Vec<String>,
     pub ports: Vec<PortMapping>,
+    /// A StartFirst update's new version, beside the one that serves: attached with
+    /// its own address, but its ports are not published and peers do not resolve its
+    /// name to it until [`Network::handover`].
+    pub standby: bool,
 }
 
 /// What attaching gave the container.
@@ -84,6 +88,16 @@ pub trait Network: Send + Sync + 'static {
     /// Attaches a container to its networks and publishes its ports. Idempotent: a
     /// container attached before keeps its addresses.
     fn attach(&self, spec: &AttachSpec) -> impl Future<Output = Result<Attached, NetError>> + Send;
+    /// Moves a container's published ports and its name from instance `from` to the
+    /// standby instance `to` (a StartFirst update): the ports in one firewall batch, so
+    /// a connection attempt finds one or the other, never neither; then peers' hosts
+    /// files. `from` becomes standby (it is removed next). Idempotent.
+    fn handover(
+        &self,
+        from: &str,
+        to: &str,
+        ports: &[PortMapping],
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
     /// Undoes [`Network::attach`]: links, addresses, ports, namespace. Unknown: success.
     fn detach(&self, container: &str) -> impl Future<Output = Result<(), NetError>> + Send;
     /// A container attached with [`Network::attach`] has started: its peers' hosts

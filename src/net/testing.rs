@@ -161,7 +161,8 @@ impl Network for FakeNetwork {
             });
         }
         let clash = st.attached.iter().find(|(c, (_, ports))| {
-            *c != &spec.container
+            !spec.standby
+                && *c != &spec.container
                 && ports.iter().any(|p| {
                     spec.ports
                         .iter()
@@ -174,16 +175,37 @@ impl Network for FakeNetwork {
                 reason: format!("a host port is published by container {other:?}"),
             });
         }
-        st.attached.insert(
-            spec.container.clone(),
-            (addresses.clone(), spec.ports.clone()),
-        );
+        let published = if spec.standby {
+            Vec::new()
+        } else {
+            spec.ports.clone()
+        };
+        st.attached
+            .insert(spec.container.clone(), (addresses.clone(), published));
         Ok(Attached {
             netns: PathBuf::from(format!("/run/fake/netns/{}", spec.container)),
             etc_files: vec![("hostname".into(), format!("{}\n", spec.hostname))],
             addresses,
             ports: spec.ports.clone(),
         })
+    }
+
+    async fn handover(&self, from: &str, to: &str, ports: &[PortMapping]) -> Result<(), NetError> {
+        self.record(format!("handover {from} {to}"));
+        let mut st = self.state.lock().expect("state");
+        if !st.attached.contains_key(to) {
+            return Err(NetError::InvalidAttach {
+                container: to.to_owned(),
+                reason: "cannot hand over to an instance that is not attached".into(),
+            });
+        }
+        if let Some((_, p)) = st.attached.get_mut(from) {
+            p.clear();
+        }
+        if let Some((_, p)) = st.attached.get_mut(to) {
+            *p = ports.to_vec();
+        }
+        Ok(())
     }
 
     async fn detach(&self, container: &str) -> Result<(), NetError> {
@@ -283,6 +305,7 @@ pub async fn conformance<N: Network>(net: &N, prefix: &str, subnet: Ipv4Cidr) {
         hostname: c1.clone(),
         networks: vec![name.clone()],
         ports: Vec::new(),
+        standby: false,
     };
     let err = net.attach(&spec).await.expect_err("not made yet");
     assert!(
@@ -312,6 +335,25 @@ pub async fn conformance<N: Network>(net: &N, prefix: &str, subnet: Ipv4Cidr) {
         .expect("network status")
         .containers;
     assert!(members.iter().any(|m| m.name == c1), "{members:?}");
+
+    // A standby instance (an update's new version) gets its own address; the handover
+    // to it works, again too, and only to an attached instance.
+    let c2 = format!("{prefix}c1.alt");
+    let standby = AttachSpec {
+        container: c2.clone(),
+        standby: true,
+        ..spec.clone()
+    };
+    let second = net.attach(&standby).await.expect("attach standby");
+    assert_ne!(second.addresses, first.addresses, "its own address");
+    net.handover(&c1, &c2, &[]).await.expect("handover");
+    net.handover(&c1, &c2, &[]).await.expect("handover again");
+    let err = net
+        .handover(&c1, &format!("{prefix}ghost"), &[])
+        .await
+        .expect_err("handover to an unattached instance");
+    assert!(matches!(err, NetError::InvalidAttach { .. }), "{err}");
+    net.detach(&c2).await.expect("detach standby");
 
     // Removing is refused while a container is attached, and names it.
     let err = net.remove(&name).await.expect_err("in use");

@@ -10,12 +10,13 @@ use tokio::sync::mpsc;
 use super::memo::Memo;
 use super::plan::{self, Inputs, NetworkInputs, Step, VolumeInputs};
 use super::report::container_status;
-use super::status::{ManifestError, ManifestReport, StatusSnapshot};
+use super::status::{ContainerState, ManifestError, ManifestReport, StatusSnapshot};
 use super::task::{Memos, NetworkTask, Task, VolumeTask};
 use super::Images;
 use crate::manifest::DesiredState;
 use crate::net::driver::NetworkConfig;
 use crate::net::{Network, NetworkStatus};
+use crate::runtime::instance::Role;
 use crate::runtime::{Observed, ObservedState, Runtime, RuntimeError};
 use crate::volumes::Volumes;
 
@@ -52,6 +53,8 @@ pub struct Reconciler<R: Runtime, I: Images, N: Network, V: Volumes> {
     health: BTreeMap<String, (i32, crate::health::Health)>,
     /// Why the networks could not be resolved, if they could not.
     resolve_error: Option<String>,
+    /// The runtime instances of the last pass (see [`crate::runtime::instance`]).
+    instances: Vec<String>,
     done_tx: mpsc::UnboundedSender<String>,
     done_rx: mpsc::UnboundedReceiver<String>,
 }
@@ -72,6 +75,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             waiting: BTreeMap::new(),
             health: BTreeMap::new(),
             resolve_error: None,
+            instances: Vec::new(),
             done_tx,
             done_rx,
         }
@@ -100,6 +104,12 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
     /// Whether any step is still running.
     pub fn busy(&self) -> bool {
         !self.inflight.is_empty()
+    }
+
+    /// The runtime instances the last pass saw (`web`, and `web.alt` during or after a
+    /// StartFirst update): what owns a cgroup.
+    pub fn instances(&self) -> &[String] {
+        &self.instances
     }
 
     /// At agent start, before the first pass: makes the declared networks (so the
@@ -143,11 +153,12 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                 return;
             }
         };
+        // Either slot: a StartFirst update attaches the other one.
         known.extend(
             self.inflight
                 .keys()
                 .filter_map(|k| k.strip_prefix("Container/"))
-                .map(str::to_owned),
+                .flat_map(|n| [n.to_owned(), crate::runtime::instance::alternate(n)]),
         );
         self.network.forget_others(&known).await;
     }
@@ -188,20 +199,17 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         &mut self,
         desired: &DesiredState,
     ) -> Result<(StatusSnapshot, Option<Instant>), RuntimeError> {
-        let observed: BTreeMap<String, Observed> = self
-            .runtime
-            .list()
-            .await?
-            .into_iter()
-            .map(|o| (o.name.clone(), o))
-            .collect();
+        let listed = self.runtime.list().await?;
+        self.instances = listed.iter().map(|o| o.name.clone()).collect();
+        // By container: the instance that serves, and the other one during an update.
+        let (observed, others) = crate::runtime::instance::by_container(listed);
         let networks = self.network_inputs(desired).await;
         let mut on_disk = self.volumes.list().await;
         on_disk
             .held
             .extend(self.inflight_volumes.values().flatten().cloned());
         let now = Instant::now();
-        let mut inputs = self.inputs(desired, &observed, now);
+        let mut inputs = self.inputs(desired, &observed, &others, now);
         inputs.volumes = Some(self.volume_inputs(desired, on_disk));
         inputs.networks = match networks {
             Some(nets) => Some(self.network_backoff(nets)),
@@ -274,6 +282,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                             .map(|c| super::inputs::effective_hash(&c.object, desired))
                             .unwrap_or_default(),
                         observed: observed.get(name).cloned(),
+                        other: others.get(name).cloned(),
                     };
                     tokio::spawn(async move {
                         task.run(step).await;
@@ -283,7 +292,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             }
         }
         self.waiting = plan.waiting;
-        let mut status = self.status(desired, &observed);
+        let mut status = self.status(desired, &observed, &others);
         status.networks = self.network_statuses(&resolved).await;
         Ok((status, plan.wake_at))
     }
@@ -411,20 +420,16 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         &self,
         desired: &DesiredState,
         observed: &BTreeMap<String, Observed>,
+        others: &BTreeMap<String, (Observed, Role)>,
         now: Instant,
     ) -> Inputs {
         let mut inputs = super::inputs::inputs(desired, observed);
         for (name, have) in &mut inputs.observed {
-            let pid = match observed.get(name).map(|o| &o.state) {
-                Some(ObservedState::Running(r)) => r.pid,
-                _ => continue,
-            };
-            have.health = self
-                .health
-                .get(name)
-                .filter(|(p, _)| *p == pid)
-                .map(|(_, h)| *h);
+            if let Some(o) = observed.get(name) {
+                have.health = self.health_of(o);
+            }
         }
+        super::inputs::add_others(&mut inputs, others, |o| self.health_of(o));
         let mut memos = self.memos.lock().expect("memo lock");
         memos
             .retain(|name, _| desired.containers.contains_key(name) || observed.contains_key(name));
@@ -453,6 +458,9 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             if memo.gave_up {
                 inputs.failed.insert(name.clone());
             }
+            if memo.rollback.is_some() {
+                inputs.rolled_back.insert(name.clone());
+            }
         }
         // A removal that failed (a file it cannot delete) waits too, not replanned at
         // every finished step.
@@ -464,14 +472,27 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
         inputs
     }
 
+    /// The health of a running instance, from the monitor (keyed by instance and pid).
+    fn health_of(&self, o: &Observed) -> Option<crate::health::Health> {
+        let ObservedState::Running(r) = &o.state else {
+            return None;
+        };
+        self.health
+            .get(&o.name)
+            .filter(|(p, _)| *p == r.pid)
+            .map(|(_, h)| *h)
+    }
+
     fn status(
         &self,
         desired: &DesiredState,
         observed: &BTreeMap<String, Observed>,
+        others: &BTreeMap<String, (Observed, Role)>,
     ) -> StatusSnapshot {
         let memos = self.memos.lock().expect("memo lock").clone();
         let now = Instant::now();
         let mut containers = Vec::new();
+        let mut standby_targets = Vec::new();
         for (name, c) in &desired.containers {
             let memo = memos.get(name).cloned().unwrap_or_default();
             let mut s = container_status(
@@ -491,8 +512,18 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                     .map(|m| m.hash.as_str()),
                 &memo,
             );
+            if let (Some(why), ContainerState::Running, None) =
+                (&memo.rollback, s.state, &s.message)
+            {
+                s.message = Some(why.clone());
+            }
             if let (Some(what), None) = (self.waiting.get(name), &s.message) {
                 s.message = Some(format!("waiting for {what}"));
+            }
+            // A StartFirst update's new version is probed as it starts: its health
+            // decides the update.
+            if let Some((o, Role::Candidate)) = others.get(name) {
+                standby_targets.extend(super::report::health_target(o, false));
             }
             let missing = super::inputs::missing_networks(&c.object, desired);
             if !missing.is_empty() {
@@ -542,6 +573,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             images: Vec::new(),
             networks: Vec::new(),
             volumes: Vec::new(),
+            standby_health_targets: standby_targets,
         }
     }
 }

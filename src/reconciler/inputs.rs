@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use super::plan::{Have, Inputs, Phase, Step, Want};
-use crate::manifest::{changed_fields, Container, DesiredState};
+use std::time::Duration;
+
+use super::plan::{Have, Inputs, Next, Phase, Rollout, Step, Want, DEFAULT_UPDATE_TIMEOUT};
+use crate::manifest::{changed_fields, Container, DesiredState, UpdateStrategy};
+use crate::runtime::instance::Role;
 use crate::runtime::{Observed, ObservedState};
 
 /// The hash that decides replace-or-keep for a container: its spec hash, extended with
@@ -84,6 +87,8 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
                 networks: bridge_networks(&c.object),
                 volumes: c.object.volume_names().map(str::to_owned).collect(),
                 depends_on: c.object.spec.depends_on.clone(),
+                rollout: rollout(&c.object),
+                healthcheck: c.object.spec.healthcheck.is_some(),
             },
         );
     }
@@ -92,46 +97,82 @@ pub fn inputs(desired: &DesiredState, observed: &BTreeMap<String, Observed>) -> 
             // Its record is of a newer wharf: neither replaced nor removed.
             inputs.frozen.insert(name.clone());
         }
-        let phase = match &o.state {
-            ObservedState::Running(_) => Phase::Running,
-            ObservedState::Exited(e) if e.error.is_some() => Phase::StartFailed,
-            ObservedState::Exited(e) => Phase::Exited { code: e.exit_code },
-            ObservedState::Lost => Phase::Lost,
-        };
-        inputs.observed.insert(
-            name.clone(),
-            Have {
-                hash: o.meta.as_ref().map(|m| m.hash.clone()),
-                phase,
-                networks: o
-                    .meta
-                    .as_ref()
-                    .map(|m| m.networks.clone())
-                    .unwrap_or_default(),
-                volumes: o
-                    .meta
-                    .as_ref()
-                    .map(|m| m.volumes.clone())
-                    .unwrap_or_default(),
-                unknown: o.refused.is_some(),
-                // Filled in by the reconciler, which knows the health monitor's view.
-                health: None,
-                depends_on: o
-                    .meta
-                    .as_ref()
-                    .and_then(|m| m.spec.as_ref())
-                    .map(|c| c.spec.depends_on.iter().map(|d| d.name.clone()).collect())
-                    .unwrap_or_default(),
-            },
-        );
+        inputs.observed.insert(name.clone(), have(o));
     }
     inputs
+}
+
+/// The planner's view of one runtime instance (its `next` and `health` filled in by
+/// the reconciler, which sees both instances and the health monitor).
+pub fn have(o: &Observed) -> Have {
+    let phase = match &o.state {
+        ObservedState::Running(_) => Phase::Running,
+        ObservedState::Exited(e) if e.error.is_some() => Phase::StartFailed,
+        ObservedState::Exited(e) => Phase::Exited { code: e.exit_code },
+        ObservedState::Lost => Phase::Lost,
+    };
+    let meta = o.meta.as_ref();
+    Have {
+        hash: meta.map(|m| m.hash.clone()),
+        phase,
+        networks: meta.map(|m| m.networks.clone()).unwrap_or_default(),
+        volumes: meta.map(|m| m.volumes.clone()).unwrap_or_default(),
+        unknown: o.refused.is_some(),
+        health: None,
+        depends_on: meta
+            .and_then(|m| m.spec.as_ref())
+            .map(|c| c.spec.depends_on.iter().map(|d| d.name.clone()).collect())
+            .unwrap_or_default(),
+        next: None,
+    }
+}
+
+/// Adds each container's other instance (a StartFirst update's) to `inputs`, with
+/// its health from `health_of`.
+pub fn add_others(
+    inputs: &mut Inputs,
+    others: &BTreeMap<String, (Observed, Role)>,
+    health_of: impl Fn(&Observed) -> Option<crate::health::Health>,
+) {
+    let now_ms = crate::runtime::records::now_ms();
+    for (name, (o, role)) in others {
+        let Some(have) = inputs.observed.get_mut(name) else {
+            continue;
+        };
+        let other = self::have(o);
+        // It holds what it was made with too.
+        have.networks.extend(other.networks);
+        have.volumes.extend(other.volumes);
+        have.next = Some(Next {
+            role: *role,
+            hash: other.hash,
+            phase: other.phase,
+            health: health_of(o),
+            age: match &o.state {
+                ObservedState::Running(r) => {
+                    Duration::from_millis((now_ms - r.started_at_ms).max(0) as u64)
+                }
+                _ => Duration::ZERO,
+            },
+            generation: o.meta.as_ref().map_or(0, |m| m.generation),
+        });
+    }
+}
+
+/// How `c`'s replacements are rolled out.
+pub fn rollout(c: &Container) -> Rollout {
+    match &c.spec.update {
+        Some(u) if u.strategy == UpdateStrategy::StartFirst => Rollout::StartFirst {
+            timeout: u.timeout.unwrap_or(DEFAULT_UPDATE_TIMEOUT),
+        },
+        _ => Rollout::Recreate,
+    }
 }
 
 /// Fills in which fields a replace changes, from the manifest object the old container
 /// was created from (kept in its record) and the new one.
 pub fn explain(step: &mut Step, desired: &DesiredState, observed: &BTreeMap<String, Observed>) {
-    let Step::Replace { name, changed } = step else {
+    let (Step::Replace { name, changed } | Step::StartNext { name, changed }) = step else {
         return;
     };
     let old = observed

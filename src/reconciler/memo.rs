@@ -28,6 +28,9 @@ pub struct Memo {
     pub not_before: Option<(Instant, SystemTime)>,
     /// The run whose exit was already accounted for.
     pub seen_exit_run: Option<u64>,
+    /// Why this spec's StartFirst update was rolled back: it is not tried again until
+    /// the spec changes (a new memo), whatever the old version's restarts do.
+    pub rollback: Option<String>,
 }
 
 impl Memo {

@@ -47,4 +47,6 @@ pub trait Images: Send + Sync + 'static {
 }
 
 #[cfg(test)]
+mod rollout_tests;
+#[cfg(test)]
 mod tests;

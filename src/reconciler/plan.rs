@@ -2,12 +2,31 @@
 //! converge them. No I/O, no clock: time comes in as `now`, backoff as `not_before`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::health::Health;
 use crate::manifest::{Dependency, DependencyCondition, RestartPolicy};
 use crate::net::driver::NetworkConfig;
+use crate::runtime::instance::Role;
 use crate::volumes::{Action, Declared, OnDisk};
+
+/// How long a StartFirst update's new version without a healthcheck must have run
+/// before it takes the traffic (Docker Swarm's `--update-monitor` default).
+pub const READY_AFTER: Duration = Duration::from_secs(5);
+
+/// How long a StartFirst update's new version has to become ready by default.
+pub const DEFAULT_UPDATE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// How a replacement is rolled out (`spec.update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rollout {
+    /// Stop the old container, then start the new one.
+    #[default]
+    Recreate,
+    /// Start the new one beside the old, move the traffic once it is ready, then stop
+    /// the old; roll back if it is not ready within `timeout`.
+    StartFirst { timeout: Duration },
+}
 
 /// A container as the manifests want it.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +41,11 @@ pub struct Want {
     pub volumes: Vec<String>,
     /// The containers it waits for before it is created or replaced.
     pub depends_on: Vec<Dependency>,
+    /// How a replacement is rolled out.
+    pub rollout: Rollout,
+    /// It has a healthcheck: a StartFirst update waits for `healthy`, not
+    /// [`READY_AFTER`].
+    pub healthcheck: bool,
 }
 
 /// What a container is doing, as far as the planner cares.
@@ -55,6 +79,38 @@ pub struct Have {
     pub health: Option<Health>,
     /// The containers it was made to depend on: when both go, it goes first.
     pub depends_on: Vec<String>,
+    /// Its second instance, during a StartFirst update.
+    pub next: Option<Next>,
+}
+
+/// A container's second instance during a StartFirst update (see
+/// [`crate::runtime::instance`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Next {
+    /// [`Role::Candidate`]: the new version, not yet serving; [`Role::Retired`]: the
+    /// old one, after the new one was promoted.
+    pub role: Role,
+    pub hash: Option<String>,
+    pub phase: Phase,
+    pub health: Option<Health>,
+    /// How long it has been running.
+    pub age: Duration,
+    pub generation: u64,
+}
+
+/// Why a StartFirst update's new version is stopped and removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackReason {
+    /// The manifest changed again (or its strategy did): the next update starts anew.
+    Superseded,
+    /// It exited (or failed to start) before it was ready.
+    Exited,
+    /// It was not ready within `update.timeout`; its health then, if it has a
+    /// healthcheck.
+    NotReady {
+        timeout: Duration,
+        health: Option<Health>,
+    },
 }
 
 impl Have {
@@ -123,6 +179,9 @@ pub struct Inputs {
     /// Names given up on until their spec changes: a permanent failure (an unknown
     /// user, a command the image lacks), or any failed start under `Never`.
     pub failed: BTreeSet<String>,
+    /// Names whose StartFirst update was rolled back: the old version runs on, under
+    /// its own restart policy, until the spec changes again.
+    pub rolled_back: BTreeSet<String>,
 }
 
 /// One step of a plan.
@@ -135,6 +194,17 @@ pub enum Step {
     Replace { name: String, changed: Vec<String> },
     /// Start the same container again (restart policy, or lost after a reboot).
     Restart { name: String },
+    /// StartFirst: pull the new image and start the new version beside the running
+    /// one, standby (no ports, no name); `changed` as for `Replace`.
+    StartNext { name: String, changed: Vec<String> },
+    /// StartFirst: the new version is ready: mark it promoted, move the ports and the
+    /// name to it, then stop and remove the old one.
+    Promote { name: String },
+    /// StartFirst: stop and remove the new version; the old one keeps serving.
+    Rollback {
+        name: String,
+        reason: RollbackReason,
+    },
     /// Stop (stop signal, grace, SIGKILL) and remove.
     Remove { name: String },
     /// Create a network, or bring it to its manifest.
@@ -152,6 +222,9 @@ impl Step {
             Step::Create { name }
             | Step::Replace { name, .. }
             | Step::Restart { name }
+            | Step::StartNext { name, .. }
+            | Step::Promote { name }
+            | Step::Rollback { name, .. }
             | Step::Remove { name }
             | Step::EnsureNetwork { name }
             | Step::RemoveNetwork { name }
@@ -223,6 +296,67 @@ fn dependency_wait(want: &Want, inputs: &Inputs) -> Option<String> {
             (DependencyCondition::Completed, _) => format!("{n} to complete"),
         })
     })
+}
+
+/// The step of a StartFirst update in progress, or what it waits for (with when to
+/// look again at the latest).
+fn rollout_step(name: &str, want: &Want, next: &Next) -> Result<Step, (String, Duration)> {
+    let rollback = |reason| {
+        Ok(Step::Rollback {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if next.role == Role::Retired {
+        // Promoted already (an agent stopped half way): finish.
+        return Ok(Step::Promote {
+            name: name.to_owned(),
+        });
+    }
+    let Rollout::StartFirst { timeout } = want.rollout else {
+        return rollback(RollbackReason::Superseded);
+    };
+    if next.hash.as_deref() != Some(want.hash.as_str()) {
+        return rollback(RollbackReason::Superseded);
+    }
+    if next.phase != Phase::Running {
+        return rollback(RollbackReason::Exited);
+    }
+    let ready = if want.healthcheck {
+        next.health == Some(Health::Healthy)
+    } else {
+        next.age >= READY_AFTER
+    };
+    if ready {
+        return Ok(Step::Promote {
+            name: name.to_owned(),
+        });
+    }
+    if next.age >= timeout {
+        return rollback(RollbackReason::NotReady {
+            timeout,
+            health: want
+                .healthcheck
+                .then_some(next.health.unwrap_or(Health::Starting)),
+        });
+    }
+    let what = if want.healthcheck {
+        "to be healthy"
+    } else {
+        "to have run 5s"
+    };
+    let mut wake = timeout - next.age;
+    if !want.healthcheck {
+        wake = wake.min(READY_AFTER - next.age);
+    }
+    Err((
+        format!(
+            "the new version (generation {}) {what}; it is rolled back if it is not within {}",
+            next.generation,
+            crate::units::format_duration(timeout)
+        ),
+        wake,
+    ))
 }
 
 /// Whether a container that exited with `code` is restarted under `policy`.
@@ -339,9 +473,6 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         if inputs.frozen.contains(name) || !want.unsupported.is_empty() {
             continue;
         }
-        if inputs.failed.contains(name) {
-            continue;
-        }
         let waiting_net = nets.and_then(|nets| want.networks.iter().find(|n| !nets.ready(n)));
         let waiting_for = waiting_net
             .map(|n| format!("network {n} to be made"))
@@ -350,15 +481,46 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
                 let v = want.volumes.iter().find(|v| !vols.ready(v))?;
                 Some(format!("volume {v} to be made"))
             });
+        // An update in progress goes on whatever else the container waits for.
+        if let Some(next) = inputs.observed.get(name).and_then(|h| h.next.as_ref()) {
+            match rollout_step(name, want, next) {
+                Ok(step) => {
+                    if !held(inputs.not_before.get(name), &mut out) {
+                        out.steps.push(step);
+                    }
+                }
+                Err((what, wake)) => {
+                    out.waiting.insert(name.clone(), what);
+                    let t = now + wake;
+                    out.wake_at = Some(out.wake_at.map_or(t, |w| w.min(t)));
+                }
+            }
+            continue;
+        }
+        if inputs.failed.contains(name) {
+            continue;
+        }
+        // A rolled back update leaves the old version as it is, restarts included.
+        let outdated = |have: &Have| {
+            have.hash.as_deref() != Some(want.hash.as_str()) && !inputs.rolled_back.contains(name)
+        };
         let step = match inputs.observed.get(name) {
             None => Step::Create { name: name.clone() },
-            Some(have) if have.hash.as_deref() != Some(want.hash.as_str()) => {
+            Some(have) if outdated(have) => {
                 if waiting_net.is_some_and(|n| !stuck(n)) {
                     // The old container goes now (its network may be changing under
                     // it); the new one starts once the network is made. Not while a
                     // container this plan leaves alone holds the network: it would
                     // never be remade, and this one would stay down.
                     Step::Remove { name: name.clone() }
+                } else if matches!(want.rollout, Rollout::StartFirst { .. })
+                    && have.phase == Phase::Running
+                {
+                    // (Nothing to keep serving when the old one is down: recreated.)
+                    Step::StartNext {
+                        name: name.clone(),
+                        changed: Vec::new(),
+                    }
                 } else {
                     Step::Replace {
                         name: name.clone(),
@@ -385,7 +547,10 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
         }
         // Dependencies hold a new container and a replacement (the old one keeps
         // running meanwhile), not a restart after a crash, as in Compose.
-        if matches!(step, Step::Create { .. } | Step::Replace { .. }) {
+        if matches!(
+            step,
+            Step::Create { .. } | Step::Replace { .. } | Step::StartNext { .. }
+        ) {
             if let Some(what) = dependency_wait(want, inputs) {
                 out.waiting.insert(name.clone(), what);
                 continue;
@@ -437,6 +602,8 @@ mod tests {
                     networks: vec![],
                     volumes: vec![],
                     depends_on: vec![],
+                    rollout: Rollout::Recreate,
+                    healthcheck: false,
                 },
             );
             self
@@ -452,8 +619,28 @@ mod tests {
                     unknown: false,
                     health: None,
                     depends_on: vec![],
+                    next: None,
                 },
             );
+            self
+        }
+        fn start_first(mut self, name: &str, healthcheck: bool) -> Self {
+            let w = self.0.desired.get_mut(name).expect("wanted");
+            w.rollout = Rollout::StartFirst {
+                timeout: Duration::from_secs(60),
+            };
+            w.healthcheck = healthcheck;
+            self
+        }
+        fn next(mut self, name: &str, hash: &str, phase: Phase, age: Duration) -> Self {
+            self.0.observed.get_mut(name).expect("observed").next = Some(Next {
+                role: Role::Candidate,
+                hash: Some(hash.into()),
+                phase,
+                health: None,
+                age,
+                generation: 2,
+            });
             self
         }
         fn plan(&self, now: Instant) -> Plan {
@@ -920,5 +1107,103 @@ mod tests {
         let p = w.plan(now);
         assert!(p.steps.is_empty());
         assert_eq!(p.wake_at, Some(now + Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn a_start_first_update_of_a_running_container_starts_the_new_version_beside_it() {
+        let w = World::new()
+            .want("web", "h2", RestartPolicy::Always)
+            .start_first("web", true)
+            .have("web", "h1", Phase::Running);
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::StartNext {
+                name: "web".into(),
+                changed: vec![]
+            }]
+        );
+        // Nothing serves when it is down: recreated.
+        let w = World::new()
+            .want("web", "h2", RestartPolicy::Always)
+            .start_first("web", true)
+            .have("web", "h1", Phase::Exited { code: 1 });
+        assert!(matches!(
+            steps(w.plan(Instant::now()))[..],
+            [Step::Replace { .. }]
+        ));
+    }
+
+    #[test]
+    fn without_a_healthcheck_the_new_version_takes_over_after_five_seconds_of_running() {
+        let now = Instant::now();
+        let w = World::new()
+            .want("web", "h2", RestartPolicy::Always)
+            .start_first("web", false)
+            .have("web", "h1", Phase::Running)
+            .next("web", "h2", Phase::Running, Duration::from_secs(4));
+        let p = w.plan(now);
+        assert!(p.steps.is_empty());
+        assert_eq!(p.wake_at, Some(now + Duration::from_secs(1)));
+        assert!(p.waiting["web"].contains("generation 2) to have run 5s"));
+        let w = w.next("web", "h2", Phase::Running, READY_AFTER);
+        assert_eq!(steps(w.plan(now)), [Step::Promote { name: "web".into() }]);
+    }
+
+    #[test]
+    fn a_new_version_not_healthy_by_the_deadline_or_exited_is_rolled_back() {
+        let now = Instant::now();
+        let w = World::new()
+            .want("web", "h2", RestartPolicy::Always)
+            .start_first("web", true)
+            .have("web", "h1", Phase::Running)
+            .next("web", "h2", Phase::Running, Duration::from_secs(59));
+        let p = w.plan(now);
+        assert!(p.steps.is_empty());
+        assert_eq!(p.wake_at, Some(now + Duration::from_secs(1)));
+        let late = w.next("web", "h2", Phase::Running, Duration::from_secs(60));
+        assert_eq!(
+            steps(late.plan(now)),
+            [Step::Rollback {
+                name: "web".into(),
+                reason: RollbackReason::NotReady {
+                    timeout: Duration::from_secs(60),
+                    health: Some(Health::Starting)
+                }
+            }]
+        );
+        let exited = late.next("web", "h2", Phase::Exited { code: 2 }, Duration::ZERO);
+        assert!(matches!(
+            steps(exited.plan(now))[..],
+            [Step::Rollback {
+                reason: RollbackReason::Exited,
+                ..
+            }]
+        ));
+        // The manifest changed again: this one goes, the next update starts anew.
+        let stale = exited.next("web", "h1b", Phase::Running, Duration::ZERO);
+        assert!(matches!(
+            steps(stale.plan(now))[..],
+            [Step::Rollback {
+                reason: RollbackReason::Superseded,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_rolled_back_container_is_restarted_as_it_was_and_not_updated_again() {
+        let mut w = World::new()
+            .want("web", "h2", RestartPolicy::Always)
+            .start_first("web", true)
+            .have("web", "h1", Phase::Running);
+        w.0.rolled_back.insert("web".into());
+        assert!(steps(w.plan(Instant::now())).is_empty());
+        let w = w.have("web", "h1", Phase::Exited { code: 1 });
+        let mut w = w;
+        w.0.rolled_back.insert("web".into());
+        assert_eq!(
+            steps(w.plan(Instant::now())),
+            [Step::Restart { name: "web".into() }]
+        );
     }
 }

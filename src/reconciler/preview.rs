@@ -1,7 +1,6 @@
 //! `wharf plan`: what the agent would do for a folder of manifests, computed offline
 //! from the agent's records on disk, with the same planner.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
@@ -9,7 +8,7 @@ use std::time::Instant;
 use super::inputs::{explain, inputs};
 use super::plan::{plan, Step};
 use crate::manifest::{scan_dir, Diagnostic, Loader, SourceFile};
-use crate::runtime::{Observed, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 
 /// The outcome of a preview.
 #[derive(Debug)]
@@ -49,13 +48,11 @@ pub async fn preview<R: Runtime>(
     if !errors.is_empty() {
         return Ok(Preview::Invalid(errors));
     }
-    let observed: BTreeMap<String, Observed> = runtime
-        .list()
-        .await?
-        .into_iter()
-        .map(|o| (o.name.clone(), o))
-        .collect();
-    let mut steps = plan(&inputs(&desired, &observed), Instant::now()).steps;
+    let (observed, others) = crate::runtime::instance::by_container(runtime.list().await?);
+    // (Offline, health is unknown: an update waiting for it stays waiting.)
+    let mut planned = inputs(&desired, &observed);
+    super::inputs::add_others(&mut planned, &others, |_| None);
+    let mut steps = plan(&planned, Instant::now()).steps;
     for step in &mut steps {
         explain(step, &desired, &observed);
     }
@@ -82,6 +79,19 @@ pub fn render(steps: &[Step], unchanged: &[String]) -> String {
             }
             Step::Replace { name, .. } => writeln!(out, "replace  {name}"),
             Step::Restart { name } => writeln!(out, "restart  {name}"),
+            Step::StartNext { name, changed } if !changed.is_empty() => writeln!(
+                out,
+                "update   {name} ({} changed; StartFirst: the new version starts beside the old)",
+                changed.join(", ")
+            ),
+            Step::StartNext { name, .. } => {
+                writeln!(
+                    out,
+                    "update   {name} (StartFirst: the new version starts beside the old)"
+                )
+            }
+            Step::Promote { name } => writeln!(out, "promote  {name} (its new version is ready)"),
+            Step::Rollback { name, .. } => writeln!(out, "rollback {name}"),
             Step::Remove { name } => writeln!(out, "remove   {name}"),
             Step::EnsureNetwork { name } => writeln!(out, "make     network {name}"),
             Step::RemoveNetwork { name } => writeln!(out, "remove   network {name}"),

@@ -65,6 +65,26 @@ pub(super) fn note_outdated(status: &mut ContainerStatus, running_hash: Option<&
     ));
 }
 
+/// What the health monitor probes of a running instance with a healthcheck: the one
+/// in its record's spec, whatever the manifest now says (a changed healthcheck is a
+/// replace). By instance name: the exec probe enters that instance. Only the serving
+/// one is restarted when unhealthy; a StartFirst update's new version is rolled back
+/// instead.
+pub(super) fn health_target(o: &Observed, serving: bool) -> Option<crate::health::HealthTarget> {
+    let ObservedState::Running(r) = &o.state else {
+        return None;
+    };
+    let c = o.meta.as_ref()?.spec.as_ref()?;
+    Some(crate::health::HealthTarget {
+        name: o.name.clone(),
+        pid: r.pid,
+        start_time: r.start_time,
+        started_at_ms: Some(r.started_at_ms),
+        check: c.spec.healthcheck.clone()?,
+        restart_when_unhealthy: serving && c.spec.restart_policy == RestartPolicy::Always,
+    })
+}
+
 pub(super) fn container_status(
     name: &str,
     desired: Option<&Sourced<Container>>,
@@ -134,19 +154,7 @@ pub(super) fn container_status(
         Some(ObservedState::Running(r)) => {
             status.state = ContainerState::Running;
             status.pid = Some(r.pid);
-            // The healthcheck it runs with: its record's spec, whatever the manifest now
-            // says (a changed healthcheck is a replace).
-            let spec = meta.and_then(|m| m.spec.as_ref());
-            status.health_target = spec.and_then(|c| {
-                Some(crate::health::HealthTarget {
-                    name: name.to_owned(),
-                    pid: r.pid,
-                    start_time: r.start_time,
-                    started_at_ms: Some(r.started_at_ms),
-                    check: c.spec.healthcheck.clone()?,
-                    restart_when_unhealthy: c.spec.restart_policy == RestartPolicy::Always,
-                })
-            });
+            status.health_target = observed.and_then(|o| health_target(o, true));
             if !unsupported.is_empty() {
                 status.message = Some(format!(
                     "the changed spec is not applied, the previous one keeps running: {}",
@@ -204,6 +212,17 @@ pub(super) fn container_status(
                 }
                 Step::Replace { .. } => "replacing: the spec changed".into(),
                 Step::Restart { .. } => "restarting".into(),
+                Step::StartNext { changed, .. } if !changed.is_empty() => format!(
+                    "updating: {} changed; starting the new version beside the running one",
+                    changed.join(", ")
+                ),
+                Step::StartNext { .. } => {
+                    "updating: starting the new version beside the running one".into()
+                }
+                Step::Promote { .. } => {
+                    "updating: the new version is ready; moving the traffic to it and stopping the old one".into()
+                }
+                Step::Rollback { .. } => "rolling back: stopping the new version".into(),
                 // A replace whose network is being remade stops the old one first.
                 Step::Remove { .. } if desired.is_some() => {
                     "replacing: stopping the old container".into()

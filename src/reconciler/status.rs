@@ -182,6 +182,10 @@ pub struct StatusSnapshot {
     pub images: Vec<ImageStatus>,
     pub networks: Vec<crate::net::NetworkStatus>,
     pub volumes: Vec<VolumeStatus>,
+    /// What the health monitor probes besides the containers' own targets: the new
+    /// versions of StartFirst updates (not serialised).
+    #[serde(skip)]
+    pub standby_health_targets: Vec<crate::health::HealthTarget>,
 }
 
 impl StatusSnapshot {

@@ -3,20 +3,23 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use super::memo::Memo;
-use super::plan::Step;
+use super::plan::{RollbackReason, Step};
 use super::Images;
 use crate::class::{Classify, ErrorClass};
 use crate::images::ImageError;
 use crate::manifest::{Container, RestartPolicy, Sourced};
 use crate::net::driver::{NetError, NetworkConfig, PortMapping};
 use crate::net::{AttachSpec, Network};
+use crate::runtime::instance::Role;
 use crate::runtime::process::{plan_process, resolve_capabilities, ProcessRequest};
-use crate::runtime::{ContainerMeta, NetworkMode, Observed, Runtime, RuntimeError, StartRequest};
+use crate::runtime::{
+    ContainerMeta, NetworkMode, Observed, ObservedState, Runtime, RuntimeError, StartRequest,
+};
 use crate::volumes::{Action, Volumes};
 
 pub use crate::manifest::DEFAULT_STOP_GRACE;
@@ -43,14 +46,20 @@ pub enum StepError {
     /// Detaching the removed container from its networks failed.
     #[error(transparent)]
     Detach(NetError),
+    /// Marking a StartFirst update's new version as the one that serves failed.
+    #[error(transparent)]
+    Promote(RuntimeError),
+    /// Moving the published ports and the name to the new version failed.
+    #[error(transparent)]
+    Handover(NetError),
 }
 
 impl Classify for StepError {
     fn class(&self) -> ErrorClass {
         match self {
             StepError::Image { source, .. } => source.class(),
-            StepError::Start(e) | StepError::Teardown(e) => e.class(),
-            StepError::Attach(e) | StepError::Detach(e) => e.class(),
+            StepError::Start(e) | StepError::Teardown(e) | StepError::Promote(e) => e.class(),
+            StepError::Attach(e) | StepError::Detach(e) | StepError::Handover(e) => e.class(),
         }
     }
 }
@@ -64,25 +73,41 @@ pub(super) struct Task<R, I, N> {
     pub desired: Option<Sourced<Container>>,
     /// The desired container's effective hash (see `inputs::effective_hash`).
     pub hash: String,
+    /// The instance that serves (see [`crate::runtime::instance`]).
     pub observed: Option<Observed>,
+    /// The container's other instance, during a StartFirst update.
+    pub other: Option<(Observed, Role)>,
 }
+
+/// How long the old version of a StartFirst update keeps running after the traffic
+/// moved: connections it accepted just before still get their answers.
+const DRAIN: Duration = Duration::from_secs(1);
 
 impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
     pub async fn run(self, step: Step) {
         let name = step.name().to_owned();
         let result = match &step {
-            Step::Remove { .. } => self.remove(&name).await,
+            Step::Remove { .. } => self.remove().await,
             // The new image first: a registry that is down (or a tag that is gone) never
             // takes the running version away.
             Step::Replace { .. } => match self.pull().await {
-                Ok(image) => match self.remove(&name).await {
-                    Ok(()) => self.create(&name, true, Some(image)).await,
+                Ok(image) => match self.teardown_current(true).await {
+                    Ok(()) => self.create(&name, &name, true, false, Some(image)).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
             },
-            Step::Create { .. } => self.create(&name, true, None).await,
-            Step::Restart { .. } => self.create(&name, false, None).await,
+            Step::Create { .. } => self.create(&name, &name, true, false, None).await,
+            Step::Restart { .. } => {
+                let instance = self
+                    .observed
+                    .as_ref()
+                    .map_or(name.clone(), |o| o.name.clone());
+                self.create(&name, &instance, false, false, None).await
+            }
+            Step::StartNext { .. } => self.start_next(&name).await,
+            Step::Promote { .. } => self.promote().await,
+            Step::Rollback { .. } => self.roll_back().await,
             // Networks and volumes have their own tasks.
             Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } | Step::Volume { .. } => Ok(()),
         };
@@ -90,6 +115,10 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             .desired
             .as_ref()
             .map_or(RestartPolicy::Never, |c| c.object.spec.restart_policy);
+        let rolled_back = match &step {
+            Step::Rollback { reason, .. } => self.rollback_message(*reason),
+            _ => None,
+        };
         let mut memos = self.memos.lock().expect("memo lock");
         // The spec changed while this step ran: its outcome is about the old spec, and
         // must not mark the new one (an old permanent failure would fail it unseen).
@@ -100,14 +129,25 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             Ok(()) if matches!(step, Step::Remove { .. }) => {
                 memos.remove(&name);
             }
+            // Superseded: the next update starts afresh.
+            Ok(()) if matches!(step, Step::Rollback { .. }) => {
+                if let Some(why) = rolled_back {
+                    tracing::warn!(container = %name, reason = %why, "update rolled back");
+                    let memo = memos.entry(name).or_default();
+                    memo.note_success(true);
+                    memo.rollback = Some(why);
+                }
+            }
             Ok(()) => memos
                 .entry(name)
                 .or_default()
                 .note_success(matches!(step, Step::Restart { .. })),
             Err(e) => {
                 tracing::warn!(container = %name, error = %e, "step failed");
-                // The start itself: under `Never` that was the one try.
-                let at_start = matches!(e, StepError::Start(_) | StepError::Attach(_));
+                // The start itself: under `Never` that was the one try. (Not an update's
+                // new version: its failure is a rollback, the old one runs on.)
+                let at_start = matches!(e, StepError::Start(_) | StepError::Attach(_))
+                    && !matches!(step, Step::StartNext { .. });
                 memos
                     .entry(name)
                     .or_default()
@@ -116,11 +156,25 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
         }
     }
 
-    /// Stops (its stop signal, its grace period, then SIGKILL) and removes.
-    async fn remove(&self, name: &str) -> Result<(), StepError> {
-        let Some(o) = &self.observed else {
-            return Ok(());
-        };
+    /// Stops and removes every instance of the container: an update's other one first.
+    async fn remove(&self) -> Result<(), StepError> {
+        if let Some((other, _)) = &self.other {
+            self.teardown(other, false).await?;
+        }
+        self.teardown_current(false).await
+    }
+
+    async fn teardown_current(&self, keep_log: bool) -> Result<(), StepError> {
+        match &self.observed {
+            Some(o) => self.teardown(o, keep_log).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops one instance (its stop signal, its grace period, then SIGKILL), removes
+    /// it (`keep_log`: its last output stays, for `--previous`) and detaches it.
+    async fn teardown(&self, o: &Observed, keep_log: bool) -> Result<(), StepError> {
+        let name = o.name.as_str();
         let meta = o.meta.as_ref();
         let signal = meta
             .and_then(|m| Signal::from_str(&m.stop_signal).ok())
@@ -137,8 +191,7 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             .stop(name, signal, grace)
             .await
             .map_err(StepError::Teardown)?;
-        // Replaced (or taken down to be): its last output stays, for `--previous`.
-        let removed = if self.desired.is_some() {
+        let removed = if keep_log {
             self.runtime.remove_for_replace(name).await
         } else {
             self.runtime.remove(name).await
@@ -151,6 +204,88 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             self.network.detach(name).await.map_err(StepError::Detach)?;
         }
         Ok(())
+    }
+
+    /// StartFirst: the new version in the other slot, beside the running one, standby.
+    async fn start_next(&self, name: &str) -> Result<(), StepError> {
+        let Some(current) = &self.observed else {
+            return Err(StepError::Start(RuntimeError::StartFailed(
+                "no running version to update".into(),
+            )));
+        };
+        let image = self.pull().await?;
+        let instance = crate::runtime::instance::alternate(&current.name);
+        self.create(name, &instance, true, true, Some(image)).await
+    }
+
+    /// StartFirst: the new version is ready. Marked promoted first, so an agent killed
+    /// from here on finishes the update rather than rolling back a version that may
+    /// already serve; then the ports and the name move; then the old one stops.
+    async fn promote(&self) -> Result<(), StepError> {
+        let (Some(current), Some((other, role))) = (&self.observed, &self.other) else {
+            return Ok(());
+        };
+        let (old, new) = match role {
+            Role::Retired => (other, current),
+            _ => (current, other),
+        };
+        if !new.promoted {
+            self.runtime
+                .promote(&new.name)
+                .await
+                .map_err(StepError::Promote)?;
+        }
+        if let Some(meta) = new.meta.as_ref().filter(|m| !m.networks.is_empty()) {
+            self.network
+                .handover(&old.name, &new.name, &meta.ports)
+                .await
+                .map_err(StepError::Handover)?;
+            tracing::info!(from = %old.name, to = %new.name, "traffic moved");
+            tokio::time::sleep(DRAIN).await;
+        }
+        self.teardown(old, false).await
+    }
+
+    /// StartFirst: the new version goes; the old one serves on.
+    async fn roll_back(&self) -> Result<(), StepError> {
+        match &self.other {
+            Some((candidate, Role::Candidate)) => self.teardown(candidate, false).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// What the status says after a rollback for `reason`; `None` when the update was
+    /// superseded (not a failure).
+    fn rollback_message(&self, reason: RollbackReason) -> Option<String> {
+        let (candidate, _) = self.other.as_ref()?;
+        let generation = |o: &Observed| o.meta.as_ref().map_or(0, |m| m.generation);
+        let new = generation(candidate);
+        let why = match reason {
+            RollbackReason::Superseded => return None,
+            RollbackReason::NotReady { timeout, health } => format!(
+                "generation {new} was not {} within update.timeout {} ({})",
+                if health.is_some() { "healthy" } else { "ready" },
+                crate::units::format_duration(timeout),
+                match health {
+                    Some(h) => format!("it was {h}"),
+                    None => "it did not run long enough".into(),
+                },
+            ),
+            RollbackReason::Exited => match &candidate.state {
+                ObservedState::Exited(e) => match &e.error {
+                    Some(err) => format!("generation {new} failed to start: {err}"),
+                    None => format!(
+                        "generation {new} exited with code {} before it was ready",
+                        e.exit_code
+                    ),
+                },
+                _ => format!("generation {new} was lost before it was ready"),
+            },
+        };
+        let old = self.observed.as_ref().map_or(0, generation);
+        Some(format!(
+            "rolled back: {why}; generation {old} keeps serving. The update is tried again when the manifest changes (or the agent restarts)"
+        ))
     }
 
     /// The desired spec's image, pulled as its pull policy says.
@@ -170,16 +305,39 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             })
     }
 
-    /// Starts the desired spec: a new container (`fresh`) or the next run of the same
-    /// one; with `pulled`, the image a replace already pulled.
+    /// Starts container `name` as runtime instance `instance`: a new container
+    /// (`fresh`) or the next run of the same one; with `pulled`, the image a replace
+    /// already pulled; `standby`: a StartFirst update's new version, attached without
+    /// its ports and name.
     async fn create(
         &self,
         name: &str,
+        instance: &str,
         fresh: bool,
+        standby: bool,
         pulled: Option<crate::reconciler::ImageInfo>,
     ) -> Result<(), StepError> {
-        let Some(c) = &self.desired else {
+        let Some(desired) = &self.desired else {
             return Ok(());
+        };
+        // A restart restarts what runs: after a rolled back update that is the old
+        // version, from its record, not the spec the manifest now asks for.
+        let recorded = (!fresh)
+            .then(|| self.observed.as_ref()?.meta.as_ref())
+            .flatten()
+            .filter(|m| m.hash != self.hash)
+            .and_then(|m| {
+                Some(Sourced {
+                    object: m.spec.clone()?,
+                    file: m.source.clone(),
+                    line: 0,
+                    column: 0,
+                })
+                .map(|c| (c, m.hash.clone()))
+            });
+        let (c, hash) = match &recorded {
+            Some((c, hash)) => (c, hash.clone()),
+            None => (desired, self.hash.clone()),
         };
         let spec = &c.object.spec;
         let image = match pulled {
@@ -221,7 +379,7 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             .map_or(0, |m| m.generation);
         let meta = ContainerMeta {
             spec: Some(c.object.clone()),
-            hash: self.hash.clone(),
+            hash,
             source: c.file.clone(),
             image: spec.image.clone(),
             image_digest: image.digest.clone(),
@@ -239,7 +397,7 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
         };
         let host = spec.networks.as_deref() == Some(&["host".to_owned()]);
         let mut req = StartRequest {
-            name: name.to_owned(),
+            name: instance.to_owned(),
             hostname,
             process,
             layers: image.layers.clone(),
@@ -284,10 +442,11 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             let attached = self
                 .network
                 .attach(&AttachSpec {
-                    container: name.to_owned(),
+                    container: instance.to_owned(),
                     hostname: req.hostname.clone(),
                     networks: bridges.clone(),
                     ports: spec.ports.iter().map(PortMapping::from).collect(),
+                    standby,
                 })
                 .await
                 .map_err(StepError::Attach)?;
@@ -295,21 +454,22 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             req.etc_files = attached.etc_files;
             req.meta.networks = bridges;
             req.meta.addresses = attached.addresses;
+            // What it publishes once it serves (a standby one's are not yet).
             req.meta.ports = attached.ports;
         }
         match self.runtime.start(req).await {
             Ok(r) => {
-                tracing::info!(container = %name, pid = r.pid, "started");
+                tracing::info!(container = %name, %instance, pid = r.pid, "started");
                 if attach {
-                    self.network.started(name).await;
+                    self.network.started(instance).await;
                 }
                 Ok(())
             }
             Err(e) => {
                 // Undone; a restart attaches again, to the same address.
                 if attach {
-                    if let Err(d) = self.network.detach(name).await {
-                        tracing::warn!(container = %name, error = %d, "detach after a failed start");
+                    if let Err(d) = self.network.detach(instance).await {
+                        tracing::warn!(container = %name, %instance, error = %d, "detach after a failed start");
                     }
                 }
                 Err(StepError::Start(e))

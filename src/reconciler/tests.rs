@@ -16,8 +16,8 @@ use crate::runtime::{ImageConfig, Runtime};
 use crate::volumes::{FakeVolumes, Volumes};
 
 #[derive(Default)]
-struct FakeImages {
-    broken: HashMap<String, String>,
+pub(super) struct FakeImages {
+    pub broken: HashMap<String, String>,
     /// When set, every pull waits for a permit: a create held in flight.
     gate: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -46,10 +46,12 @@ impl Images for FakeImages {
     }
 }
 
-type Fakes = Reconciler<FakeRuntime, FakeImages, FakeNetwork, FakeVolumes>;
+pub(super) type Fakes = Reconciler<FakeRuntime, FakeImages, FakeNetwork, FakeVolumes>;
 
 /// Fakes of every seam.
-fn seams(rt: &Arc<FakeRuntime>) -> Seams<FakeRuntime, FakeImages, FakeNetwork, FakeVolumes> {
+pub(super) fn seams(
+    rt: &Arc<FakeRuntime>,
+) -> Seams<FakeRuntime, FakeImages, FakeNetwork, FakeVolumes> {
     Seams {
         runtime: rt.clone(),
         images: Arc::new(FakeImages::default()),
@@ -59,13 +61,13 @@ fn seams(rt: &Arc<FakeRuntime>) -> Seams<FakeRuntime, FakeImages, FakeNetwork, F
 }
 
 /// A reconciler over fakes of every seam, and its runtime.
-fn fakes() -> (Arc<FakeRuntime>, Fakes) {
+pub(super) fn fakes() -> (Arc<FakeRuntime>, Fakes) {
     let rt = Arc::new(FakeRuntime::default());
     let r = Reconciler::new(seams(&rt));
     (rt, r)
 }
 
-fn desired(files: &[(&str, &str)]) -> DesiredState {
+pub(super) fn desired(files: &[(&str, &str)]) -> DesiredState {
     let files: Vec<SourceFile> = files
         .iter()
         .map(|(p, t)| SourceFile {
@@ -76,12 +78,12 @@ fn desired(files: &[(&str, &str)]) -> DesiredState {
     Loader::new(None).load(&files)
 }
 
-fn container(name: &str, image: &str, extra: &str) -> String {
+pub(super) fn container(name: &str, image: &str, extra: &str) -> String {
     format!("apiVersion: wharf/v1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra}")
 }
 
 /// Runs passes until no step is in flight, returning the last status.
-async fn converge<R: Runtime, I: Images, N: Network, V: Volumes>(
+pub(super) async fn converge<R: Runtime, I: Images, N: Network, V: Volumes>(
     r: &mut Reconciler<R, I, N, V>,
     d: &DesiredState,
 ) -> StatusSnapshot {
@@ -94,7 +96,7 @@ async fn converge<R: Runtime, I: Images, N: Network, V: Volumes>(
     }
 }
 
-fn state_of(s: &StatusSnapshot, name: &str) -> (ContainerState, Option<String>) {
+pub(super) fn state_of(s: &StatusSnapshot, name: &str) -> (ContainerState, Option<String>) {
     let c = s
         .container(name)
         .unwrap_or_else(|| panic!("{name} missing from {s:?}"));
@@ -176,23 +178,6 @@ async fn an_unknown_user_under_never_fails_once_and_is_not_retried() {
     let d = desired(&[("job.yaml", &spec("\"0:0\""))]);
     converge(&mut r, &d).await;
     assert_eq!(rt.calls().len(), 2, "{:?}", rt.calls());
-}
-
-#[tokio::test]
-async fn an_unsupported_field_fails_only_its_container_and_says_so() {
-    let (rt, mut r) = fakes();
-    let d = desired(&[
-        (
-            "a.yaml",
-            &container("a", "busybox", "  update: {strategy: StartFirst}\n"),
-        ),
-        ("b.yaml", &container("b", "busybox", "")),
-    ]);
-    let s = converge(&mut r, &d).await;
-    let (state, message) = state_of(&s, "a");
-    assert_eq!(state, ContainerState::Failed);
-    assert!(message.unwrap().contains("not supported yet: spec.update"));
-    assert_eq!(rt.calls(), ["start b sh"]);
 }
 
 #[tokio::test]
@@ -586,6 +571,7 @@ async fn the_network_sweep_forgets_containers_that_are_gone() {
         hostname: "ghost".into(),
         networks: vec!["default".into()],
         ports: vec![],
+        standby: false,
     };
     net.attach(&ghost).await.unwrap();
     r.sweep_networks().await;

@@ -106,7 +106,9 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
     {
         return Err(ExecError::BadEnv(bad.clone()));
     }
-    let paths = Paths::new(&req.state_root, &req.run_root, name);
+    // The instance that serves it (`web.alt` after a StartFirst update).
+    let instance = super::instance::current_on_disk(&req.state_root, name);
+    let paths = Paths::new(&req.state_root, &req.run_root, &instance);
     let read = |what: &'static str, message: String| ExecError::Read {
         name: name.to_owned(),
         what,

@@ -335,6 +335,7 @@ impl LinuxRuntime {
             log_path: paths.log(),
             previous_log: None,
             usage: None,
+            promoted: paths.dir.join(super::instance::PROMOTED).exists(),
         };
         let record = match self.records.get(&paths.record(), Record::load) {
             Ok(Some(r)) => r,
@@ -904,6 +905,23 @@ impl Runtime for LinuxRuntime {
         let me = self.clone();
         let n = name.to_owned();
         blocking(move || me.remove_blocking(&n, true), name).await
+    }
+
+    async fn promote(&self, name: &str) -> Result<(), RuntimeError> {
+        let dir = self.paths(name).dir;
+        let n = name.to_owned();
+        blocking(
+            move || {
+                state::write_json(&dir.join(super::instance::PROMOTED), &true).map_err(|e| {
+                    RuntimeError::Promote {
+                        name: n,
+                        message: e.to_string(),
+                    }
+                })
+            },
+            name,
+        )
+        .await
     }
 }
 

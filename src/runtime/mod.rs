@@ -5,6 +5,7 @@ pub mod capabilities;
 pub mod exec;
 pub mod file_cache;
 pub mod identity;
+pub mod instance;
 pub mod linux;
 pub mod local;
 pub mod process;
@@ -117,6 +118,8 @@ pub struct Observed {
     pub previous_log: Option<PreviousLog>,
     /// Resource usage while it runs.
     pub usage: Option<Usage>,
+    /// Marked as the instance that serves its container (see [`instance`]).
+    pub promoted: bool,
 }
 
 /// Where the previous run's output is: bytes `start..end` of `path`.
@@ -165,6 +168,8 @@ pub enum RuntimeError {
     Stop { name: String, message: String },
     #[error("remove container {name}: {message}")]
     Remove { name: String, message: String },
+    #[error("promote container {name}: {message}")]
+    Promote { name: String, message: String },
     #[error("list containers in {path}: {source}")]
     List {
         path: PathBuf,
@@ -210,4 +215,7 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Marks an instance as the one that serves its container, durably, before the
+    /// traffic moves to it (see [`instance::roles`]).
+    fn promote(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

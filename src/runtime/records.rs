@@ -354,7 +354,9 @@ impl Paths {
     /// next container of the name: `containers/.kept/<name>.log`, `.json`.
     pub fn kept_log(&self) -> (PathBuf, PathBuf) {
         let parent = self.dir.parent().unwrap_or(&self.dir).join(".kept");
-        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        // By container, not instance: a replace of `web.alt` leaves it for `web`.
+        let instance = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        let name = super::instance::container_of(&instance);
         (
             parent.join(format!("{name}.log")),
             parent.join(format!("{name}.json")),

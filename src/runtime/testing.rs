@@ -119,6 +119,7 @@ impl Runtime for FakeRuntime {
             log_path: "/dev/null".into(),
             previous_log: None,
             usage: None,
+            promoted: false,
         };
         if program.starts_with("missing") {
             // Like the real runtime: the container exists, failed to start.
@@ -182,6 +183,20 @@ impl Runtime for FakeRuntime {
 
     async fn remove_for_replace(&self, name: &str) -> Result<(), RuntimeError> {
         self.remove(name).await
+    }
+
+    async fn promote(&self, name: &str) -> Result<(), RuntimeError> {
+        self.record(format!("promote {name}"));
+        match self.containers.lock().expect("containers").get_mut(name) {
+            Some(o) => {
+                o.promoted = true;
+                Ok(())
+            }
+            None => Err(RuntimeError::Promote {
+                name: name.to_owned(),
+                message: "no such container".into(),
+            }),
+        }
     }
 }
 
@@ -271,6 +286,13 @@ pub async fn conformance<R: Runtime>(rt: &R, prefix: &str, layers: Vec<std::path
         Some((137, Some(9))),
         "the stopped run is the last state"
     );
+
+    // Promotion is recorded and listed (it decides which instance serves after a
+    // crash in the middle of an update).
+    assert!(!o.promoted, "not promoted before promote()");
+    rt.promote(&name).await.expect("promote");
+    let o = find(rt.list().await.expect("list"), &name).expect("listed after promote");
+    assert!(o.promoted, "promoted after promote()");
 
     // Remove kills and forgets; removing again, or an unknown name, is success.
     rt.remove(&name).await.expect("remove");

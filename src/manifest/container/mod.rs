@@ -155,6 +155,16 @@ pub(crate) fn decode_container_spec(
     }
     if let Some(n) = f.get("update") {
         spec.update = decode_update(cx, n).filter(|u| *u != UpdateSpec::default());
+        let start_first = spec
+            .update
+            .as_ref()
+            .is_some_and(|u| u.strategy == UpdateStrategy::StartFirst);
+        if start_first && spec.networks.as_deref() == Some(&["host".to_owned()]) {
+            cx.error(
+                n.pos,
+                "update.strategy: StartFirst cannot be used with networks [host]: the new version would need the host ports the old one holds while both run; use Recreate",
+            );
+        }
     }
     Some(spec)
 }

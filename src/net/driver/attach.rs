@@ -315,6 +315,7 @@ impl Networks {
         }
         if errors.is_empty() {
             self.attached.remove(container);
+            self.standby.remove(container);
         }
         collected(errors)
     }
