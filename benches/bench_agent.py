@@ -163,7 +163,8 @@ class Agent:
         names = set()
         for d in (os.path.join(self.state, "containers"), os.path.join(self.run_dir, "netns")):
             if os.path.isdir(d):
-                names.update(os.listdir(d))
+                # (Not `.kept`: the logs replaced containers leave for their successors.)
+                names.update(n for n in os.listdir(d) if not n.startswith("."))
         return names
 
     def links(self):

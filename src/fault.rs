@@ -15,6 +15,8 @@
 //! | `network-remove:bridge` | a network's bridge is gone, its record not yet |
 //! | `volume-create:dir` | a volume's folder exists, its record not yet |
 //! | `volume-delete:trash` | a deleted volume is moved aside, not yet removed |
+//! | `update-promote:marked` | a StartFirst update's new version is marked promoted, the traffic not yet moved |
+//! | `update-handover:moved` | the traffic moved to the new version, the old one not yet stopped |
 
 use std::sync::OnceLock;
 
@@ -28,6 +30,8 @@ pub const POINTS: &[&str] = &[
     "network-remove:bridge",
     "volume-create:dir",
     "volume-delete:trash",
+    "update-promote:marked",
+    "update-handover:moved",
 ];
 
 /// The environment variable naming the point.

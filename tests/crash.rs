@@ -197,14 +197,7 @@ fn nothing() -> Census {
 
 /// The census once it equals `want`, or the last one after 30 s.
 fn settle(agent: &Agent, want: Census) -> Census {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let c = census(agent);
-        if c == want || std::time::Instant::now() > deadline {
-            return c;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    settle_with(agent, |c| *c == want)
 }
 
 /// Killed while creating: the restarted agent finishes the job, and a container that
@@ -273,6 +266,86 @@ fn killed_while_removing(point: &str) {
     });
 }
 
+/// A web server answering `/v` with `version`, healthy once it listens, updated with
+/// StartFirst.
+fn web_yaml(version: u32) -> String {
+    container_yaml(
+        "web",
+        "mkdir -p /www && echo $VERSION > /www/v && exec httpd -f -p 8080 -h /www",
+        &format!(
+            "  env: {{VERSION: \"{version}\"}}\n  ports: [\"18086:8080\"]\n  healthcheck: {{http: {{port: 8080, path: /v}}, interval: 200ms}}\n  update: {{strategy: StartFirst}}\n"
+        ),
+    )
+}
+
+/// Killed in the middle of a StartFirst update, after the new version was promoted:
+/// the restarted agent finishes it (the new version serves, the old one goes) rather
+/// than rolling back a version that may already take the traffic.
+fn killed_during_an_update(point: &str) {
+    let mut agent = Agent::new();
+    agent.env = vec![(wharf::fault::ENV.into(), point.into())];
+    agent.start();
+    agent.write("web.yaml", &web_yaml(1));
+    agent.wait_container("web", 60, "healthy", |c| c["health"] == "healthy");
+    agent.write("web.yaml", &web_yaml(2));
+    let status = agent.wait_killed(60);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{point}: {status:?}; log:\n{}",
+        agent.log()
+    );
+    let at_death = census(&agent);
+    assert_eq!(
+        at_death.records.len(),
+        2,
+        "{point}: both versions ran: {at_death:?}"
+    );
+    agent.env.clear();
+    agent.start();
+    // From the first status on, the promoted version is the one that serves: the update
+    // is finished, not started over (nor rolled back) on a fresh health check.
+    let first = common::wait_for(30, "a status", || agent.container("web"));
+    assert_eq!(first["generation"], 2, "{point}: {first}");
+    let c = agent.wait_container("web", 60, "updated", |c| {
+        c["generation"] == 2 && c["state"] == "running" && c["message"].is_null()
+    });
+    let served = common::wait_for(30, "the new version answers", || {
+        agent
+            .in_netns(|| common::agent::http_get("127.0.0.1:18086", "/v"))
+            .filter(|(s, b)| *s == 200 && b.trim() == "2")
+    });
+    assert_eq!(served.1.trim(), "2");
+    assert!(common::agent::alive(pid_of(&c)), "{point}: {c}");
+    let after = settle_with(&agent, |c| c.records.len() == 1 && c.processes == 1);
+    assert_eq!(
+        (
+            after.records.len(),
+            after.cgroups.len(),
+            after.processes,
+            after.shims,
+            after.veths,
+            after.netns,
+            after.leases,
+            after.port_rules
+        ),
+        (1, 1, 1, 1, 1, 1, 1, 2),
+        "{point}: one version left, with its port: {after:?} (at death {at_death:?})"
+    );
+}
+
+/// The census once `done` says so, or the last one after 30 s.
+fn settle_with(agent: &Agent, done: impl Fn(&Census) -> bool) -> Census {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let c = census(agent);
+        if done(&c) || std::time::Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 macro_rules! crash_tests {
     ($($test:ident: $kind:ident($point:literal),)*) => {$(
         #[test]
@@ -295,6 +368,8 @@ crash_tests! {
     killed_after_a_runtime_removal: killed_while_removing("container-remove:runtime"),
     killed_after_a_bridge_was_removed: killed_while_removing("network-remove:bridge"),
     killed_after_a_volume_went_to_trash: killed_while_removing("volume-delete:trash"),
+    killed_after_an_update_was_promoted: killed_during_an_update("update-promote:marked"),
+    killed_after_an_update_moved_the_traffic: killed_during_an_update("update-handover:moved"),
 }
 
 /// Every point is exercised by a test above.
@@ -309,6 +384,8 @@ fn every_fault_point_has_a_test() {
         "container-remove:runtime",
         "network-remove:bridge",
         "volume-delete:trash",
+        "update-promote:marked",
+        "update-handover:moved",
     ];
     assert_eq!(names(&tested), names(wharf::fault::POINTS));
 }

@@ -234,6 +234,7 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
                 .promote(&new.name)
                 .await
                 .map_err(StepError::Promote)?;
+            crate::fault::point("update-promote:marked");
         }
         if let Some(meta) = new.meta.as_ref().filter(|m| !m.networks.is_empty()) {
             self.network
@@ -241,6 +242,7 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
                 .await
                 .map_err(StepError::Handover)?;
             tracing::info!(from = %old.name, to = %new.name, "traffic moved");
+            crate::fault::point("update-handover:moved");
             tokio::time::sleep(DRAIN).await;
         }
         self.teardown(old, false).await
