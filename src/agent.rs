@@ -218,11 +218,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let _lock = lock_state(&args.state)?;
     let instance = instance_id(&args.state);
     let shim_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let (health, mut unhealthy) = crate::health::Monitor::new(crate::health::probe::ExecVia {
-        wharf: shim_exe.clone(),
-        state_root: args.state.clone(),
-        run_root: args.run_dir.clone(),
-    });
+    let (health, mut unhealthy) = crate::health::Monitor::new(crate::health::probe::ExecVia::new(
+        shim_exe.clone(),
+        args.state.clone(),
+        args.run_dir.clone(),
+    ));
     let linux = LinuxRuntime::new(&args.state, &args.run_dir, &instance, shim_exe);
     // An unhealthy container under `Always` is stopped; its policy restarts it.
     let stopper = linux.clone();

@@ -115,6 +115,14 @@ pub enum Command {
         #[arg(long)]
         bundle: PathBuf,
     },
+    /// Internal: runs the agent's `exec` health probes (started by the agent).
+    #[command(hide = true)]
+    Prober {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
 }
 
 /// `wharf image …`

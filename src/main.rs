@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     if let Command::Shim { bundle } = &cli.command {
         return ExitCode::from(wharf::runtime::shim::main(bundle) as u8);
     }
+    // Single-threaded too (it forks a helper per probe).
+    if let Command::Prober { state, run_dir } = cli.command {
+        return ExitCode::from(wharf::health::prober_process::main(state, run_dir) as u8);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -96,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 env,
                 workdir,
                 user,
+                exact: false,
             })?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
@@ -172,7 +177,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio_runtime()?.block_on(wharf::reset::run(&args, &mut out, &mut err))?;
             Ok(ExitCode::from(u8::from(summary.failed > 0)))
         }
-        Command::Shim { .. } => unreachable!("handled before logging starts"),
+        Command::Shim { .. } | Command::Prober { .. } => {
+            unreachable!("handled before logging starts")
+        }
     }
 }
 

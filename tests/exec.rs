@@ -4,18 +4,10 @@
 mod common;
 
 use common::agent::{container_yaml, pid_of, wharf_full, Agent};
+use common::status_field;
 
 fn ready(test: &str) -> bool {
     common::privileged(test) && common::agent::registry_up(test)
-}
-
-fn status_field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 #[test]

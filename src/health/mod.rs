@@ -10,6 +10,8 @@
 
 pub mod monitor;
 pub mod probe;
+pub mod prober;
+pub mod prober_process;
 pub mod tracker;
 
 use serde::{Deserialize, Serialize};

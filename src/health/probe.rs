@@ -1,7 +1,8 @@
 //! One health probe of a running container, bounded in time and in what it reads.
 //!
-//! - `exec` runs `wharf exec NAME -- CMD` (the same confinement as the container's own
-//!   processes: `runtime::exec`), its stdout and stderr captured; exit 0 is healthy.
+//! - `exec` runs CMD in the container through the agent's `wharf prober`
+//!   ([`super::prober_process`]), confined exactly as `wharf exec` confines it
+//!   (`runtime::exec`), its stdout and stderr captured; exit 0 is healthy.
 //! - `tcp` and `http` connect from the agent to `127.0.0.1:PORT` *inside the
 //!   container's network namespace*: the socket is made by a short-lived thread that
 //!   joined that namespace (through a pidfd of the container's init, so a reused pid
@@ -11,10 +12,9 @@
 //!   status from 200 to 399 is healthy (kubelet's rule).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::manifest::Probe;
 
@@ -30,12 +30,17 @@ pub struct Target {
     pub start_time: u64,
 }
 
-/// How an `exec` probe reaches the container: the wharf binary and its roots.
+/// How an `exec` probe reaches the container: the agent's `wharf prober`.
 #[derive(Debug, Clone)]
-pub struct ExecVia {
-    pub wharf: PathBuf,
-    pub state_root: PathBuf,
-    pub run_root: PathBuf,
+pub struct ExecVia(pub std::sync::Arc<super::prober::Prober>);
+
+impl ExecVia {
+    /// Probes run by the wharf binary `wharf` on these roots.
+    pub fn new(wharf: PathBuf, state_root: PathBuf, run_root: PathBuf) -> Self {
+        ExecVia(std::sync::Arc::new(super::prober::Prober::new(
+            wharf, state_root, run_root,
+        )))
+    }
 }
 
 /// What one probe found.
@@ -66,7 +71,7 @@ impl Outcome {
 pub async fn run(probe: &Probe, target: &Target, via: &ExecVia, timeout: Duration) -> Outcome {
     let work = async {
         match probe {
-            Probe::Exec(cmd) => exec(cmd, target, via).await,
+            Probe::Exec(cmd) => exec(cmd, target, via, timeout).await,
             Probe::Tcp { port } => match connect(target, *port).await {
                 Ok(_) => Outcome {
                     healthy: true,
@@ -90,86 +95,19 @@ pub async fn run(probe: &Probe, target: &Target, via: &ExecVia, timeout: Duratio
     }
 }
 
-async fn exec(cmd: &[String], target: &Target, via: &ExecVia) -> Outcome {
-    let child = tokio::process::Command::new(&via.wharf)
-        .arg("exec")
-        .arg("--state")
-        .arg(&via.state_root)
-        .arg("--run-dir")
-        .arg(&via.run_root)
-        .arg(&target.name)
-        .arg("--")
-        .args(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return Outcome::failed(format!("run wharf exec: {e}")),
-    };
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let ended = tokio::sync::Notify::new();
-    let wait = async {
-        let status = child.wait().await;
-        ended.notify_one();
-        status
-    };
-    // Output is taken until the pipes end, or until a moment after the command ended:
-    // something it left running in the background may hold them open for ever. (All of
-    // it is dropped with this future when the probe's timeout strikes.)
-    let read = async {
-        let both = async {
-            tokio::join!(
-                read_bounded(stdout, &mut out, MAX_OUTPUT),
-                read_bounded(stderr, &mut err, MAX_OUTPUT)
-            )
-        };
-        let grace = async {
-            ended.notified().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        tokio::select! {
-            _ = both => {}
-            () = grace => {}
-        }
-    };
-    let (status, ()) = tokio::join!(wait, read);
-    let mut output = out;
-    output.extend_from_slice(&err);
-    output.truncate(MAX_OUTPUT);
-    let code = match status {
-        Ok(s) => s
-            .code()
-            .or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|n| 128 + n)),
-        Err(e) => return Outcome::failed(format!("wait for wharf exec: {e}")),
-    };
-    Outcome {
-        healthy: code == Some(0),
-        exit_code: code,
-        status: None,
-        output: String::from_utf8_lossy(&output).into_owned(),
+async fn exec(cmd: &[String], target: &Target, via: &ExecVia, timeout: Duration) -> Outcome {
+    let r = via.0.exec(&target.name, cmd, timeout).await;
+    if r.timed_out {
+        return Outcome::failed(format!(
+            "timed out after {}",
+            crate::units::format_duration(timeout)
+        ));
     }
-}
-
-/// Reads into `kept` up to `limit` bytes, then drains the rest unread (so the writer
-/// never blocks on a full pipe).
-async fn read_bounded(r: Option<impl AsyncRead + Unpin>, kept: &mut Vec<u8>, limit: usize) {
-    let Some(mut r) = r else {
-        return;
-    };
-    let mut buf = [0u8; 4096];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
+    Outcome {
+        healthy: r.code == Some(0),
+        exit_code: r.code,
+        status: None,
+        output: r.output,
     }
 }
 
@@ -313,13 +251,5 @@ mod tests {
             !complete(b"HTTP/1.1 200 OK\r\n\r\nstreaming"),
             "read to the end"
         );
-    }
-
-    #[tokio::test]
-    async fn output_beyond_the_limit_is_drained_not_kept() {
-        let big = vec![b'x'; 3 * MAX_OUTPUT];
-        let mut kept = Vec::new();
-        read_bounded(Some(&big[..]), &mut kept, MAX_OUTPUT).await;
-        assert_eq!(kept.len(), MAX_OUTPUT);
     }
 }

@@ -59,6 +59,10 @@ pub struct ExecRequest {
     /// `uid[:gid]` or `name[:group]` (the container's `/etc/passwd` and `/etc/group`),
     /// instead of the container's user.
     pub user: Option<String>,
+    /// `name` is a runtime instance, entered as given; else the container's serving
+    /// instance is found ([`super::instance::current_on_disk`]). A health probe names
+    /// the exact instance: during a StartFirst update, the new version.
+    pub exact: bool,
 }
 
 /// Why the command could not be started.
@@ -107,7 +111,11 @@ pub fn run(req: &ExecRequest) -> Result<i32, ExecError> {
         return Err(ExecError::BadEnv(bad.clone()));
     }
     // The instance that serves it (`web.alt` after a StartFirst update).
-    let instance = super::instance::current_on_disk(&req.state_root, name);
+    let instance = if req.exact {
+        name.to_owned()
+    } else {
+        super::instance::current_on_disk(&req.state_root, name)
+    };
     let paths = Paths::new(&req.state_root, &req.run_root, &instance);
     let read = |what: &'static str, message: String| ExecError::Read {
         name: name.to_owned(),

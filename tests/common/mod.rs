@@ -109,3 +109,13 @@ pub fn have_tool(tool: &str, test: &str) -> bool {
     }
     found
 }
+
+/// The value of `key:` in a `/proc/PID/status` text (`Uid`, `CapEff`…).
+pub fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}

@@ -203,6 +203,21 @@ pub fn cloexec_from(first: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Closes every descriptor from `first` up (`close_range(2)`): for a forked child that
+/// must hold nothing of its parent but what it set up below `first`.
+pub fn close_from(first: u32) -> std::io::Result<()> {
+    // SAFETY: close_range takes two descriptor numbers and flags by value and touches no
+    // memory. The caller is a freshly forked single-threaded child that owns no
+    // descriptor from `first` up that it still uses, and exits without running the
+    // destructors of the parent's objects (`exit_now`).
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` has no preconditions; it never returns.
     #[allow(unsafe_code)]
