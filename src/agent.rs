@@ -335,7 +335,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             Ok((status, wake)) => {
                 if first_pass {
                     // Cgroups left by a crash between creating a cgroup and its record.
-                    let known: Vec<String> = reconciler.instances().to_vec();
+                    let known: Vec<String> = reconciler.known_instances();
                     let rt = linux.clone();
                     let removed =
                         tokio::task::spawn_blocking(move || rt.remove_orphan_cgroups(&known))

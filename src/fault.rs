@@ -15,8 +15,8 @@
 //! | `network-remove:bridge` | a network's bridge is gone, its record not yet |
 //! | `volume-create:dir` | a volume's folder exists, its record not yet |
 //! | `volume-delete:trash` | a deleted volume is moved aside, not yet removed |
-//! | `update-promote:marked` | a StartFirst update's new version is marked promoted, the traffic not yet moved |
-//! | `update-handover:moved` | the traffic moved to the new version, the old one not yet stopped |
+//! | `update-handover:moved` | a StartFirst update's traffic moved to the new version, not yet marked promoted |
+//! | `update-promote:marked` | the new version is marked promoted, the old one not yet stopped |
 
 use std::sync::OnceLock;
 

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::Duration;
 
 use common::agent::{alive, container_yaml, pid_of, Agent};
@@ -232,36 +231,11 @@ fn logs_follow_across_a_replace_and_previous_shows_the_run_before() {
     let old = "trap 'echo old-last; exit 0' TERM; i=0; while true; do echo old $i; i=$((i+1)); sleep 0.02; done";
     agent.write("talk.yaml", &container_yaml("talk", old, ""));
     agent.wait_container("talk", 60, "running", |c| c["state"] == "running");
-    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(["logs", "talk", "-f", "--host", &agent.addr])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = follower.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&got).contains("new 3\n") {
-                break;
-            }
-        }
-        String::from_utf8_lossy(&got).into_owned()
-    });
+    let follower = agent.follow_logs("talk", "new 3\n");
     std::thread::sleep(Duration::from_millis(500));
     let new = "i=0; while true; do echo new $i; i=$((i+1)); sleep 0.02; done";
     agent.write("talk.yaml", &container_yaml("talk", new, ""));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = follower.kill();
-    let _ = follower.wait();
-    let got = reader.join().unwrap();
+    let got = follower.finish(60);
     let lines: Vec<&str> = got.lines().collect();
     let last_old = lines.iter().position(|l| *l == "old-last").expect(&got);
     let first_new = lines.iter().position(|l| *l == "new 0").expect(&got);

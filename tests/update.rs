@@ -236,3 +236,45 @@ fn a_start_first_update_that_never_becomes_healthy_is_rolled_back_and_the_old_se
         c["generation"] == 2 && c["message"].is_null()
     });
 }
+
+/// `wharf logs -f` across a StartFirst update: every line of the old version, through
+/// its last, then the new version's from its first (it moved to another folder).
+#[test]
+fn logs_follow_across_a_start_first_update() {
+    if !(common::privileged("update_logs_follow") && common::agent::registry_up("update")) {
+        return;
+    }
+    let mut agent = Agent::new();
+    agent.start();
+    let talk = |word: &str| {
+        container_yaml(
+            "talk",
+            &format!("trap 'echo {word}-last; exit 0' TERM; i=0; while true; do echo {word} $i; i=$((i+1)); sleep 0.02; done"),
+            "  update: {strategy: StartFirst}\n",
+        )
+    };
+    agent.write("talk.yaml", &talk("old"));
+    agent.wait_container("talk", 60, "running", |c| c["state"] == "running");
+    let follower = agent.follow_logs("talk", "new-last-seen\n");
+    std::thread::sleep(Duration::from_millis(300));
+    agent.write("talk.yaml", &talk("new"));
+    // Without a healthcheck the new version serves after 5 s of running.
+    agent.wait_container("talk", 60, "updated", |c| {
+        c["generation"] == 2 && c["message"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = follower.finish(0);
+    let lines: Vec<&str> = got.lines().collect();
+    let last_old = lines.iter().position(|l| *l == "old-last").expect(&got);
+    let first_new = lines.iter().position(|l| *l == "new 0").expect(&got);
+    assert!(last_old < first_new, "{got}");
+    for (i, l) in lines[..last_old].iter().enumerate() {
+        assert_eq!(*l, format!("old {i}"), "{got}");
+    }
+    // The new version's lines go on after the switch, in order.
+    let news: Vec<&str> = lines[first_new..].to_vec();
+    assert!(news.len() > 50, "{got}");
+    for (i, l) in news.iter().enumerate() {
+        assert_eq!(*l, format!("new {i}"), "{got}");
+    }
+}

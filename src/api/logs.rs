@@ -76,6 +76,12 @@ pub(crate) struct FollowCtx {
 }
 
 impl FollowCtx {
+    /// Where the container's log is now (a StartFirst update moves it to the new
+    /// version's folder).
+    fn log_path(&self) -> Option<PathBuf> {
+        self.status.borrow().container(&self.name)?.log_path.clone()
+    }
+
     /// Whether a follower should stop: server stopping, agent gone, or container removed.
     fn should_end(&self) -> bool {
         if *self.stopping.borrow() || self.status.has_changed().is_err() {
@@ -183,6 +189,22 @@ impl LogCursor {
         Ok(Some(buf))
     }
 
+    /// Follows the container's log to `path` (a StartFirst update's new version
+    /// serves), once the file followed so far is gone (the old version removed, so all
+    /// its output is in the open file): true when there may be bytes to read now. The
+    /// open file is read to its end once more first.
+    async fn move_to(&mut self, path: PathBuf) -> io::Result<bool> {
+        if path == self.path || tokio::fs::try_exists(&self.path).await? {
+            return Ok(false);
+        }
+        if self.file.is_some() && !self.replaced {
+            self.replaced = true;
+            return Ok(true);
+        }
+        *self = LogCursor::open(path, None).await?;
+        Ok(true)
+    }
+
     /// Starts over from the beginning when the file was truncated or replaced, or
     /// opens it once it appears; true when there may be bytes to read now.
     ///
@@ -234,6 +256,13 @@ pub(crate) fn stream(
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return Some((Err(e), None)),
+            }
+            if let Some(path) = ctx.log_path() {
+                match cursor.move_to(path).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return Some((Err(e), None)),
+                }
             }
             if ctx.should_end() {
                 return None;

@@ -33,6 +33,27 @@ pub struct HealthTarget {
     pub restart_when_unhealthy: bool,
 }
 
+impl HealthTarget {
+    /// The same run with the same check: its tracker goes on. (Whether it is restarted
+    /// when unhealthy may change under it: a StartFirst update's new version is not,
+    /// until it is promoted; its health does not start over then.)
+    fn same_run(&self, other: &HealthTarget) -> bool {
+        (
+            &self.name,
+            self.pid,
+            self.start_time,
+            self.started_at_ms,
+            &self.check,
+        ) == (
+            &other.name,
+            other.pid,
+            other.start_time,
+            other.started_at_ms,
+            &other.check,
+        )
+    }
+}
+
 /// A container that turned unhealthy and is to be stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unhealthy {
@@ -98,12 +119,15 @@ impl Monitor {
     /// tokio runtime.
     pub fn update(&self, targets: &[HealthTarget]) {
         let mut entries = self.lock();
-        entries.retain(|name, e| {
-            let keep = targets.iter().any(|t| t.name == *name && *t == e.target);
-            if !keep {
-                e.task.abort();
+        entries.retain(|name, e| match targets.iter().find(|t| t.name == *name) {
+            Some(t) if t.same_run(&e.target) => {
+                e.target.restart_when_unhealthy = t.restart_when_unhealthy;
+                true
             }
-            keep
+            _ => {
+                e.task.abort();
+                false
+            }
         });
         for t in targets {
             if entries.contains_key(&t.name) {
@@ -199,15 +223,20 @@ async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
             return;
         };
         let time = crate::runtime::records::rfc3339_ms(crate::runtime::records::now_ms());
-        let (was, now, failures) = {
+        let (was, now, failures, restart) = {
             let mut entries = inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(e) = entries.get_mut(&t.name).filter(|e| e.target == t) else {
+            let Some(e) = entries.get_mut(&t.name).filter(|e| e.target.same_run(&t)) else {
                 return;
             };
             let was = e.tracker.health();
             let now = e.tracker.record(&outcome, Instant::now(), time);
             e.changed = true;
-            (was, now, e.tracker.failures())
+            (
+                was,
+                now,
+                e.tracker.failures(),
+                e.target.restart_when_unhealthy,
+            )
         };
         inner.changed.notify_one();
         if now != was {
@@ -230,7 +259,7 @@ async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
             }
             tracing::warn!(container = %t.name, %reason, "unhealthy");
             // Probing goes on: if the stop fails, the health still tells the truth.
-            if t.restart_when_unhealthy {
+            if restart {
                 let _ = inner.unhealthy.send(Unhealthy {
                     name: t.name.clone(),
                     pid: t.pid,
@@ -239,5 +268,69 @@ async fn watch(inner: std::sync::Weak<Inner>, t: HealthTarget) {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Probe;
+
+    /// A target on this test process, probed with `tcp` on a closed port: every probe
+    /// fails at once, without a container.
+    fn target(restart: bool) -> HealthTarget {
+        let pid = std::process::id() as i32;
+        HealthTarget {
+            name: "web.alt".into(),
+            pid,
+            start_time: crate::runtime::linux::proc::start_time(pid).unwrap(),
+            started_at_ms: None,
+            check: Healthcheck {
+                probe: Probe::Tcp { port: 1 },
+                interval: Duration::from_millis(20),
+                timeout: Duration::from_secs(1),
+                retries: 1,
+                start_period: Duration::ZERO,
+            },
+            restart_when_unhealthy: restart,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_promoted_instance_keeps_its_health_and_is_restarted_from_then_on() {
+        let via = ExecVia::new(
+            "/nonexistent".into(),
+            "/nonexistent".into(),
+            "/nonexistent".into(),
+        );
+        let (monitor, mut unhealthy) = Monitor::new(via);
+        // A StartFirst update's new version: probed, never stopped for it.
+        monitor.update(&[target(false)]);
+        let pid = target(false).pid;
+        for _ in 0..100 {
+            if monitor
+                .get("web.alt", pid)
+                .is_some_and(|(h, _)| h == Health::Unhealthy)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (health, results) = monitor.get("web.alt", pid).unwrap();
+        assert_eq!(health, Health::Unhealthy);
+        assert!(
+            unhealthy.try_recv().is_err(),
+            "a standby instance is not stopped"
+        );
+        // Promoted: the same run goes on (its results kept), now restarted when unhealthy.
+        monitor.update(&[target(true)]);
+        let (health, kept) = monitor.get("web.alt", pid).unwrap();
+        assert_eq!(health, Health::Unhealthy, "its health did not start over");
+        assert!(kept.len() >= results.len());
+        assert!(
+            monitor.inner.entries.lock().unwrap()["web.alt"]
+                .target
+                .restart_when_unhealthy
+        );
     }
 }

@@ -47,10 +47,16 @@ fn hosts_files(st: &State, state_root: &Path) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     for name in st.nets.attachments().keys() {
         let etc = state_root.join("containers").join(name).join("etc");
-        let Ok(hostname) = std::fs::read_to_string(etc.join("hostname")) else {
+        // Bounded: the file is the container's `/etc/hostname`, which it may rewrite.
+        let mut hostname = String::new();
+        let read = std::fs::File::open(etc.join("hostname")).and_then(|f| {
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 256), &mut hostname)
+        });
+        if read.is_err() {
             continue;
-        };
-        out.push((etc.join("hosts"), st.nets.hosts_file(name, hostname.trim())));
+        }
+        let hostname = hostname.lines().next().unwrap_or_default().trim();
+        out.push((etc.join("hosts"), st.nets.hosts_file(name, hostname)));
     }
     out
 }

@@ -193,7 +193,6 @@ fn stable_mac(name: &str) -> Vec<u8> {
     mac
 }
 
-/// The MAC address of a link message, `aa:bb:…` (empty when it has none).
 /// A container interface's MAC, derived from its address (as Docker does): an address
 /// that passes from a removed container to a new one (a StartFirst update hands the
 /// freed one to the next) keeps its MAC, so the neighbour entries the host and the
@@ -205,6 +204,7 @@ fn mac_for(addr: Ipv4Addr) -> Vec<u8> {
     vec![0x02, 0x57, a, b, c, d]
 }
 
+/// The MAC address of a link message, `aa:bb:…` (empty when it has none).
 fn link_mac(link: &LinkMessage) -> String {
     link.attributes
         .iter()

@@ -107,9 +107,17 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
     }
 
     /// The runtime instances the last pass saw (`web`, and `web.alt` during or after a
-    /// StartFirst update): what owns a cgroup.
-    pub fn instances(&self) -> &[String] {
-        &self.instances
+    /// StartFirst update) and those a step in flight may be making (either slot): what
+    /// may own a cgroup.
+    pub fn known_instances(&self) -> Vec<String> {
+        let mut known = self.instances.clone();
+        known.extend(
+            self.inflight
+                .keys()
+                .filter_map(|k| k.strip_prefix("Container/"))
+                .flat_map(|n| [n.to_owned(), crate::runtime::instance::alternate(n)]),
+        );
+        known
     }
 
     /// At agent start, before the first pass: makes the declared networks (so the
@@ -458,6 +466,15 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
             if memo.gave_up {
                 inputs.failed.insert(name.clone());
             }
+            // A rollback holds for the rollout it happened under: a longer timeout, or
+            // another strategy, tries again.
+            if memo
+                .rollback
+                .as_ref()
+                .is_some_and(|(_, r)| *r != want.rollout)
+            {
+                memo.rollback = None;
+            }
             if memo.rollback.is_some() {
                 inputs.rolled_back.insert(name.clone());
             }
@@ -512,7 +529,7 @@ impl<R: Runtime, I: Images, N: Network, V: Volumes> Reconciler<R, I, N, V> {
                     .map(|m| m.hash.as_str()),
                 &memo,
             );
-            if let (Some(why), ContainerState::Running, None) =
+            if let (Some((why, _)), ContainerState::Running, None) =
                 (&memo.rollback, s.state, &s.message)
             {
                 s.message = Some(why.clone());

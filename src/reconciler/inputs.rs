@@ -136,6 +136,11 @@ pub fn add_others(
 ) {
     let now_ms = crate::runtime::records::now_ms();
     for (name, (o, role)) in others {
+        if o.refused.is_some() {
+            // A newer wharf's record: the container is left exactly as it is.
+            inputs.frozen.insert(name.clone());
+            continue;
+        }
         let Some(have) = inputs.observed.get_mut(name) else {
             continue;
         };

@@ -28,9 +28,11 @@ pub struct Memo {
     pub not_before: Option<(Instant, SystemTime)>,
     /// The run whose exit was already accounted for.
     pub seen_exit_run: Option<u64>,
-    /// Why this spec's StartFirst update was rolled back: it is not tried again until
-    /// the spec changes (a new memo), whatever the old version's restarts do.
-    pub rollback: Option<String>,
+    /// Why this spec's StartFirst update was given up (rolled back), and under which
+    /// rollout settings: it is not tried again until the spec changes (a new memo) or
+    /// those settings do (a longer `update.timeout`), whatever the old version's
+    /// restarts do.
+    pub rollback: Option<(String, super::plan::Rollout)>,
 }
 
 impl Memo {
@@ -72,6 +74,15 @@ impl Memo {
         } else {
             self.hold(backoff::retry_delay(self.failures), now);
         }
+    }
+
+    /// Accounts for a failed step that is retried whatever failed (a step of an update:
+    /// the running version serves meanwhile), with the usual backoff.
+    pub fn note_retry(&mut self, error: &impl std::fmt::Display, now: Instant) {
+        self.failures += 1;
+        self.gave_up = false;
+        self.message = Some(error.to_string());
+        self.hold(backoff::retry_delay(self.failures), now);
     }
 
     /// Accounts for a step that succeeded. A restart keeps the crash loop's count; a

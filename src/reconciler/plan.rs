@@ -316,7 +316,8 @@ fn rollout_step(name: &str, want: &Want, next: &Next) -> Result<Step, (String, D
     let Rollout::StartFirst { timeout } = want.rollout else {
         return rollback(RollbackReason::Superseded);
     };
-    if next.hash.as_deref() != Some(want.hash.as_str()) {
+    // Another spec, or a start cut short (an agent killed, a reboot): started anew.
+    if next.hash.as_deref() != Some(want.hash.as_str()) || next.phase == Phase::Lost {
         return rollback(RollbackReason::Superseded);
     }
     if next.phase != Phase::Running {
@@ -493,6 +494,18 @@ pub fn plan(inputs: &Inputs, now: Instant) -> Plan {
                     out.waiting.insert(name.clone(), what);
                     let t = now + wake;
                     out.wake_at = Some(out.wake_at.map_or(t, |w| w.min(t)));
+                    // The old version keeps serving meanwhile: restarted by its policy
+                    // if it ends (it is the other slot).
+                    let current = &inputs.observed[name];
+                    let down = match current.phase {
+                        Phase::Running => false,
+                        Phase::Exited { code } => should_restart(want.restart_policy, code),
+                        Phase::StartFailed => want.restart_policy != RestartPolicy::Never,
+                        Phase::Lost => true,
+                    };
+                    if down && !held(inputs.not_before.get(name), &mut out) {
+                        out.steps.push(Step::Restart { name: name.clone() });
+                    }
                 }
             }
             continue;
@@ -1204,6 +1217,30 @@ mod tests {
         assert_eq!(
             steps(w.plan(Instant::now())),
             [Step::Restart { name: "web".into() }]
+        );
+    }
+
+    #[test]
+    fn the_old_version_that_ends_during_an_update_is_restarted_and_a_lost_new_one_started_anew() {
+        let now = Instant::now();
+        let w = World::new()
+            .want("web", "h2", RestartPolicy::Always)
+            .start_first("web", true)
+            .have("web", "h1", Phase::Exited { code: 1 })
+            .next("web", "h2", Phase::Running, Duration::from_secs(1));
+        let p = w.plan(now);
+        assert_eq!(p.steps, [Step::Restart { name: "web".into() }]);
+        assert!(p.waiting["web"].contains("to be healthy"));
+        // A new version cut short (an agent killed in its start, a reboot) is no failure.
+        let lost =
+            w.have("web", "h1", Phase::Running)
+                .next("web", "h2", Phase::Lost, Duration::ZERO);
+        assert_eq!(
+            steps(lost.plan(now)),
+            [Step::Rollback {
+                name: "web".into(),
+                reason: RollbackReason::Superseded
+            }]
         );
     }
 }

@@ -248,3 +248,51 @@ async fn removing_the_manifest_during_an_update_removes_both_versions() {
     assert!(s.containers.is_empty(), "{s:?}");
     assert!(rt.list().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_new_version_that_cannot_run_is_given_up_and_the_old_one_restarted_as_it_was() {
+    let (rt, _net, mut r) = world();
+    converge(&mut r, &desired(&[("web.yaml", &web("app:1", ""))])).await;
+    let v2 = web("app:2", "").replace("  image:", "  user: missing-user\n  image:");
+    let bad = desired(&[("web.yaml", &v2)]);
+    let s = converge(&mut r, &bad).await;
+    let (state, message) = state_of(&s, "web");
+    assert_eq!(state, ContainerState::Running);
+    let message = message.unwrap();
+    assert!(
+        message.starts_with("the update is not applied, the running version keeps running")
+            && message.contains("unable to find user missing-user"),
+        "{message}"
+    );
+    // Not retried; the old version is still restarted by its policy.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    converge(&mut r, &bad).await;
+    rt.exit("web", 1);
+    converge(&mut r, &bad).await;
+    let starts: Vec<String> = rt
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("start"))
+        .collect();
+    assert_eq!(starts, ["start web sh", "start web.alt sh", "start web sh"]);
+    assert_eq!(rt.last_request("web").unwrap().meta.image, "app:1");
+}
+
+#[tokio::test]
+async fn a_longer_timeout_after_a_rollback_tries_the_update_again() {
+    let (rt, _net, mut r) = world();
+    converge(&mut r, &desired(&[("web.yaml", &web("app:1", ""))])).await;
+    let short = desired(&[("web.yaml", &web("app:2", ", timeout: 100ms"))]);
+    converge(&mut r, &short).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let s = converge(&mut r, &short).await;
+    assert!(state_of(&s, "web").1.unwrap().starts_with("rolled back:"));
+    let n = rt.calls().len();
+    // (`update` is not in the spec hash: the same spec, another rollout.)
+    converge(
+        &mut r,
+        &desired(&[("web.yaml", &web("app:2", ", timeout: 10m"))]),
+    )
+    .await;
+    assert_eq!(since(rt.calls(), n), ["start web.alt sh"]);
+}

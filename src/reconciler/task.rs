@@ -86,6 +86,12 @@ const DRAIN: Duration = Duration::from_secs(1);
 impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
     pub async fn run(self, step: Step) {
         let name = step.name().to_owned();
+        let update = matches!(
+            step,
+            Step::StartNext { .. } | Step::Promote { .. } | Step::Rollback { .. }
+        );
+        // Why a StartFirst update was given up on, when this step gives it up.
+        let mut rolled_back = None;
         let result = match &step {
             Step::Remove { .. } => self.remove().await,
             // The new image first: a registry that is down (or a tag that is gone) never
@@ -105,9 +111,33 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
                     .map_or(name.clone(), |o| o.name.clone());
                 self.create(&name, &instance, false, false, None).await
             }
-            Step::StartNext { .. } => self.start_next(&name).await,
-            Step::Promote { .. } => self.promote().await,
-            Step::Rollback { .. } => self.roll_back().await,
+            Step::StartNext { .. } => match self.start_next(&name).await {
+                // A spec that cannot run (an unknown user, an image for another
+                // platform) is not retried: the old version runs on, under its policy.
+                Err(e) if e.class() == ErrorClass::Permanent => {
+                    rolled_back = Some(format!(
+                        "the update is not applied, the running version keeps running: {e}. It is tried again when the manifest changes"
+                    ));
+                    self.roll_back().await
+                }
+                r => r,
+            },
+            Step::Promote { .. } => match self.promote().await {
+                // The traffic cannot move (its ports are taken): nothing moved, the old
+                // version serves on.
+                Err(StepError::Handover(e))
+                    if e.class() == ErrorClass::Permanent
+                        && matches!(self.other, Some((_, Role::Candidate))) =>
+                {
+                    rolled_back = self.rollback_message(&format!("it cannot take over: {e}"));
+                    self.roll_back().await
+                }
+                r => r,
+            },
+            Step::Rollback { reason, .. } => {
+                rolled_back = self.rollback_reason(*reason);
+                self.roll_back().await
+            }
             // Networks and volumes have their own tasks.
             Step::EnsureNetwork { .. } | Step::RemoveNetwork { .. } | Step::Volume { .. } => Ok(()),
         };
@@ -115,10 +145,11 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             .desired
             .as_ref()
             .map_or(RestartPolicy::Never, |c| c.object.spec.restart_policy);
-        let rolled_back = match &step {
-            Step::Rollback { reason, .. } => self.rollback_message(*reason),
-            _ => None,
-        };
+        let rollout = self
+            .desired
+            .as_ref()
+            .map(|c| super::inputs::rollout(&c.object))
+            .unwrap_or_default();
         let mut memos = self.memos.lock().expect("memo lock");
         // The spec changed while this step ran: its outcome is about the old spec, and
         // must not mark the new one (an old permanent failure would fail it unseen).
@@ -129,25 +160,27 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             Ok(()) if matches!(step, Step::Remove { .. }) => {
                 memos.remove(&name);
             }
-            // Superseded: the next update starts afresh.
-            Ok(()) if matches!(step, Step::Rollback { .. }) => {
+            Ok(()) => {
+                let memo = memos.entry(name.clone()).or_default();
+                memo.note_success(matches!(step, Step::Restart { .. }) || update);
                 if let Some(why) = rolled_back {
-                    tracing::warn!(container = %name, reason = %why, "update rolled back");
-                    let memo = memos.entry(name).or_default();
-                    memo.note_success(true);
-                    memo.rollback = Some(why);
+                    tracing::warn!(container = %name, reason = %why, "update given up");
+                    memo.rollback = Some((why, rollout));
                 }
             }
-            Ok(()) => memos
-                .entry(name)
-                .or_default()
-                .note_success(matches!(step, Step::Restart { .. })),
+            // A step of an update is retried with backoff whatever failed (the old
+            // version serves meanwhile); giving up on the update is a rollback's job.
+            Err(e) if update => {
+                tracing::warn!(container = %name, error = %e, "update step failed");
+                memos
+                    .entry(name)
+                    .or_default()
+                    .note_retry(&e, Instant::now());
+            }
             Err(e) => {
                 tracing::warn!(container = %name, error = %e, "step failed");
-                // The start itself: under `Never` that was the one try. (Not an update's
-                // new version: its failure is a rollback, the old one runs on.)
-                let at_start = matches!(e, StepError::Start(_) | StepError::Attach(_))
-                    && !matches!(step, Step::StartNext { .. });
+                // The start itself: under `Never` that was the one try.
+                let at_start = matches!(e, StepError::Start(_) | StepError::Attach(_));
                 memos
                     .entry(name)
                     .or_default()
@@ -218,9 +251,11 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
         self.create(name, &instance, true, true, Some(image)).await
     }
 
-    /// StartFirst: the new version is ready. Marked promoted first, so an agent killed
-    /// from here on finishes the update rather than rolling back a version that may
-    /// already serve; then the ports and the name move; then the old one stops.
+    /// StartFirst: the new version is ready. In this order: (1) the ports and the name
+    /// move to it (an agent killed now restarts with the old version still serving:
+    /// it takes the traffic back, and the new one is judged again); (2) it is marked
+    /// promoted (from now on a restarted agent finishes the update); (3) after a drain,
+    /// the old one stops and goes.
     async fn promote(&self) -> Result<(), StepError> {
         let (Some(current), Some((other, role))) = (&self.observed, &self.other) else {
             return Ok(());
@@ -229,6 +264,15 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             Role::Retired => (other, current),
             _ => (current, other),
         };
+        let networked = new.meta.as_ref().filter(|m| !m.networks.is_empty());
+        if let Some(meta) = networked {
+            self.network
+                .handover(&old.name, &new.name, &meta.ports)
+                .await
+                .map_err(StepError::Handover)?;
+            tracing::info!(from = %old.name, to = %new.name, "traffic moved");
+            crate::fault::point("update-handover:moved");
+        }
         if !new.promoted {
             self.runtime
                 .promote(&new.name)
@@ -236,13 +280,7 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
                 .map_err(StepError::Promote)?;
             crate::fault::point("update-promote:marked");
         }
-        if let Some(meta) = new.meta.as_ref().filter(|m| !m.networks.is_empty()) {
-            self.network
-                .handover(&old.name, &new.name, &meta.ports)
-                .await
-                .map_err(StepError::Handover)?;
-            tracing::info!(from = %old.name, to = %new.name, "traffic moved");
-            crate::fault::point("update-handover:moved");
+        if networked.is_some() {
             tokio::time::sleep(DRAIN).await;
         }
         self.teardown(old, false).await
@@ -258,14 +296,12 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
 
     /// What the status says after a rollback for `reason`; `None` when the update was
     /// superseded (not a failure).
-    fn rollback_message(&self, reason: RollbackReason) -> Option<String> {
+    fn rollback_reason(&self, reason: RollbackReason) -> Option<String> {
         let (candidate, _) = self.other.as_ref()?;
-        let generation = |o: &Observed| o.meta.as_ref().map_or(0, |m| m.generation);
-        let new = generation(candidate);
         let why = match reason {
             RollbackReason::Superseded => return None,
             RollbackReason::NotReady { timeout, health } => format!(
-                "generation {new} was not {} within update.timeout {} ({})",
+                "it was not {} within update.timeout {} ({})",
                 if health.is_some() { "healthy" } else { "ready" },
                 crate::units::format_duration(timeout),
                 match health {
@@ -275,18 +311,24 @@ impl<R: Runtime, I: Images, N: Network> Task<R, I, N> {
             ),
             RollbackReason::Exited => match &candidate.state {
                 ObservedState::Exited(e) => match &e.error {
-                    Some(err) => format!("generation {new} failed to start: {err}"),
-                    None => format!(
-                        "generation {new} exited with code {} before it was ready",
-                        e.exit_code
-                    ),
+                    Some(err) => format!("it failed to start: {err}"),
+                    None => format!("it exited with code {} before it was ready", e.exit_code),
                 },
-                _ => format!("generation {new} was lost before it was ready"),
+                _ => "it was lost before it was ready".into(),
             },
         };
+        self.rollback_message(&why)
+    }
+
+    /// `rolled back: generation N <why>; generation M keeps serving. …`
+    fn rollback_message(&self, why: &str) -> Option<String> {
+        let (candidate, _) = self.other.as_ref()?;
+        let generation = |o: &Observed| o.meta.as_ref().map_or(0, |m| m.generation);
+        let new = generation(candidate);
         let old = self.observed.as_ref().map_or(0, generation);
+        let why = why.strip_prefix("it ").unwrap_or(why);
         Some(format!(
-            "rolled back: {why}; generation {old} keeps serving. The update is tried again when the manifest changes (or the agent restarts)"
+            "rolled back: generation {new} {why}; generation {old} keeps serving. The update is tried again when the manifest changes (or the agent restarts)"
         ))
     }
 

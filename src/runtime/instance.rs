@@ -55,9 +55,9 @@ pub struct Instances {
 }
 
 /// Groups the runtime's instances by container and tells their roles. Of two
-/// instances the newer is the one without a readable record (a start cut short: it
-/// never served), else the higher generation, else the `.alt` one; it is current
-/// only once promoted.
+/// instances the newer is the one without a readable record (a start cut short, or a
+/// removal: it does not serve), else the higher generation, else the `.alt` one; it
+/// is current only once promoted, with a readable record.
 pub fn roles(observed: Vec<Observed>) -> BTreeMap<String, Instances> {
     let mut by_name: BTreeMap<String, Vec<Observed>> = BTreeMap::new();
     for o in observed {
@@ -82,7 +82,8 @@ pub fn roles(observed: Vec<Observed>) -> BTreeMap<String, Instances> {
                     current: newer,
                     other: None,
                 },
-                Some(older) if newer.promoted => Instances {
+                // (Only with a readable record: a folder half removed is no version.)
+                Some(older) if newer.promoted && newer.meta.is_some() => Instances {
                     current: newer,
                     other: Some((older, Role::Retired)),
                 },
@@ -144,7 +145,8 @@ pub fn current_on_disk(state_root: &std::path::Path, container: &str) -> String 
             } else {
                 (alt, container.to_owned(), b.2)
             };
-            if promoted {
+            let readable = if newer == container { a.0 } else { b.0 } != u64::MAX;
+            if promoted && readable {
                 newer
             } else {
                 older
@@ -207,6 +209,16 @@ mod tests {
         ]);
         assert_eq!(r["web"].current.name, "web");
         assert_eq!(r["web"].other.as_ref().unwrap().1, Role::Retired);
+    }
+
+    #[test]
+    fn a_folder_half_removed_never_serves_even_marked_promoted() {
+        let r = roles(vec![
+            instance("web", None, true),
+            instance("web.alt", Some(5), true),
+        ]);
+        assert_eq!(r["web"].current.name, "web.alt");
+        assert_eq!(r["web"].other.as_ref().unwrap().1, Role::Candidate);
     }
 
     #[test]

@@ -625,6 +625,17 @@ impl LinuxRuntime {
     fn remove_blocking(&self, name: &str, keep_log: bool) -> Result<(), RuntimeError> {
         self.stop_blocking(name, Signal::SIGKILL, Duration::ZERO)?;
         let paths = self.paths(name);
+        // First: a removal cut short must not leave a folder that claims to serve.
+        match fs::remove_file(paths.dir.join(super::instance::PROMOTED)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(RuntimeError::Remove {
+                    name: name.to_owned(),
+                    message: format!("remove its promotion mark: {e}"),
+                })
+            }
+        }
         self.records.forget(&paths.dir);
         self.exits.forget(&paths.dir);
         self.states.forget(&paths.run_dir);

@@ -274,6 +274,34 @@ impl Agent {
         wharf_full(&args)
     }
 
+    /// Runs `wharf logs NAME -f` against this agent; what it printed comes back from
+    /// [`LogFollower::finish`]. Reading stops once the output contains `until`.
+    pub fn follow_logs(&self, name: &str, until: &str) -> LogFollower {
+        use std::io::Read;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["logs", name, "-f", "--host", &self.addr])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let until = until.to_string();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&got).contains(&until) {
+                    break;
+                }
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        LogFollower { child, reader }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("agent.log")).unwrap_or_default()
     }
@@ -363,4 +391,24 @@ pub fn wharf_full(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A running `wharf logs -f`.
+pub struct LogFollower {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl LogFollower {
+    /// Waits up to `secs` for the expected text, then stops the command and returns
+    /// everything it printed.
+    pub fn finish(mut self, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !self.reader.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader.join().unwrap()
+    }
 }
